@@ -1,0 +1,29 @@
+# Two set-up commands on a fresh machine: `make demo` and `make test` (see README).
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+
+# torch==2.13.0 is the CPU wheel available offline here; a machine that already has a torch (e.g. a CUDA build
+# in the venv) keeps it. Never let pip resolve a bare `torch`: that pulls a multi-GB CUDA build.
+$(STAMP): $(VPY) pyproject.toml
+	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/slam3r demo
+
+test: $(STAMP)
+	$(VPY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info
