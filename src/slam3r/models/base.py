@@ -1,0 +1,167 @@
+"""The multi-view ViT shared by I2P and L2W: patch embedding, encoder, two-stream decoder, pointmap heads.
+
+Layout conventions (everywhere in this package): views first. Encoder tokens are ``(V, B, S, C)`` with
+``S = (H/16)*(W/16)`` tokens in row-major order; pointmaps ``(V, B, H, W, 3)``; confidences ``(V, B, H, W)``.
+Stream 1 of the decoder holds the reference views, stream 2 the source views; every view of one stream
+cross-attends to every view of the other (max-combined), which covers I2P (one reference) and L2W (many).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slam3r.models.blocks import EncoderBlock, MultiviewDecoderBlock, Rope, layer_norm
+from slam3r.models.config import ModelConfig
+from slam3r.models.rope import patch_positions, rope_tables
+
+
+@dataclass
+class Pointmaps:
+    """Network output per view: ``pts3d`` ``(V, B, H, W, 3)`` (unit-less, scene scale) and ``conf`` ``(V, B, H, W)``
+    (>= 1). Views are in the order they were given."""
+
+    pts3d: Tensor
+    conf: Tensor
+
+
+class PatchEmbed(nn.Module):
+    """Conv 16x16 / 16 patch embedding: images ``(N, 3, H, W)`` -> tokens ``(N, S, C)``."""
+
+    def __init__(self, patch_size: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class LinearPts3d(nn.Module):
+    """Per-token linear head to 16x16 pixels of (x, y, z, c), unshuffled to full resolution, computed in fp32."""
+
+    def __init__(self, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Linear(dim, 4 * patch_size**2)
+
+    def forward(self, tokens: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """``tokens`` ``(N, S, C)`` -> pts3d ``(N, H, W, 3)``, conf ``(N, H, W)``."""
+        n = tokens.shape[0]
+        with torch.autocast(tokens.device.type, enabled=False):
+            feat = self.proj(tokens.float()).transpose(1, 2).reshape(n, -1, *grid)
+            out = F.pixel_shuffle(feat, self.patch_size).permute(0, 2, 3, 1)
+            return decode_depth(out[..., :3]), 1.0 + out[..., 3].exp()
+
+
+def decode_depth(xyz: Tensor) -> Tensor:
+    """'exp' depth mode: keep the direction, map the norm r to expm1(r). ``(..., 3)`` -> ``(..., 3)``."""
+    r = xyz.norm(dim=-1, keepdim=True)
+    return xyz / r.clamp(min=1e-8) * torch.expm1(r)
+
+
+class MultiViewTransformer(nn.Module):
+    """Base network. Sub-classes define ``forward``; loading / saving lives in :mod:`slam3r.models.hub`."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.enc_embed_dim)
+        if cfg.need_encoder:
+            self.enc_blocks = nn.ModuleList(
+                EncoderBlock(cfg.enc_embed_dim, cfg.enc_num_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth))
+        self.enc_norm = layer_norm(cfg.enc_embed_dim)
+        self.decoder_embed = nn.Linear(cfg.enc_embed_dim, cfg.dec_embed_dim)
+        dec = (cfg.dec_embed_dim, cfg.dec_num_heads, cfg.mlp_ratio)
+        self.mv_dec_blocks1 = nn.ModuleList(MultiviewDecoderBlock(*dec) for _ in range(cfg.dec_depth))
+        self.mv_dec_blocks2 = nn.ModuleList(MultiviewDecoderBlock(*dec) for _ in range(cfg.dec_depth))
+        self.dec_norm = layer_norm(cfg.dec_embed_dim)
+        self.downstream_head1 = LinearPts3d(cfg.dec_embed_dim, cfg.patch_size)
+        self.downstream_head2 = LinearPts3d(cfg.dec_embed_dim, cfg.patch_size)
+        self._rope_cache: dict[tuple[int, torch.device], Rope] = {}
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    def rope(self, head_dim: int, device: torch.device) -> Rope:
+        """RoPE tables for the configured token grid, cached per (head_dim, device)."""
+        key = (head_dim, device)
+        if key not in self._rope_cache:
+            pos = patch_positions(*self.cfg.grid, device=device)
+            self._rope_cache[key] = rope_tables(pos, head_dim, self.cfg.rope_base)
+        return self._rope_cache[key]
+
+    def _check_tokens(self, tokens: Tensor, name: str = "tokens") -> None:
+        s = self.cfg.grid[0] * self.cfg.grid[1]
+        if tokens.dim() != 4 or tokens.shape[-2:] != (s, self.cfg.enc_embed_dim):
+            raise ValueError(f"{name} must be (V, B, {s}, {self.cfg.enc_embed_dim}) encoder tokens, "
+                             f"got {tuple(tokens.shape)}")
+
+    # ----------------------------------------------------------------------------------------------- encoder
+    def encode(self, images: Tensor) -> Tensor:
+        """Encoder tokens WITHOUT ``enc_norm`` (the cacheable per-frame quantity): ``(N, 3, H, W)`` in [-1, 1]
+        -> ``(N, S, enc_dim)``. Runs in minibatches of ``cfg.enc_minibatch`` frames."""
+        if not self.cfg.need_encoder:
+            raise RuntimeError("this network has no encoder (need_encoder=False); encode with the I2P model")
+        h, w = self.cfg.img_size
+        if images.dim() != 4 or images.shape[1:] != (3, h, w):
+            raise ValueError(f"images must be (N, 3, {h}, {w}), got {tuple(images.shape)}")
+        rope = self.rope(self.cfg.enc_embed_dim // self.cfg.enc_num_heads, images.device)
+        out = []
+        for chunk in images.split(self.cfg.enc_minibatch):
+            x = self.patch_embed(chunk)
+            for blk in self.enc_blocks:
+                x = blk(x, rope)
+            out.append(x)
+        return torch.cat(out)
+
+    # ----------------------------------------------------------------------------------------------- decoder
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Cached encoder tokens ``(V, B, S, enc_dim)`` -> decoder inputs ``(V, B, S, dec_dim)`` (own enc_norm)."""
+        return self.decoder_embed(self.enc_norm(tokens))
+
+    def decode(self, x1: Tensor, x2: Tensor, pe1: Tensor | None = None, pe2: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Run both decoder streams to the end; returns ``dec_norm``-ed final features of each stream.
+
+        ``x1`` ``(V1, B, S, D)`` reference views, ``x2`` ``(V2, B, S, D)`` source views; ``pe1`` / ``pe2`` (same
+        shapes) are added to the input of every layer (L2W point embedding).
+        """
+        rope = self.rope(self.cfg.dec_embed_dim // self.cfg.dec_num_heads, x1.device)
+        for blk1, blk2 in zip(self.mv_dec_blocks1, self.mv_dec_blocks2):
+            if pe1 is not None:
+                x1, x2 = x1 + pe1, x2 + pe2
+            x1, x2 = blk1(x1, x2, rope), blk2(x2, x1, rope)
+        return self.dec_norm(x1), self.dec_norm(x2)
+
+    def heads(self, feat: Tensor, head: int) -> tuple[Tensor, Tensor]:
+        """Final features ``(V, B, S, D)`` -> pts3d ``(V, B, H, W, 3)``, conf ``(V, B, H, W)``."""
+        v, b = feat.shape[:2]
+        module = self.downstream_head1 if head == 1 else self.downstream_head2
+        pts, conf = module(feat.reshape(v * b, *feat.shape[2:]), self.cfg.grid)
+        return pts.view(v, b, *pts.shape[1:]), conf.view(v, b, *conf.shape[1:])
+
+    @staticmethod
+    def _merge_views(n: int, ref_ids: Sequence[int], ref: tuple[Tensor, Tensor], src: tuple[Tensor, Tensor]) -> Pointmaps:
+        """Put per-stream outputs back into the caller's view order."""
+        refs = set(ref_ids)
+        src_ids = [i for i in range(n) if i not in refs]
+        order = torch.empty(n, dtype=torch.long)
+        order[list(ref_ids) + src_ids] = torch.arange(n)
+        pts = torch.cat([ref[0], src[0]])[order.to(ref[0].device)]
+        conf = torch.cat([ref[1], src[1]])[order.to(ref[1].device)]
+        return Pointmaps(pts, conf)
+
+    # ----------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, source: str | Path, **kwargs: Any) -> "MultiViewTransformer":
+        """Load ``config.json`` + ``model.safetensors`` from a local directory or a HuggingFace hub repo id."""
+        from slam3r.models.hub import load_pretrained
+        return load_pretrained(cls, source, **kwargs)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (readable by :meth:`from_pretrained` and the reference)."""
+        from slam3r.models.hub import save_pretrained
+        return save_pretrained(self, directory)
