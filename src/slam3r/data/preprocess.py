@@ -1,0 +1,48 @@
+"""Network input preprocessing, identical to the reference: resize so the short side is ``size`` (LANCZOS when
+shrinking, BICUBIC when enlarging), centre-crop ``size x size``, scale to [-1, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+def crop_box(width: int, height: int, size: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """Resized (w, h) and the centre-crop box (left, top, right, bottom) used for a ``width x height`` image."""
+    long_side = round(size * max(width / height, height / width))
+    scale = long_side / max(width, height)
+    new_w, new_h = int(round(width * scale)), int(round(height * scale))
+    cx, cy, half = new_w // 2, new_h // 2, size // 2
+    return (new_w, new_h), (cx - half, cy - half, cx + half, cy + half)
+
+
+def resize_crop(image: Image.Image | np.ndarray, size: int = 224) -> np.ndarray:
+    """RGB image (PIL or ``(H, W, 3)`` uint8) -> ``(size, size, 3)`` uint8, resized and centre-cropped."""
+    img = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    img = img.convert("RGB")
+    (new_w, new_h), box = crop_box(img.width, img.height, size)
+    if min(new_w, new_h) < size:
+        raise ValueError(f"image {img.width}x{img.height} is too small/elongated to crop {size}x{size}")
+    interp = Image.LANCZOS if max(img.size) > max(new_w, new_h) else Image.BICUBIC
+    return np.array(img.resize((new_w, new_h), interp).crop(box))
+
+
+def load_image(path: str | Path, size: int = 224) -> np.ndarray:
+    """Read an image file -> ``(size, size, 3)`` uint8 network-resolution RGB."""
+    try:
+        with Image.open(path) as img:
+            return resize_crop(img, size)
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from exc
+
+
+def to_tensor(rgb: np.ndarray | Tensor) -> Tensor:
+    """uint8 ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)`` in [-1, 1] (mean 0.5, std 0.5)."""
+    t = torch.from_numpy(np.require(rgb, requirements=["C", "W"])) if isinstance(rgb, np.ndarray) else rgb
+    if t.dtype != torch.uint8 or t.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (..., H, W, 3) RGB, got {t.dtype} {tuple(t.shape)}")
+    return (t.movedim(-1, -3).float() / 255.0 - 0.5) / 0.5

@@ -1,0 +1,41 @@
+"""Results exchanged between the reconstruction engine and its consumers (exporters, service, app)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class FrameResult:
+    """One registered frame, at network resolution S x S (S = model img_size, 224 for the released model).
+
+    Attributes:
+        frame_id: index of the frame in the input stream (0-based, counting only frames that decoded).
+        timestamp_ns: capture time if the source gave one.
+        rgb: ``(S, S, 3)`` uint8 cropped network input colours.
+        pts3d_local: ``(S, S, 3)`` float32 I2P points in this frame's camera frame (scene units).
+        conf_i2p: ``(S, S)`` float32 I2P confidence (>= 1).
+        pts3d_world: ``(S, S, 3)`` float32 points in the world frame (scene units; world = initial keyframe).
+        conf: ``(S, S)`` float32 L2W confidence (>= 1); threshold with ``conf_thres_l2w``.
+        pose_c2w: ``(4, 4)`` float64 camera-to-world pose estimated from local vs world points.
+        focal: focal length in pixels at network resolution (principal point at the image centre).
+        is_keyframe: whether this frame entered the buffering set when registered.
+    """
+
+    frame_id: int
+    timestamp_ns: int | None
+    rgb: np.ndarray
+    pts3d_local: np.ndarray
+    conf_i2p: np.ndarray
+    pts3d_world: np.ndarray
+    conf: np.ndarray
+    pose_c2w: np.ndarray
+    focal: float
+    is_keyframe: bool = False
+
+    def points(self, conf_thres: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Confident world points: xyz ``(M, 3)`` float32, rgb ``(M, 3)`` uint8, conf ``(M,)`` float32."""
+        keep = self.conf > conf_thres
+        return self.pts3d_world[keep], self.rgb[keep], self.conf[keep]
