@@ -45,28 +45,32 @@ class Image2PointsModel(MultiViewTransformer):
             return Pointmaps(*ref)
         return self._merge_views(v, [ref_id], ref, self.heads(f2, 2))
 
-    def corr_logits(self, ref_tokens: Tensor, cand_tokens: Tensor) -> Tensor:
+    def corr_logits(self, ref_tokens: Tensor, cand_tokens: Tensor, depth: int | None = None) -> Tensor:
         """Raw per-token retrieval logits ``(M, B, S)`` of ``M`` candidates for ``B`` reference frames.
 
         Args:
             ref_tokens: ``(B, S, enc_dim)`` tokens of the frames to register.
             cand_tokens: ``(M, S, enc_dim)`` (shared by the batch) or ``(M, B, S, enc_dim)`` candidate tokens.
-        Only the first ``corr_depth`` decoder layers run: the reference stream for ``corr_depth - 1`` layers,
-        the candidate stream for ``corr_depth`` (each layer reading the other stream's previous output).
+            depth: decoder layers to run (default ``cfg.corr_depth``, what the head was trained with).
+        Only the first ``depth`` decoder layers run: the reference stream for ``depth - 1`` layers, the candidate
+        stream for ``depth`` (each layer reading the other stream's previous output).
         """
+        depth = self.cfg.corr_depth if depth is None else depth
+        if not 1 <= depth <= self.cfg.dec_depth:
+            raise ValueError(f"retrieval depth {depth} must be in [1, {self.cfg.dec_depth}]")
         if cand_tokens.dim() == 3:
             cand_tokens = cand_tokens.unsqueeze(1).expand(-1, ref_tokens.shape[0], -1, -1)
         self._check_tokens(ref_tokens.unsqueeze(0), "ref_tokens")
         self._check_tokens(cand_tokens, "cand_tokens")
         rope = self.rope(self.cfg.dec_embed_dim // self.cfg.dec_num_heads, ref_tokens.device)
         x1, x2 = self.embed(ref_tokens.unsqueeze(0)), self.embed(cand_tokens)
-        for i in range(self.cfg.corr_depth):
+        for i in range(depth):
             new_x2 = self.mv_dec_blocks2[i](x2, x1, rope)
-            if i + 1 < self.cfg.corr_depth:
+            if i + 1 < depth:
                 x1 = self.mv_dec_blocks1[i](x1, x2, rope)
             x2 = new_x2
         return self.corr_score_proj(self.corr_score_norm(x2))[..., 0]
 
-    def corr_scores(self, ref_tokens: Tensor, cand_tokens: Tensor) -> Tensor:
+    def corr_scores(self, ref_tokens: Tensor, cand_tokens: Tensor, depth: int | None = None) -> Tensor:
         """Retrieval confidences ``1 + exp(logit)``, ``(M, B, S)`` (see :meth:`corr_logits`)."""
-        return 1.0 + self.corr_logits(ref_tokens, cand_tokens).exp()
+        return 1.0 + self.corr_logits(ref_tokens, cand_tokens, depth).exp()

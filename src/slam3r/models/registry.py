@@ -1,0 +1,62 @@
+"""Resolve a ``--weights`` choice to a pair of networks: ``default`` (bundled with the package), ``released``
+(the official checkpoints from the HuggingFace hub), a local directory holding ``i2p/`` and ``l2w/`` sub-directories,
+or ``I2P_REPO,L2W_REPO`` hub ids / directories."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from slam3r.models.hub import OFFICIAL_REPOS, CheckpointError
+from slam3r.models.i2p import Image2PointsModel
+from slam3r.models.l2w import Local2WorldModel
+
+WEIGHTS_HELP = ("default (bundled small model), released (official SLAM3R weights from the HuggingFace hub: "
+                f"{OFFICIAL_REPOS['i2p']}, {OFFICIAL_REPOS['l2w']}), a directory with i2p/ and l2w/ model "
+                "directories, or I2P,L2W (two hub ids or directories)")
+
+
+def bundled_dir() -> Path:
+    """Directory of the default model shipped inside the package."""
+    return Path(str(resources.files("slam3r"))) / "assets" / "default_model"
+
+
+def resolve_weights(weights: str) -> tuple[str, str]:
+    """``--weights`` value -> (I2P source, L2W source)."""
+    if weights == "default":
+        root = bundled_dir()
+        if not (root / "i2p").is_dir():
+            raise CheckpointError(f"the bundled default model is missing from {root}; reinstall slam3r or pass "
+                                  "--weights released|DIR")
+        return str(root / "i2p"), str(root / "l2w")
+    if weights == "released":
+        return OFFICIAL_REPOS["i2p"], OFFICIAL_REPOS["l2w"]
+    if "," in weights:
+        a, b = weights.split(",", 1)
+        return a.strip(), b.strip()
+    root = Path(weights)
+    if (root / "i2p").is_dir() and (root / "l2w").is_dir():
+        return str(root / "i2p"), str(root / "l2w")
+    raise CheckpointError(f"--weights {weights!r} not understood; expected {WEIGHTS_HELP}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; explicit ``cuda`` without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but this torch build / machine has no CUDA; use --device cpu")
+    return dev
+
+
+def load_models(weights: str = "default", device: str | torch.device = "cpu") -> tuple[Image2PointsModel, Local2WorldModel]:
+    """Load the I2P and L2W networks for ``weights`` (see module docstring) onto ``device``, in eval mode."""
+    i2p_src, l2w_src = resolve_weights(weights)
+    i2p = Image2PointsModel.from_pretrained(i2p_src, device=device)
+    l2w = Local2WorldModel.from_pretrained(l2w_src, device=device)
+    if i2p.cfg.img_size != l2w.cfg.img_size:
+        raise CheckpointError(f"I2P ({i2p.cfg.img_size}) and L2W ({l2w.cfg.img_size}) image sizes differ")
+    return i2p, l2w

@@ -1,0 +1,102 @@
+"""Camera outputs the networks do not give directly: focal length from a camera-frame pointmap and the
+camera-to-world pose from a frame's local vs world pointmaps. Small pure functions over torch tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def pixel_grid(h: int, w: int, device: torch.device | str | None = None) -> Tensor:
+    """Pixel centres (u, v) relative to the image centre: ``(H, W, 2)`` float32, pixels."""
+    v, u = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                          torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    return torch.stack([u - (w - 1) / 2, v - (h - 1) / 2], dim=-1)
+
+
+def estimate_focal(pts_cam: Tensor, weights: Tensor, iters: int = 10) -> Tensor:
+    """Focal length (pixels) of a pinhole camera with its principal point at the image centre.
+
+    Minimises the weighted L1 (Weiszfeld iterations) reprojection residual ``|uv - f * xy/z|`` over pixels.
+    ``pts_cam`` ``(..., H, W, 3)`` camera-frame points; ``weights`` ``(..., H, W)`` (0 = ignore). Returns ``(...)``.
+    """
+    h, w = pts_cam.shape[-3:-1]
+    uv = pixel_grid(h, w, pts_cam.device)
+    z = pts_cam[..., 2:3]
+    ok = (z[..., 0] > 1e-6) & (weights > 0)
+    xy = torch.where(ok[..., None], pts_cam[..., :2] / z.clamp(min=1e-6), torch.zeros_like(pts_cam[..., :2]))
+    wgt = torch.where(ok, weights, torch.zeros_like(weights)).flatten(-2)
+    xy, uvf = xy.flatten(-3, -2), uv.flatten(0, 1)
+    dot = (xy * uvf).sum(-1)
+    sq = (xy * xy).sum(-1)
+    f = (wgt * dot).sum(-1) / (wgt * sq).sum(-1).clamp(min=1e-12)  # least-squares start
+    for _ in range(iters):
+        res = (uvf - f[..., None, None] * xy).norm(dim=-1).clamp(min=1e-3)
+        wi = wgt / res
+        f = (wi * dot).sum(-1) / (wi * sq).sum(-1).clamp(min=1e-12)
+    return f
+
+
+def weighted_sim3(src: Tensor, dst: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Weighted least-squares similarity ``dst ~ s * R @ src + t`` (Umeyama). ``src``, ``dst`` ``(..., N, 3)``,
+    ``weights`` ``(..., N)``. Returns scale ``(...)``, rotation ``(..., 3, 3)``, translation ``(..., 3)``."""
+    w = weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
+    mu_s = (w[..., None] * src).sum(-2)
+    mu_d = (w[..., None] * dst).sum(-2)
+    a, b = src - mu_s[..., None, :], dst - mu_d[..., None, :]
+    cov = torch.einsum("...n,...ni,...nj->...ij", w, b, a)  # (..., 3, 3)
+    u, sig, vt = torch.linalg.svd(cov.double())
+    d = torch.ones_like(sig)
+    d[..., 2] = torch.sign(torch.linalg.det(u @ vt))
+    rot = (u * d[..., None, :]) @ vt
+    var = (w.double() * (a.double() ** 2).sum(-1)).sum(-1)
+    scale = (sig * d).sum(-1) / var.clamp(min=1e-12)
+    rot, scale = rot.to(src.dtype), scale.to(src.dtype)
+    t = mu_d - scale[..., None] * (rot @ mu_s[..., None])[..., 0]
+    return scale, rot, t
+
+
+def pose_from_pointmaps(local: Tensor, world: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Camera-to-world pose ``(4, 4)`` (rotation + translation, world units) and the local->world scale, from a
+    frame's camera-frame points ``(H, W, 3)``, world points ``(H, W, 3)`` and per-pixel weights ``(H, W)``."""
+    s, r, t = weighted_sim3(local.reshape(-1, 3), world.reshape(-1, 3), weights.reshape(-1))
+    pose = torch.eye(4, dtype=torch.float64, device=local.device)
+    pose[:3, :3], pose[:3, 3] = r.double(), t.double()
+    return pose, s
+
+
+def pose_from_pnp(world: np.ndarray, weights: np.ndarray, fx: float, fy: float, cx: float, cy: float,
+                  max_points: int = 5000, seed: int = 0) -> np.ndarray | None:
+    """Camera-to-world pose ``(4, 4)`` by PnP-RANSAC with known intrinsics (pixels at network resolution) from a
+    world pointmap ``(H, W, 3)``; ``None`` when it fails (too few confident points, degenerate)."""
+    import cv2
+
+    h, w = world.shape[:2]
+    vv, uu = np.nonzero(weights > 0)
+    if len(uu) < 6:
+        return None
+    if len(uu) > max_points:
+        pick = np.random.default_rng(seed).choice(len(uu), max_points, replace=False)
+        vv, uu = vv[pick], uu[pick]
+    obj = world[vv, uu].astype(np.float64)
+    img = np.stack([uu, vv], -1).astype(np.float64)
+    k = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
+    ok, rvec, tvec, _ = cv2.solvePnPRansac(obj, img, k, None, reprojectionError=2.0, iterationsCount=200,
+                                           flags=cv2.SOLVEPNP_EPNP)
+    if not ok:
+        return None
+    r_wc, _ = cv2.Rodrigues(rvec)  # world -> camera
+    pose = np.eye(4)
+    pose[:3, :3] = r_wc.T
+    pose[:3, 3] = (-r_wc.T @ tvec).ravel()
+    return pose
+
+
+def normalize_pointmaps(pts: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Jointly divide pointmaps ``(..., H, W, 3)`` by the mean distance to the origin of their ``valid``
+    ``(..., H, W)`` points and zero the invalid ones (the reference ``normalize_views``). Returns (points, scale)."""
+    dist = pts.norm(dim=-1)
+    count = valid.sum().clamp(min=1)
+    scale = ((dist * valid).sum() / count).clamp(min=1e-8)
+    return torch.where(valid[..., None], pts / scale, torch.zeros_like(pts)), scale

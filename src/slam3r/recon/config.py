@@ -1,0 +1,70 @@
+"""Pipeline parameters (reference ``recon.py`` names and defaults) as one validated dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from slam3r.config import ConfigError
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    """Every parameter of the incremental reconstruction; defaults are the reference's unless noted.
+
+    Confidences are the networks' ``1 + exp(c)`` values; thresholds compare against them.
+    """
+
+    keyframe_stride: int = -1
+    """Stride s between the frames of an I2P window; -1 = choose automatically (offline) / ``online_stride``."""
+    keyframe_adapt_min: int = 1
+    keyframe_adapt_max: int = 20
+    keyframe_adapt_stride: int = 1
+    auto_stride_windows: int = 10
+    """Random windows per candidate stride when choosing it automatically."""
+    initial_winsize: int = 5
+    init_conf_thres: float = 5.0
+    """Shrink the initial window while its best mean confidence is below this (and it has more than 3 frames)."""
+    win_r: int = 3
+    """I2P window radius: window = [v] + v -+ i*s, i = 1..win_r (causal mode: only v - i*s)."""
+    conf_thres_i2p: float = 1.5
+    num_scene_frame: int = 10
+    max_num_register: int = 10
+    conf_thres_l2w: float = 12.0
+    num_points_save: int = 2_000_000
+    update_buffer_intv: int = 1
+    buffer_size: int = 100
+    """Buffering-set size; -1 = unbounded."""
+    buffer_strategy: Literal["reservoir", "fifo"] = "reservoir"
+    retrieval_depth: int = 2
+    norm_input: bool = False
+    """Normalise the scene frames' world points before L2W (outputs are scaled back)."""
+    seed: int = 42
+    online_stride: int = 3
+    """Stride used by the causal (streaming) driver when ``keyframe_stride`` is -1 (the later release's default)."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """Autocast dtype: auto = bf16 on CUDA devices that support it (else fp16), fp32 on CPU."""
+    intrinsics: tuple[float, float, float, float] | None = None
+    """Known (fx, fy, cx, cy) in pixels of the ORIGINAL frames, if the user has them; ``None`` = estimate."""
+
+    def validate(self) -> None:
+        checks = [
+            (self.keyframe_stride == -1 or self.keyframe_stride >= 1, "keyframe_stride must be -1 (auto) or >= 1"),
+            (1 <= self.keyframe_adapt_min <= self.keyframe_adapt_max, "need 1 <= keyframe_adapt_min <= _max"),
+            (self.keyframe_adapt_stride >= 1, "keyframe_adapt_stride must be >= 1"),
+            (self.initial_winsize >= 2, "initial_winsize must be >= 2"),
+            (self.win_r >= 1, "win_r must be >= 1"),
+            (self.num_scene_frame >= 1, "num_scene_frame must be >= 1"),
+            (self.max_num_register >= 1, "max_num_register must be >= 1"),
+            (self.num_points_save >= 1, "num_points_save must be >= 1"),
+            (self.update_buffer_intv >= 1, "update_buffer_intv must be >= 1"),
+            (self.buffer_size == -1 or self.buffer_size >= self.initial_winsize,
+             "buffer_size must be -1 (unbounded) or >= initial_winsize"),
+            (self.retrieval_depth >= 1, "retrieval_depth must be >= 1"),
+            (self.online_stride >= 1, "online_stride must be >= 1"),
+            (self.conf_thres_i2p >= 1 and self.conf_thres_l2w >= 1 and self.init_conf_thres >= 1,
+             "confidence thresholds are >= 1 (confidences are 1 + exp(c))"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)

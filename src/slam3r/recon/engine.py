@@ -1,0 +1,340 @@
+"""The incremental SLAM3R engine shared by the offline and streaming drivers.
+
+Frames are added in order (``add``) and ``advance`` does every piece of work the frames seen so far allow:
+initialisation window, I2P windows, retrieval of scene frames, batched L2W registration, buffering-set update,
+poses, eviction. The only difference between the drivers is the I2P window: symmetric (``v -+ i*s``, offline, needs
+``win_r*s`` frames of look-ahead) or causal (``v - i*s``, streaming). Frame ids are always stream indices; buffer
+positions are never mixed with ids.
+
+Device memory is bounded: encoder tokens and pointmaps stay on the device only for buffered frames and for the
+sliding window of frames still needed by upcoming I2P windows; registered frames leave as :class:`FrameResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from slam3r.data.preprocess import to_tensor
+from slam3r.models import Image2PointsModel, Local2WorldModel
+from slam3r.recon.camera import estimate_focal, normalize_pointmaps, pose_from_pnp, pose_from_pointmaps
+from slam3r.recon.config import ReconConfig
+from slam3r.recon.types import FrameResult
+
+
+@dataclass
+class _Frame:
+    """Working state of one frame while the engine still needs it (tensors on the compute device)."""
+
+    rgb: np.ndarray
+    timestamp_ns: int | None
+    tokens: Tensor | None = None  # (S, C) encoder tokens before enc_norm
+    local: Tensor | None = None  # (H, W, 3) raw I2P points, camera frame
+    conf_i2p: Tensor | None = None  # (H, W)
+    pts_cam: Tensor | None = None  # (H, W, 3) normalised camera-frame points, invalid = 0 (L2W input)
+    world: Tensor | None = None  # (H, W, 3)
+    conf_l2w: Tensor | None = None  # (H, W)
+
+
+def select_by_scores(scores: Tensor, k: int) -> list[int]:
+    """Reference retrieval rule: scores ``(M, B, S)`` of M candidates -> indices of the ``k`` best candidates,
+    ranked by ``(c - 1) / c`` of the mean score ``c`` over queries and tokens."""
+    c = scores.float().mean(dim=(1, 2))
+    return torch.argsort((c - 1) / c, descending=True)[:k].tolist()
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for the networks: fp32 on CPU, bf16 / fp16 on CUDA as configured."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    if precision == "auto":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class Engine:
+    """Incremental reconstruction state machine (see module docstring).
+
+    Args:
+        i2p, l2w: the networks (same ``img_size``).
+        cfg: pipeline parameters.
+        stride: keyframe stride s (already resolved; no auto here).
+        causal: streaming windows (past frames only) instead of symmetric ones.
+        total: number of frames when known in advance (offline), else ``None``.
+        intrinsics_net: known (fx, fy, cx, cy) at network resolution, or ``None`` to estimate focal lengths.
+    """
+
+    def __init__(self, i2p: Image2PointsModel, l2w: Local2WorldModel, cfg: ReconConfig, stride: int, *,
+                 causal: bool, device: torch.device | str = "cpu", total: int | None = None,
+                 intrinsics_net: tuple[float, float, float, float] | None = None) -> None:
+        if tuple(i2p.cfg.img_size) != tuple(l2w.cfg.img_size):
+            raise ValueError(f"I2P ({i2p.cfg.img_size}) and L2W ({l2w.cfg.img_size}) image sizes differ")
+        self.i2p, self.l2w, self.cfg = i2p, l2w, cfg
+        self.s = stride
+        self.causal = causal
+        self.total = total
+        self.device = torch.device(device)
+        self.intrinsics_net = intrinsics_net
+        self.rng = np.random.default_rng(cfg.seed)
+        self.frames: dict[int, _Frame] = {}
+        self.n = 0  # frames added
+        self.final = False
+        self.initialized = False
+        self.init_ids: list[int] = []
+        self.init_ref_id = -1
+        self.buffer: list[int] = []
+        self.candidates_seen = 0
+        self.next_id = 0  # next frame to register (after initialisation)
+        self.milestone = 0
+        self.num_register = max(1, min((stride + 1) // 2, cfg.max_num_register))
+        self.local_mean: dict[int, float] = {}
+        self.l2w_mean: dict[int, float] = {}
+        self.timings: dict[str, float] = defaultdict(float)
+        self.registered = 0
+        self._span_pending = False
+
+    # ------------------------------------------------------------------------------------------------ input
+    def add(self, rgbs: Sequence[np.ndarray], timestamps: Sequence[int | None] | None = None) -> None:
+        """Add network-resolution frames ``(S, S, 3)`` uint8 (already cropped) and encode them in one batch."""
+        if self.final:
+            raise RuntimeError("frames added after finish()")
+        if not len(rgbs):
+            return
+        timestamps = list(timestamps) if timestamps is not None else [None] * len(rgbs)
+        with self._timed("encode"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
+            images = to_tensor(np.stack(rgbs)).to(self.device)
+            tokens = self.i2p.encode(images)
+        for rgb, ts, tok in zip(rgbs, timestamps, tokens):
+            self.frames[self.n] = _Frame(rgb=rgb, timestamp_ns=ts, tokens=tok)
+            self.n += 1
+
+    def finish(self) -> None:
+        """No more frames will come: windows at the end of the stream are truncated."""
+        self.final = True
+        self.total = self.n
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    @contextlib.contextmanager
+    def _timed(self, key: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.timings[key] += time.perf_counter() - t0
+
+    def window(self, v: int) -> list[int] | None:
+        """I2P window of frame ``v`` (``v`` first), or ``None`` while its frames have not all arrived."""
+        s, r = self.s, self.cfg.win_r
+        if not self.causal and not self.final and v + r * s >= self.n:
+            return None
+        end = self.n if self.final or not self.causal else v + 1
+        ids = [v]
+        for i in range(1, r + 1):
+            if v - i * s >= 0:
+                ids.append(v - i * s)
+            if not self.causal and v + i * s < end:
+                ids.append(v + i * s)
+        if len(ids) < 2:  # a stream shorter than one stride step: fall back to the nearest frames
+            near = sorted((j for j in range(max(0, v - r), min(end, v + r + 1)) if j != v), key=lambda j: abs(j - v))
+            ids += near[:r]
+        return ids if len(ids) >= 2 else None
+
+    def _tokens(self, ids: Sequence[int]) -> Tensor:
+        """``(V, 1, S, C)`` tokens of frames ``ids``."""
+        return torch.stack([self.frames[i].tokens for i in ids])[:, None]
+
+    def _run_i2p(self, ids: Sequence[int]) -> None:
+        """Local pointmaps of frames ``ids`` (their windows must be ready), windows of equal size batched."""
+        groups: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
+        for v in ids:
+            if self.frames[v].local is None:
+                win = self.window(v)
+                assert win is not None, f"window of frame {v} not ready"
+                groups[len(win)].append((v, win))
+        thr = self.cfg.conf_thres_i2p
+        for items in groups.values():
+            tokens = torch.stack([self._tokens(win)[:, 0] for _, win in items], dim=1)  # (V, B, S, C)
+            with self._timed("i2p"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
+                out = self.i2p(tokens, 0, ref_only=True)
+            for b, (v, _) in enumerate(items):
+                f = self.frames[v]
+                f.local, f.conf_i2p = out.pts3d[0, b].float(), out.conf[0, b].float()
+                f.pts_cam, _ = normalize_pointmaps(f.local, f.conf_i2p > thr)
+                self.local_mean[v] = f.conf_i2p.mean().item()
+
+    def _l2w(self, scene_ids: Sequence[int], batches: Sequence[Sequence[int]]) -> None:
+        """Register the frames of each of ``batches`` (B groups of equal size) against ``scene_ids``; the groups
+        are independent batch elements sharing the scene frames."""
+        nr = len(scene_ids)
+        tok_scene = self._tokens(scene_ids)
+        world = torch.stack([self.frames[i].world for i in scene_ids])
+        scale = None
+        if self.cfg.norm_input:
+            world, scale = normalize_pointmaps(world, world.norm(dim=-1) > 0)
+        b = len(batches)
+        tokens = torch.cat([tok_scene.expand(-1, b, -1, -1),
+                            torch.stack([self._tokens(g)[:, 0] for g in batches], dim=1)])
+        pts = torch.cat([world[:, None].expand(-1, b, -1, -1, -1),
+                         torch.stack([torch.stack([self.frames[i].pts_cam for i in g]) for g in batches], dim=1)])
+        with self._timed("l2w"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
+            out = self.l2w(tokens, pts, list(range(nr)))
+        for bi, group in enumerate(batches):
+            for j, v in enumerate(group):
+                f = self.frames[v]
+                f.world = out.pts3d[nr + j, bi].float() * (scale if scale is not None else 1.0)
+                f.conf_l2w = out.conf[nr + j, bi].float()
+                self.l2w_mean[v] = f.conf_l2w.mean().item()
+
+    def _retrieve(self, query_ids: Sequence[int]) -> list[int]:
+        """Scene frames (frame ids) for the frames ``query_ids`` from the buffering set."""
+        k = self.cfg.num_scene_frame
+        if k >= len(self.buffer):
+            return list(self.buffer)
+        with self._timed("retrieval"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
+            ref = torch.stack([self.frames[i].tokens for i in query_ids])
+            cand = torch.stack([self.frames[i].tokens for i in self.buffer])
+            scores = self.i2p.corr_scores(ref, cand, self.cfg.retrieval_depth)
+        return [self.buffer[i] for i in select_by_scores(scores, k)]
+
+    # ------------------------------------------------------------------------------------------------ stages
+    def _initialize(self) -> bool:
+        """Initial window: best reference among frames 0, s, ..., shrinking while confidence is low."""
+        s = self.s
+        w = self.cfg.initial_winsize
+        if self.n < (w - 1) * s + 1:
+            if not self.final:
+                return False
+            w = min(w, self.n // s)
+        if w < 2:
+            raise ValueError(f"not enough frames to initialise: {self.n} frame(s) with keyframe stride {s} "
+                             f"(need at least {s + 1})")
+        ids = [i * s for i in range(w)]
+        while True:
+            tokens = self._tokens(ids[:w])
+            best, best_ref = -1.0, 0
+            with self._timed("init"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
+                for r in range(w):
+                    mean_conf = self.i2p(tokens, r).conf.float().mean().item()
+                    if mean_conf > best:
+                        best, best_ref = mean_conf, r
+            if w > 3 and best < self.cfg.init_conf_thres:
+                w -= 1
+                continue
+            break
+        ids = ids[:w]
+        with torch.no_grad(), autocast_context(self.device, self.cfg.precision):
+            out = self.i2p(self._tokens(ids), best_ref)
+        pts, conf = out.pts3d[:, 0].float(), out.conf[:, 0].float()
+        world, _ = normalize_pointmaps(pts, conf > self.cfg.conf_thres_i2p)
+        for j, v in enumerate(ids):
+            f = self.frames[v]
+            f.world, f.conf_l2w = world[j], conf[j]
+            self.l2w_mean[v] = conf[j].mean().item()
+        self.init_ids, self.init_ref_id = ids, best_ref
+        self.buffer = list(ids)
+        self.candidates_seen = len(ids)
+        self.initialized = True
+        self.next_id = self.milestone = (w - 1) * s + 1
+        return True
+
+    def _finish_initial_span(self) -> list[int] | None:
+        """I2P for the initial span and L2W pre-registration of its non-keyframes; ids to emit, or ``None`` while
+        their windows are not ready."""
+        span = list(range(self.init_ids[-1] + 1))
+        if any(self.window(v) is None for v in span):
+            return None
+        self._run_i2p(span)
+        inner = [v for v in span if v not in set(self.init_ids)]
+        if inner:
+            self._l2w(self.buffer, [[v] for v in inner])
+            factor = max(self.l2w_mean[v] for v in inner) / max(self.l2w_mean[v] for v in self.init_ids)
+            for v in self.init_ids:
+                self.frames[v].conf_l2w = self.frames[v].conf_l2w * factor
+                self.l2w_mean[v] *= factor
+        return span
+
+    def _update_buffer(self) -> None:
+        """Reference buffering-set update, once per stride segment behind the registration front."""
+        s, size = self.s, self.cfg.buffer_size
+        if self.next_id - self.milestone < s * self.cfg.update_buffer_intv:
+            return
+        while self.next_id - self.milestone >= s:
+            self.candidates_seen += 1
+            full = size > 0 and len(self.buffer) >= size
+            insert = (not full) or self.cfg.buffer_strategy == "fifo" or \
+                (self.cfg.buffer_strategy == "reservoir" and self.rng.random() < size / self.candidates_seen)
+            offset = max(0, self.buffer[-1] + s * 3 // 4 - self.milestone)
+            cands = list(range(self.milestone + offset, self.milestone + s))
+            if insert and cands:
+                lc = np.array([self.l2w_mean[i] for i in cands])
+                ic = np.array([self.local_mean[i] for i in cands])
+                chosen = cands[int(np.argmax((lc - 1) / lc * (ic - 1) / ic))]
+                self.buffer.append(chosen)
+                if full:
+                    self.buffer.pop(int(self.rng.integers(size)) if self.cfg.buffer_strategy == "reservoir" else 0)
+            self.milestone += s
+
+    def _result(self, v: int) -> FrameResult:
+        f = self.frames[v]
+        with self._timed("pose"):
+            weights = (f.conf_i2p > self.cfg.conf_thres_i2p).float() * (1 - 1 / f.conf_l2w)
+            if self.intrinsics_net is not None:
+                fx, fy, cx, cy = self.intrinsics_net
+                pose_np = pose_from_pnp(f.world.cpu().numpy(), weights.cpu().numpy(), fx, fy, cx, cy, seed=v)
+                pose = torch.from_numpy(pose_np) if pose_np is not None else pose_from_pointmaps(f.pts_cam, f.world, weights)[0]
+                focal = float(fx)
+            else:
+                pose, _ = pose_from_pointmaps(f.pts_cam, f.world, weights)
+                focal = float(estimate_focal(f.local, weights))
+        return FrameResult(frame_id=v, timestamp_ns=f.timestamp_ns, rgb=f.rgb,
+                           pts3d_local=f.local.cpu().numpy(), conf_i2p=f.conf_i2p.cpu().numpy(),
+                           pts3d_world=f.world.cpu().numpy(), conf=f.conf_l2w.cpu().numpy(),
+                           pose_c2w=pose.cpu().numpy(), focal=focal, is_keyframe=v in self.buffer)
+
+    def _evict(self) -> None:
+        """Drop state no future step can need: not buffered, registered, and older than every pending window."""
+        keep_from = self.next_id - self.cfg.win_r * self.s
+        buffered = set(self.buffer)
+        for v in [v for v in self.frames if v < keep_from and v not in buffered]:
+            del self.frames[v]
+        for table in (self.local_mean, self.l2w_mean):
+            for v in [v for v in table if v < self.milestone and v not in buffered]:
+                del table[v]
+
+    # ------------------------------------------------------------------------------------------------ driver
+    def advance(self) -> list[FrameResult]:
+        """Do all the work the frames seen so far allow; returns newly registered frames in order."""
+        out: list[FrameResult] = []
+        if not self.initialized:
+            if not self._initialize():
+                return out
+            self._span_pending = True
+        if self._span_pending:
+            span = self._finish_initial_span()
+            if span is None:
+                return out
+            self._span_pending = False
+            out += [self._result(v) for v in span]
+            self.registered = len(span)
+        while self.next_id < self.n:
+            batch = list(range(self.next_id, min(self.next_id + self.num_register, self.n)))
+            if len(batch) < self.num_register and not self.final:
+                break
+            if any(self.window(v) is None for v in batch):
+                break
+            self._run_i2p(batch)
+            scene = self._retrieve(batch[::2])
+            self._l2w(scene, [batch])
+            out += [self._result(v) for v in batch]
+            self.registered += len(batch)
+            self.next_id += len(batch)
+            self._update_buffer()
+            self._evict()
+        return out

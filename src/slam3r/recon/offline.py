@@ -1,0 +1,71 @@
+"""Offline driver (the reference ``recon.py`` algorithm): all frames known, symmetric I2P windows, automatic
+keyframe stride over the whole video. Frames flow through the engine in chunks so device memory stays bounded."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from slam3r.data.preprocess import to_tensor
+from slam3r.models import Image2PointsModel, Local2WorldModel
+from slam3r.recon.config import ReconConfig
+from slam3r.recon.engine import Engine, autocast_context
+from slam3r.recon.types import FrameResult
+
+
+def choose_stride(i2p: Image2PointsModel, frames: Sequence[np.ndarray], cfg: ReconConfig,
+                  device: torch.device) -> tuple[int, dict[int, float]]:
+    """Automatic keyframe stride: for each candidate s, the mean I2P confidence of up to
+    ``cfg.auto_stride_windows`` random 7-frame windows (centre -+ i*s, i = 1..3); the best mean wins.
+    Returns the stride and the mean confidence of every stride tried."""
+    n = len(frames)
+    rng = np.random.default_rng(cfg.seed)
+    hi = min((n - 1) // 6, cfg.keyframe_adapt_max)
+    tried: dict[int, float] = {}
+    cache: dict[int, torch.Tensor] = {}
+    for s in range(cfg.keyframe_adapt_min, hi + 1, cfg.keyframe_adapt_stride):
+        centres = rng.choice(np.arange(3 * s, n - 3 * s), min(n - 6 * s, cfg.auto_stride_windows), replace=False)
+        wins = [[int(c)] + [int(c) + d * i * s for i in range(1, 4) for d in (-1, 1)] for c in centres]
+        need = sorted({i for w in wins for i in w} - set(cache))
+        with torch.no_grad(), autocast_context(device, cfg.precision):
+            if need:
+                toks = i2p.encode(to_tensor(np.stack([frames[i] for i in need])).to(device))
+                cache.update(zip(need, toks))
+            tokens = torch.stack([torch.stack([cache[i] for i in w]) for w in wins], dim=1)  # (7, B, S, C)
+            tried[s] = i2p(tokens, 0).conf.float().mean().item()
+    if not tried:
+        return 1, tried
+    return max(tried, key=tried.get), tried
+
+
+def run_offline(i2p: Image2PointsModel, l2w: Local2WorldModel, frames: Sequence[np.ndarray], cfg: ReconConfig,
+                *, device: torch.device | str = "cpu", timestamps: Sequence[int | None] | None = None,
+                intrinsics_net: tuple[float, float, float, float] | None = None, chunk: int = 32,
+                on_stride: Callable[[int], None] | None = None) -> tuple[Engine, Iterator[FrameResult]]:
+    """Reconstruct ``frames`` (network-resolution ``(S, S, 3)`` uint8). Returns the engine (stride, buffer,
+    timings) and an iterator of per-frame results in frame order; consume it to run the reconstruction."""
+    device = torch.device(device)
+    n = len(frames)
+    if n < 2:
+        raise ValueError(f"need at least 2 frames to reconstruct, got {n}")
+    stride = cfg.keyframe_stride
+    if stride == -1:
+        stride, _ = choose_stride(i2p, frames, cfg, device)
+    if on_stride is not None:
+        on_stride(stride)
+    engine = Engine(i2p, l2w, cfg, stride, causal=False, device=device, total=n, intrinsics_net=intrinsics_net)
+    ts = list(timestamps) if timestamps is not None else [None] * n
+
+    def results() -> Iterator[FrameResult]:
+        for start in range(0, n, chunk):
+            engine.add(frames[start:start + chunk], ts[start:start + chunk])
+            if engine.n == n:
+                engine.finish()
+            yield from engine.advance()
+        if not engine.final:
+            engine.finish()
+            yield from engine.advance()
+
+    return engine, results()

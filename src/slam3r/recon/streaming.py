@@ -1,0 +1,83 @@
+"""Streaming (causal) driver: frames arrive one at a time and each is registered as soon as its causal window
+(itself and the ``win_r`` previous frames at stride s) is available; the buffering set is the only long-term memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from slam3r.data.preprocess import resize_crop
+from slam3r.models import Image2PointsModel, Local2WorldModel
+from slam3r.recon.config import ReconConfig
+from slam3r.recon.engine import Engine
+from slam3r.recon.types import FrameResult
+
+
+def intrinsics_to_net(intrinsics: tuple[float, float, float, float], width: int, height: int,
+                      size: int) -> tuple[float, float, float, float]:
+    """Map (fx, fy, cx, cy) of a ``width x height`` frame to the ``size x size`` network crop."""
+    from slam3r.data.preprocess import crop_box
+
+    (new_w, new_h), (left, top, _, _) = crop_box(width, height, size)
+    sx, sy = new_w / width, new_h / height
+    fx, fy, cx, cy = intrinsics
+    return fx * sx, fy * sy, (cx + 0.5) * sx - 0.5 - left, (cy + 0.5) * sy - 0.5 - top
+
+
+class StreamingReconstructor:
+    """Causal reconstruction of a live stream.
+
+    ``push`` takes one RGB frame of any size (uint8 ``(H, W, 3)``) and returns the frames registered by it, in
+    order (none during initialisation, then all initial frames at once, then usually one batch of
+    ``max(1, min((s+1)//2, max_num_register))`` frames every that many pushes). ``flush`` registers what is left
+    at the end of the stream; ``reset`` starts a new reconstruction with the same networks.
+    """
+
+    def __init__(self, i2p: Image2PointsModel, l2w: Local2WorldModel, cfg: ReconConfig | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        self.i2p, self.l2w = i2p, l2w
+        self.cfg = cfg or ReconConfig()
+        self.device = torch.device(device)
+        self.size = i2p.cfg.img_size[0]
+        self.stride = self.cfg.keyframe_stride if self.cfg.keyframe_stride > 0 else self.cfg.online_stride
+        self.engine: Engine | None = None
+
+    def _engine(self, frame_shape: tuple[int, ...]) -> Engine:
+        if self.engine is None:
+            k = None
+            if self.cfg.intrinsics is not None:
+                k = intrinsics_to_net(self.cfg.intrinsics, frame_shape[1], frame_shape[0], self.size)
+            self.engine = Engine(self.i2p, self.l2w, self.cfg, self.stride, causal=True, device=self.device,
+                                 intrinsics_net=k)
+        return self.engine
+
+    @property
+    def frames_seen(self) -> int:
+        return 0 if self.engine is None else self.engine.n
+
+    def push(self, rgb: np.ndarray, timestamp_ns: int | None = None) -> list[FrameResult]:
+        """Add one frame; returns newly registered frames (possibly none)."""
+        return self.push_many([rgb], [timestamp_ns])
+
+    def push_many(self, rgbs: list[np.ndarray], timestamps: list[int | None] | None = None) -> list[FrameResult]:
+        """Add several frames at once (encoded in one batch; used for micro-batching by the service)."""
+        if not rgbs:
+            return []
+        for rgb in rgbs:
+            if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
+                raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {getattr(rgb, 'dtype', type(rgb))} "
+                                 f"{getattr(rgb, 'shape', '')}")
+        engine = self._engine(rgbs[0].shape)
+        engine.add([resize_crop(r, self.size) for r in rgbs], timestamps)
+        return engine.advance()
+
+    def flush(self) -> list[FrameResult]:
+        """End of stream: register every frame still pending (needs at least s+1 frames in all)."""
+        if self.engine is None or self.engine.final:
+            return []
+        self.engine.finish()
+        return self.engine.advance()
+
+    def reset(self) -> None:
+        """Forget the current reconstruction (e.g. a new video segment)."""
+        self.engine = None
