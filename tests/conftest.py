@@ -1,0 +1,30 @@
+"""Shared fixtures: paths to the reference fixtures and tiny networks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SPEC = Path(os.environ.get("SLAM3R_SPEC_DIR", Path(__file__).resolve().parents[2] / "shared" / "spec"))
+FIXTURES = SPEC / "fixtures"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.skip(f"reference fixtures not found at {FIXTURES} (set SLAM3R_SPEC_DIR)")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """Tiny random I2P / L2W networks (64x64 input), fixed seed."""
+    from slam3r.models import Image2PointsModel, Local2WorldModel, TINY, preset
+
+    torch.manual_seed(0)
+    return Image2PointsModel(TINY).eval(), Local2WorldModel(preset("tiny", l2w=True)).eval()
