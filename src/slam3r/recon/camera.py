@@ -38,31 +38,15 @@ def estimate_focal(pts_cam: Tensor, weights: Tensor, iters: int = 10) -> Tensor:
     return f
 
 
-def weighted_sim3(src: Tensor, dst: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Weighted least-squares similarity ``dst ~ s * R @ src + t`` (Umeyama). ``src``, ``dst`` ``(..., N, 3)``,
-    ``weights`` ``(..., N)``. Returns scale ``(...)``, rotation ``(..., 3, 3)``, translation ``(..., 3)``."""
-    w = weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
-    mu_s = (w[..., None] * src).sum(-2)
-    mu_d = (w[..., None] * dst).sum(-2)
-    a, b = src - mu_s[..., None, :], dst - mu_d[..., None, :]
-    cov = torch.einsum("...n,...ni,...nj->...ij", w, b, a)  # (..., 3, 3)
-    u, sig, vt = torch.linalg.svd(cov.double())
-    d = torch.ones_like(sig)
-    d[..., 2] = torch.sign(torch.linalg.det(u @ vt))
-    rot = (u * d[..., None, :]) @ vt
-    var = (w.double() * (a.double() ** 2).sum(-1)).sum(-1)
-    scale = (sig * d).sum(-1) / var.clamp(min=1e-12)
-    rot, scale = rot.to(src.dtype), scale.to(src.dtype)
-    t = mu_d - scale[..., None] * (rot @ mu_s[..., None])[..., 0]
-    return scale, rot, t
+def pose_from_pointmaps(local: np.ndarray, world: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
+    """Camera-to-world pose ``(4, 4)`` (rotation + translation, world units) and the local->world scale, by a
+    weighted similarity fit of a frame's camera-frame points ``(H, W, 3)`` to its world points ``(H, W, 3)`` with
+    per-pixel ``weights`` ``(H, W)``."""
+    from slam3r.geometry.transforms import umeyama
 
-
-def pose_from_pointmaps(local: Tensor, world: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-    """Camera-to-world pose ``(4, 4)`` (rotation + translation, world units) and the local->world scale, from a
-    frame's camera-frame points ``(H, W, 3)``, world points ``(H, W, 3)`` and per-pixel weights ``(H, W)``."""
-    s, r, t = weighted_sim3(local.reshape(-1, 3), world.reshape(-1, 3), weights.reshape(-1))
-    pose = torch.eye(4, dtype=torch.float64, device=local.device)
-    pose[:3, :3], pose[:3, 3] = r.double(), t.double()
+    s, r, t = umeyama(local.reshape(-1, 3), world.reshape(-1, 3), weights.reshape(-1))
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = r, t
     return pose, s
 
 

@@ -130,19 +130,22 @@ class Engine:
         self.timings[key] += time.perf_counter() - t0
 
     def window(self, v: int) -> list[int] | None:
-        """I2P window of frame ``v`` (``v`` first), or ``None`` while its frames have not all arrived."""
+        """I2P window of frame ``v`` (``v`` first), or ``None`` while its frames have not all arrived.
+
+        Symmetric: ``v -+ i*s`` truncated at the stream ends. Causal: ``v - i*s``; frames at the very start of a
+        stream, which have no past, use frames that have already arrived after them.
+        """
         s, r = self.s, self.cfg.win_r
         if not self.causal and not self.final and v + r * s >= self.n:
             return None
-        end = self.n if self.final or not self.causal else v + 1
         ids = [v]
         for i in range(1, r + 1):
             if v - i * s >= 0:
                 ids.append(v - i * s)
-            if not self.causal and v + i * s < end:
+            if (not self.causal or len(ids) <= i) and v + i * s < self.n:
                 ids.append(v + i * s)
         if len(ids) < 2:  # a stream shorter than one stride step: fall back to the nearest frames
-            near = sorted((j for j in range(max(0, v - r), min(end, v + r + 1)) if j != v), key=lambda j: abs(j - v))
+            near = sorted((j for j in range(max(0, v - r), min(self.n, v + r + 1)) if j != v), key=lambda j: abs(j - v))
             ids += near[:r]
         return ids if len(ids) >= 2 else None
 
@@ -284,19 +287,22 @@ class Engine:
     def _result(self, v: int) -> FrameResult:
         f = self.frames[v]
         with self._timed("pose"):
-            weights = (f.conf_i2p > self.cfg.conf_thres_i2p).float() * (1 - 1 / f.conf_l2w)
+            weights = ((f.conf_i2p > self.cfg.conf_thres_i2p).float() * (1 - 1 / f.conf_l2w)).cpu().numpy()
+            local, world, cam = f.local.cpu().numpy(), f.world.cpu().numpy(), f.pts_cam.cpu().numpy()
+            if weights.sum() <= 0:  # nothing confident: keep the weights uniform rather than fail
+                weights = np.ones_like(weights)
+            pose = None
             if self.intrinsics_net is not None:
                 fx, fy, cx, cy = self.intrinsics_net
-                pose_np = pose_from_pnp(f.world.cpu().numpy(), weights.cpu().numpy(), fx, fy, cx, cy, seed=v)
-                pose = torch.from_numpy(pose_np) if pose_np is not None else pose_from_pointmaps(f.pts_cam, f.world, weights)[0]
+                pose = pose_from_pnp(world, weights, fx, fy, cx, cy, seed=v)
                 focal = float(fx)
             else:
-                pose, _ = pose_from_pointmaps(f.pts_cam, f.world, weights)
-                focal = float(estimate_focal(f.local, weights))
-        return FrameResult(frame_id=v, timestamp_ns=f.timestamp_ns, rgb=f.rgb,
-                           pts3d_local=f.local.cpu().numpy(), conf_i2p=f.conf_i2p.cpu().numpy(),
-                           pts3d_world=f.world.cpu().numpy(), conf=f.conf_l2w.cpu().numpy(),
-                           pose_c2w=pose.cpu().numpy(), focal=focal, is_keyframe=v in self.buffer)
+                focal = float(estimate_focal(f.local, torch.from_numpy(weights).to(f.local.device)))
+            if pose is None:
+                pose, _ = pose_from_pointmaps(cam, world, weights)
+        return FrameResult(frame_id=v, timestamp_ns=f.timestamp_ns, rgb=f.rgb, pts3d_local=local,
+                           conf_i2p=f.conf_i2p.cpu().numpy(), pts3d_world=world, conf=f.conf_l2w.cpu().numpy(),
+                           pose_c2w=pose, focal=focal, is_keyframe=v in self.buffer)
 
     def _evict(self) -> None:
         """Drop state no future step can need: not buffered, registered, and older than every pending window."""

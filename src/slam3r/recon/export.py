@@ -1,0 +1,208 @@
+"""Writing a reconstruction to disk as it is produced: per-frame predictions in the reference's ``preds/`` layout
+(streamed into ``.npy`` files, so RAM stays flat for any video length), the confidence-filtered subsampled cloud
+(``<scene>_recon.ply`` and ``.glb``), the camera trajectory (TUM) and intrinsics, and a metadata / summary JSON.
+
+Layout of ``OUT/``::
+
+    <scene>_recon.ply        points with L2W conf > conf_thres_l2w, random-subsampled to num_points_save
+    <scene>_recon.glb        the same cloud as a glTF binary (POINTS primitive, vertex colours)
+    trajectory.txt           TUM: timestamp tx ty tz qx qy qz qw (camera-to-world, world = initial keyframe)
+    cameras.json             per-frame focal length (pixels at network resolution) and pose matrices
+    summary.json             frames, stride, timings, FPS, points, low-confidence frames, parameters
+    preds/local_pcds.npy     (V, S, S, 3) float32  I2P points, camera frame
+    preds/registered_pcds.npy (V, S, S, 3) float32 world points
+    preds/local_confs.npy    (V, S, S) float32
+    preds/registered_confs.npy (V, S, S) float32
+    preds/input_imgs.npy     (V, S, S, 3) uint8
+    preds/metadata.json      {scene_id, init_winsize, kf_stride, init_ref_id}
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from slam3r.recon.types import FrameResult
+
+PRED_FILES = {
+    "local_pcds": ("pts3d_local", np.float32),
+    "registered_pcds": ("pts3d_world", np.float32),
+    "local_confs": ("conf_i2p", np.float32),
+    "registered_confs": ("conf", np.float32),
+    "input_imgs": ("rgb", np.uint8),
+}
+_NPY_HEADER = 128
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """A version-1.0 ``.npy`` header padded to a fixed size, so it can be rewritten once the length is known."""
+    text = f"{{'descr': '{np.dtype(dtype).str}', 'fortran_order': False, 'shape': {shape!r}, }}"
+    pad = _NPY_HEADER - 10 - len(text) - 1
+    if pad < 0:
+        raise ValueError(f"shape {shape} too long for the npy header")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", _NPY_HEADER - 10) + (text + " " * pad + "\n").encode()
+
+
+class _NpyAppender:
+    """Append equally shaped arrays to a ``.npy`` file, fixing the header's first dimension on close."""
+
+    def __init__(self, path: Path, dtype: np.dtype) -> None:
+        self.path, self.dtype = path, np.dtype(dtype)
+        self.count = 0
+        self.item_shape: tuple[int, ...] | None = None
+        self.fh: IO[bytes] = open(path, "wb")
+        self.fh.write(b"\0" * _NPY_HEADER)
+
+    def append(self, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        if self.item_shape is None:
+            self.item_shape = arr.shape
+        elif arr.shape != self.item_shape:
+            raise ValueError(f"{self.path.name}: shape {arr.shape} differs from {self.item_shape}")
+        self.fh.write(arr.tobytes())
+        self.count += 1
+
+    def close(self) -> None:
+        self.fh.seek(0)
+        self.fh.write(_npy_header(self.dtype, (self.count, *(self.item_shape or ()))))
+        self.fh.close()
+
+
+def write_glb(path: str | Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
+    """Point cloud ``(N, 3)`` float + ``(N, 3)`` uint8 colours -> glTF 2.0 binary (one POINTS primitive).
+    glTF is y-up; points are written in the OpenCV camera convention (y down) flipped to y-up, z-back."""
+    pos = (np.asarray(xyz, np.float32) * np.array([1, -1, -1], np.float32)).astype("<f4")
+    col = np.asarray(rgb, np.uint8)
+    col = np.concatenate([col, np.full((len(col), 1), 255, np.uint8)], axis=1)  # RGBA, 4-byte aligned
+    pos_bytes, col_bytes = pos.tobytes(), col.tobytes()
+    n = len(pos)
+    lo = pos.min(0).tolist() if n else [0, 0, 0]
+    hi = pos.max(0).tolist() if n else [0, 0, 0]
+    doc = {
+        "asset": {"version": "2.0", "generator": "slam3r"},
+        "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1}, "mode": 0}]}],
+        "buffers": [{"byteLength": len(pos_bytes) + len(col_bytes)}],
+        "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": len(pos_bytes), "target": 34962},
+                        {"buffer": 0, "byteOffset": len(pos_bytes), "byteLength": len(col_bytes), "target": 34962}],
+        "accessors": [{"bufferView": 0, "componentType": 5126, "count": n, "type": "VEC3", "min": lo, "max": hi},
+                      {"bufferView": 1, "componentType": 5121, "normalized": True, "count": n, "type": "VEC4"}],
+    }
+    js = json.dumps(doc, separators=(",", ":")).encode()
+    js += b" " * (-len(js) % 4)
+    binary = pos_bytes + col_bytes
+    binary += b"\0" * (-len(binary) % 4)
+    total = 12 + 8 + len(js) + 8 + len(binary)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<4sII", b"glTF", 2, total))
+        fh.write(struct.pack("<I4s", len(js), b"JSON") + js)
+        fh.write(struct.pack("<I4s", len(binary), b"BIN\0") + binary)
+
+
+def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray | None = None) -> None:
+    """Binary little-endian PLY of points ``(N, 3)`` float32, colours ``(N, 3)`` uint8, optional confidence."""
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    if conf is not None:
+        fields.append(("confidence", "<f4"))
+    data = np.empty(len(xyz), dtype=fields)
+    data["x"], data["y"], data["z"] = np.asarray(xyz, np.float32).T
+    data["red"], data["green"], data["blue"] = np.asarray(rgb, np.uint8).T
+    if conf is not None:
+        data["confidence"] = conf
+    types = {"<f4": "float", "u1": "uchar"}
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(data)}"]
+    header += [f"property {types[t]} {name}" for name, t in fields] + ["end_header"]
+    with open(path, "wb") as fh:
+        fh.write(("\n".join(header) + "\n").encode())
+        fh.write(data.tobytes())
+
+
+def rotmat_to_quat_xyzw(rot: np.ndarray) -> np.ndarray:
+    """Rotation matrix ``(3, 3)`` -> unit quaternion (x, y, z, w)."""
+    from scipy.spatial.transform import Rotation
+    return Rotation.from_matrix(rot).as_quat()
+
+
+class ReconWriter:
+    """Streams :class:`FrameResult` s to ``out_dir`` (see module docstring); call :meth:`close` at the end."""
+
+    def __init__(self, out_dir: str | Path, scene: str = "scene", *, conf_thres_l2w: float = 12.0,
+                 num_points_save: int = 2_000_000, keep_preds: bool = True, frame_plys: bool = False,
+                 seed: int = 42) -> None:
+        self.out = Path(out_dir)
+        self.preds = self.out / "preds"
+        self.preds.mkdir(parents=True, exist_ok=True)
+        self.scene = scene
+        self.conf_thres, self.num_points, self.keep_preds = conf_thres_l2w, num_points_save, keep_preds
+        self.frame_plys, self.seed = frame_plys, seed
+        self.files = {name: _NpyAppender(self.preds / f"{name}.npy", dt) for name, (_, dt) in PRED_FILES.items()}
+        self.traj = open(self.out / "trajectory.txt", "w")
+        self.traj.write("# timestamp tx ty tz qx qy qz qw  (camera-to-world, world = initial keyframe)\n")
+        self.cameras: list[dict[str, Any]] = []
+        self.conf_means: list[float] = []
+        self.next_frame = 0
+
+    def add(self, r: FrameResult) -> None:
+        if r.frame_id != self.next_frame:
+            raise ValueError(f"frame {r.frame_id} arrived, expected {self.next_frame} (results must be in order)")
+        for name, (attr, _) in PRED_FILES.items():
+            self.files[name].append(getattr(r, attr))
+        t = r.timestamp_ns / 1e9 if r.timestamp_ns is not None else float(r.frame_id)
+        q = rotmat_to_quat_xyzw(r.pose_c2w[:3, :3])
+        p = r.pose_c2w[:3, 3]
+        self.traj.write(f"{t:.9f} {p[0]:.6f} {p[1]:.6f} {p[2]:.6f} {q[0]:.6f} {q[1]:.6f} {q[2]:.6f} {q[3]:.6f}\n")
+        self.cameras.append({"frame_id": r.frame_id, "timestamp_ns": r.timestamp_ns, "focal": r.focal,
+                             "is_keyframe": r.is_keyframe, "pose_c2w": np.round(r.pose_c2w, 8).tolist()})
+        self.conf_means.append(float(r.conf.mean()))
+        if self.frame_plys:
+            (self.out / "frames").mkdir(exist_ok=True)
+            xyz, rgb, conf = r.points(self.conf_thres)
+            write_ply(self.out / "frames" / f"frame_{r.frame_id}.ply", xyz, rgb, conf)
+        self.next_frame += 1
+
+    def _sample_cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Confident points of all frames, random-subsampled without loading every pointmap at once."""
+        pts = np.load(self.preds / "registered_pcds.npy", mmap_mode="r")
+        conf = np.load(self.preds / "registered_confs.npy", mmap_mode="r")
+        imgs = np.load(self.preds / "input_imgs.npy", mmap_mode="r")
+        counts = np.array([(conf[i] > self.conf_thres).sum() for i in range(len(conf))], dtype=np.int64)
+        total = int(counts.sum())
+        k = min(self.num_points, total)
+        pick = np.sort(np.random.default_rng(self.seed).choice(total, k, replace=False)) if k else np.zeros(0, int)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        out_xyz, out_rgb, out_conf = [], [], []
+        for i in range(len(conf)):
+            lo, hi = np.searchsorted(pick, [starts[i], starts[i + 1]])
+            if lo == hi:
+                continue
+            mask = conf[i] > self.conf_thres
+            sel = pick[lo:hi] - starts[i]
+            out_xyz.append(pts[i][mask][sel])
+            out_rgb.append(imgs[i][mask][sel])
+            out_conf.append(conf[i][mask][sel])
+        if not out_xyz:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.float32)
+        return np.concatenate(out_xyz), np.concatenate(out_rgb), np.concatenate(out_conf)
+
+    def close(self, metadata: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+        """Finish all files; returns the summary (with point count and low-confidence frames added)."""
+        for f in self.files.values():
+            f.close()
+        self.traj.close()
+        (self.preds / "metadata.json").write_text(json.dumps({"scene_id": self.scene, **metadata}))
+        (self.out / "cameras.json").write_text(json.dumps(self.cameras))
+        xyz, rgb, conf = self._sample_cloud()
+        write_ply(self.out / f"{self.scene}_recon.ply", xyz, rgb, conf)
+        write_glb(self.out / f"{self.scene}_recon.glb", xyz, rgb)
+        low = [i for i, c in enumerate(self.conf_means) if c < 10]
+        summary = {**summary, "frames": self.next_frame, "points": int(len(xyz)),
+                   "low_confidence_frames": low, "metadata": metadata}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        if not self.keep_preds:
+            for name in PRED_FILES:
+                (self.preds / f"{name}.npy").unlink()
+        return summary
