@@ -84,7 +84,11 @@ TINY = ModelConfig(img_size=(64, 64), enc_embed_dim=64, enc_depth=2, enc_num_hea
                    dec_embed_dim=48, dec_depth=3, dec_num_heads=4)
 """The tiny configuration of the numerical fixtures; used by tests."""
 
-PRESETS: dict[str, ModelConfig] = {"released": RELEASED, "tiny": TINY}
+DEFAULT = ModelConfig(img_size=(112, 112), enc_embed_dim=160, enc_depth=6, enc_num_heads=5,
+                      dec_embed_dim=128, dec_depth=4, dec_num_heads=4, enc_minibatch=16)
+"""The small model bundled with the package (``slam3r/assets/default_model``), trained on CPU on synthetic scenes."""
+
+PRESETS: dict[str, ModelConfig] = {"released": RELEASED, "tiny": TINY, "default": DEFAULT}
 
 
 def preset(name: str, *, l2w: bool = False) -> ModelConfig:

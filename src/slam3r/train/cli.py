@@ -1,0 +1,58 @@
+"""``slam3r train i2p|retrieval|l2w --config FILE --out DIR [--resume] [--set key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+STAGE_HELP = "i2p: the image-to-points network; retrieval: its scene-frame scoring head; l2w: local-to-world"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("stage", choices=("i2p", "retrieval", "l2w"), help=STAGE_HELP)
+    parser.add_argument("--config", required=True, help="YAML training configuration (slam3r.train.config)")
+    parser.add_argument("--out", required=True, help="run directory: checkpoint/, model/, log.csv")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config values, dotted for sections (e.g. optim.steps=500 data.num_views=7)")
+
+
+def override(data: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides (values parsed as YAML) to a nested config dict."""
+    import yaml
+
+    from slam3r.config import ConfigError
+
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        key, value = item.split("=", 1)
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {p} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from slam3r.config import ConfigError, from_dict
+    from slam3r.train.config import TrainConfig
+    from slam3r.train.trainer import Trainer
+
+    try:
+        data = yaml.safe_load(Path(args.config).read_text()) or {}
+        data.pop("stage", None)  # present in the config.yaml a run writes
+        cfg = from_dict(TrainConfig, override(data, args.set))
+        trainer = Trainer(args.stage, cfg, args.out, resume=args.resume)
+    except (OSError, ConfigError, yaml.YAMLError) as exc:
+        print(f"slam3r train: {exc}")
+        return 2
+    trainer.run()
+    return 0
