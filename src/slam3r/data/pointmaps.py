@@ -3,8 +3,11 @@ preprocessing (``slam3r.geometry.camera.input_crop_resize``) and back-project to
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from slam3r.data.rgbd import RGBDSequence
 from slam3r.geometry.camera import crop_resize_intrinsics, depth_to_world, input_crop_resize
 
 
@@ -49,4 +52,16 @@ def gt_pointmaps(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, size: int = 
     d = np.where(valid, d, 0.0).astype(np.float32)
     pts = depth_to_world(d, Ks, c2w).astype(np.float32)
     pts[~valid] = 0.0
+    return pts, valid
+
+
+def sequence_gt_pointmaps(seq: RGBDSequence, indices: Sequence[int] | None = None, size: int = 224
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """GT pointmaps (N, S, S, 3) float32 and valid masks (N, S, S) of an on-disk RGB-D sequence, loading one depth
+    image at a time (full-resolution depth of long sequences does not fit in memory)."""
+    idx = list(range(len(seq))) if indices is None else [int(i) for i in indices]
+    pts = np.empty((len(idx), size, size, 3), dtype=np.float32)
+    valid = np.empty((len(idx), size, size), dtype=bool)
+    for j, i in enumerate(idx):
+        pts[j], valid[j] = gt_pointmaps(seq.load_depth(i), seq.K, seq.poses[i], size)
     return pts, valid
