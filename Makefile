@@ -15,6 +15,10 @@ $(VPY):
 $(STAMP): $(VPY) pyproject.toml
 	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -e ".[dev]"
+	# Open3D (slam3r eval) needs libusb on Debian/Ubuntu; only tried when the import fails and apt-get exists.
+	$(VPY) -c "import open3d" 2>/dev/null || ! command -v apt-get >/dev/null || apt-get install -y -q libusb-1.0-0 \
+		|| (apt-get update -q && apt-get install -y -q libusb-1.0-0) \
+		|| echo "warning: Open3D needs libusb-1.0-0 (apt-get install libusb-1.0-0); slam3r eval will not work"
 	touch $(STAMP)
 
 install: $(STAMP)
