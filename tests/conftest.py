@@ -11,7 +11,8 @@ import torch
 SPEC = Path(os.environ.get("SLAM3R_SPEC_DIR", Path(__file__).resolve().parents[2] / "shared" / "spec"))
 FIXTURES = SPEC / "fixtures"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tiny test networks run fastest single-threaded, and CI machines are often shared: avoid OpenMP oversubscription.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
