@@ -95,6 +95,10 @@ def test_l2w_coregistration(nets, fixtures_dir):
     perm = [5, 0, 6, 1, 2, 7, 3, 4]
     out2 = nets[1](fx["in_img_tokens_unnormed"][perm], fx["in_pts3d"][perm], [1, 3, 4, 6, 7])
     close(out2.pts3d, fx["out_pts3d"][perm], 1e-4)
+    # the pipeline's fast path: only the keyframes, in input order
+    src = nets[1](fx["in_img_tokens_unnormed"], fx["in_pts3d"], list(range(num_ref)), sources_only=True)
+    close(src.pts3d, fx["out_pts3d"][num_ref:], 1e-4)
+    close(src.conf, fx["out_conf"][num_ref:], 1e-4)
 
 
 def test_preprocess_matches_reference(fixtures_dir):

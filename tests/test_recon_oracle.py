@@ -78,7 +78,7 @@ class OracleL2W:
     def __init__(self, scene: Scene) -> None:
         self.cfg, self.scene = preset("tiny", l2w=True), scene
 
-    def __call__(self, tokens: torch.Tensor, pts3d: torch.Tensor, ref_ids) -> Pointmaps:
+    def __call__(self, tokens: torch.Tensor, pts3d: torch.Tensor, ref_ids, *, sources_only: bool = False) -> Pointmaps:
         ids = OracleI2P.ids(tokens)
         out = pts3d.clone().numpy()
         for b in range(ids.shape[1]):
@@ -89,6 +89,8 @@ class OracleL2W:
             for v in range(ids.shape[0]):
                 if v not in ref_ids:
                     out[v, b] = s * self.scene.world[ids[v, b]] @ rot.T + t
+        if sources_only:
+            out = out[[v for v in range(ids.shape[0]) if v not in ref_ids]]
         return Pointmaps(torch.from_numpy(out), torch.full(out.shape[:-1], 20.0))
 
 

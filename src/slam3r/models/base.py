@@ -123,18 +123,23 @@ class MultiViewTransformer(nn.Module):
         """Cached encoder tokens ``(V, B, S, enc_dim)`` -> decoder inputs ``(V, B, S, dec_dim)`` (own enc_norm)."""
         return self.decoder_embed(self.enc_norm(tokens))
 
-    def decode(self, x1: Tensor, x2: Tensor, pe1: Tensor | None = None, pe2: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def decode(self, x1: Tensor, x2: Tensor, pe1: Tensor | None = None, pe2: Tensor | None = None, *,
+               need: tuple[bool, bool] = (True, True)) -> tuple[Tensor | None, Tensor | None]:
         """Run both decoder streams to the end; returns ``dec_norm``-ed final features of each stream.
 
         ``x1`` ``(V1, B, S, D)`` reference views, ``x2`` ``(V2, B, S, D)`` source views; ``pe1`` / ``pe2`` (same
-        shapes) are added to the input of every layer (L2W point embedding).
+        shapes) are added to the input of every layer (L2W point embedding). A stream whose output is not
+        ``need``-ed skips its last layer (nothing reads it) and returns ``None``.
         """
         rope = self.rope(self.cfg.dec_embed_dim // self.cfg.dec_num_heads, x1.device)
-        for blk1, blk2 in zip(self.mv_dec_blocks1, self.mv_dec_blocks2):
+        last = len(self.mv_dec_blocks1) - 1
+        for i, (blk1, blk2) in enumerate(zip(self.mv_dec_blocks1, self.mv_dec_blocks2)):
             if pe1 is not None:
                 x1, x2 = x1 + pe1, x2 + pe2
-            x1, x2 = blk1(x1, x2, rope), blk2(x2, x1, rope)
-        return self.dec_norm(x1), self.dec_norm(x2)
+            y1 = blk1(x1, x2, rope) if i < last or need[0] else None
+            y2 = blk2(x2, x1, rope) if i < last or need[1] else None
+            x1, x2 = y1, y2
+        return (self.dec_norm(x1) if need[0] else None), (self.dec_norm(x2) if need[1] else None)
 
     def heads(self, feat: Tensor, head: int) -> tuple[Tensor, Tensor]:
         """Final features ``(V, B, S, D)`` -> pts3d ``(V, B, H, W, 3)``, conf ``(V, B, H, W)``."""

@@ -39,9 +39,9 @@ class Image2PointsModel(MultiViewTransformer):
             raise ValueError("an I2P window needs at least 2 views")
         x = self.embed(tokens)
         src = torch.cat([x[:ref_id], x[ref_id + 1:]])
-        f1, f2 = self.decode(x[ref_id:ref_id + 1], src)
+        f1, f2 = self.decode(x[ref_id:ref_id + 1], src, need=(True, not ref_only))
         ref = self.heads(f1, 1)
-        if ref_only:
+        if f2 is None:
             return Pointmaps(*ref)
         return self._merge_views(v, [ref_id], ref, self.heads(f2, 2))
 

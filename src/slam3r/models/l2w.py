@@ -26,7 +26,7 @@ class Local2WorldModel(MultiViewTransformer):
         x = self.ponit_embedder(pts3d.reshape(v * b, h, w, 3).permute(0, 3, 1, 2))
         return x.flatten(2).transpose(1, 2).view(v, b, -1, self.cfg.dec_embed_dim)
 
-    def forward(self, tokens: Tensor, pts3d: Tensor, ref_ids: Sequence[int]) -> Pointmaps:
+    def forward(self, tokens: Tensor, pts3d: Tensor, ref_ids: Sequence[int], *, sources_only: bool = False) -> Pointmaps:
         """Co-register views.
 
         Args:
@@ -34,6 +34,7 @@ class Local2WorldModel(MultiViewTransformer):
             pts3d: ``(V, B, H, W, 3)``: world-frame pointmaps for the reference (scene) views, camera-frame
                 pointmaps for the source views (keyframes to register).
             ref_ids: indices of the reference (scene) views.
+            sources_only: return only the source views (in input order); skips work nobody reads.
         Returns:
             ``Pointmaps`` in input order: refined world points of the scene frames, world points of the keyframes.
         """
@@ -50,5 +51,7 @@ class Local2WorldModel(MultiViewTransformer):
         refs = set(ref_ids)
         src_ids = [i for i in range(v) if i not in refs]
         x, pe = self.embed(tokens), self.embed_points(pts3d.to(tokens.dtype))
-        f1, f2 = self.decode(x[ref_ids], x[src_ids], pe[ref_ids], pe[src_ids])
+        f1, f2 = self.decode(x[ref_ids], x[src_ids], pe[ref_ids], pe[src_ids], need=(not sources_only, True))
+        if f1 is None:
+            return Pointmaps(*self.heads(f2, 2))
         return self._merge_views(v, ref_ids, self.heads(f1, 1), self.heads(f2, 2))

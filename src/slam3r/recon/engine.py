@@ -187,12 +187,12 @@ class Engine:
         pts = torch.cat([world[:, None].expand(-1, b, -1, -1, -1),
                          torch.stack([torch.stack([self.frames[i].pts_cam for i in g]) for g in batches], dim=1)])
         with self._timed("l2w"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
-            out = self.l2w(tokens, pts, list(range(nr)))
+            out = self.l2w(tokens, pts, list(range(nr)), sources_only=True)
         for bi, group in enumerate(batches):
             for j, v in enumerate(group):
                 f = self.frames[v]
-                f.world = out.pts3d[nr + j, bi].float() * (scale if scale is not None else 1.0)
-                f.conf_l2w = out.conf[nr + j, bi].float()
+                f.world = out.pts3d[j, bi].float() * (scale if scale is not None else 1.0)
+                f.conf_l2w = out.conf[j, bi].float()
                 self.l2w_mean[v] = f.conf_l2w.mean().item()
 
     def _retrieve(self, query_ids: Sequence[int]) -> list[int]:
