@@ -1,0 +1,106 @@
+"""Full-pipeline speed: fast path vs the naive reference path (same weights, same algorithm, same run), with the
+outputs compared; plus streaming FPS. Random weights; synthetic held-out frames.
+
+    python bench/bench_pipeline.py --size released --frames 24          # offline, reference demo parameters
+    python bench/bench_pipeline.py --size default --mode streaming --no-naive --frames 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import device_name, make_models, report, synthetic_frames  # noqa: E402
+from naive import NaiveI2P, NaiveL2W  # noqa: E402
+
+from slam3r.models.registry import resolve_device  # noqa: E402
+from slam3r.recon.config import ReconConfig  # noqa: E402
+from slam3r.recon.offline import run_offline  # noqa: E402
+from slam3r.recon.streaming import StreamingReconstructor  # noqa: E402
+
+# The reference's demo parameters (scripts/demo_replica.sh), with the later release's fixed stride 3.
+DEMO = dict(keyframe_stride=3, win_r=5, initial_winsize=5, conf_thres_i2p=1.5, num_scene_frame=10,
+            max_num_register=10, conf_thres_l2w=10, update_buffer_intv=3, buffer_size=100,
+            buffer_strategy="reservoir")
+
+
+def run(i2p, l2w, frames, cfg, mode: str, device) -> tuple[list, list[float], dict]:
+    """Returns results, the wall time at which each frame was delivered, and the engine timings."""
+    stamps: list[float] = []
+    results = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if mode == "offline":
+            engine, it = run_offline(i2p, l2w, frames, cfg, device=device)
+            for r in it:
+                results.append(r)
+                stamps.append(time.perf_counter() - t0)
+        else:
+            rec = StreamingReconstructor(i2p, l2w, cfg, device)
+            for f in frames:
+                for r in rec.push(f):
+                    results.append(r)
+                    stamps.append(time.perf_counter() - t0)
+            for r in rec.flush():
+                results.append(r)
+                stamps.append(time.perf_counter() - t0)
+            engine = rec.engine
+    return results, stamps, dict(engine.timings)
+
+
+def steady_per_frame(results: list, stamps: list[float]) -> float:
+    """Seconds per frame after the initial span (whose frames all arrive together)."""
+    first = next(i for i in range(1, len(stamps)) if stamps[i] > stamps[0])
+    return (stamps[-1] - stamps[first - 1]) / (len(stamps) - first)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="tiny", help="model size preset: tiny, default, released")
+    ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--mode", choices=["offline", "streaming"], default="offline")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--precision", default="fp32", choices=["auto", "fp32", "fp16", "bf16"])
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive reference path")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    i2p, l2w = make_models(args.size, device)
+    size = i2p.cfg.img_size[0]
+    frames = synthetic_frames(args.frames, size)
+    cfg = ReconConfig(**DEMO, precision=args.precision)
+    rows = []
+    fast, fast_t, fast_tm = run(i2p, l2w, frames, cfg, args.mode, device)
+    fast_pf = steady_per_frame(fast, fast_t)
+    rows.append({"path": "slam3r", "s/frame": round(fast_pf, 4), "fps": round(1 / fast_pf, 2),
+                 **{k: round(v, 2) for k, v in fast_tm.items()}})
+    extra = {"size": args.size, "mode": args.mode, "frames": args.frames, "device": device_name(device),
+             "fast_s_per_frame": fast_pf}
+    if not args.no_naive:
+        ref_cfg = ReconConfig(**DEMO, precision="fp32")
+        naive, naive_t, naive_tm = run(NaiveI2P(i2p), NaiveL2W(l2w), frames, ref_cfg, args.mode, device)
+        naive_pf = steady_per_frame(naive, naive_t)
+        rows.append({"path": "naive reference", "s/frame": round(naive_pf, 4), "fps": round(1 / naive_pf, 2),
+                     **{k: round(v, 2) for k, v in naive_tm.items()}})
+        diff = max(float(np.abs(a.pts3d_world - b.pts3d_world).max()) for a, b in zip(fast, naive))
+        scale = max(float(np.abs(b.pts3d_world).max()) for b in naive)
+        cdiff = max(float(np.abs(a.conf - b.conf).max() / max(1.0, float(np.abs(b.conf).max())))
+                    for a, b in zip(fast, naive))
+        extra.update(naive_s_per_frame=naive_pf, speedup=naive_pf / fast_pf, max_abs_diff_world=diff,
+                     world_scale=scale, max_rel_diff_conf=cdiff)
+    report(f"pipeline {args.mode} — {args.size} — {device_name(device)}", rows, extra)
+    if "speedup" in extra:
+        print(f"speedup {extra['speedup']:.2f}x; max |world diff| {extra['max_abs_diff_world']:.2e} "
+              f"(values up to {extra['world_scale']:.2f}); max relative conf diff {extra['max_rel_diff_conf']:.2e}")
+
+
+if __name__ == "__main__":
+    main()

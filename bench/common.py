@@ -1,0 +1,70 @@
+"""Shared helpers of the benchmark scripts: model sizes, random-weight networks, synthetic frames, timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from slam3r.models import Image2PointsModel, Local2WorldModel, PRESETS
+from slam3r.config import replace
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def make_models(size: str, device: torch.device, seed: int = 0) -> tuple[Image2PointsModel, Local2WorldModel]:
+    """Random-weight networks of a named size (speed does not depend on the weights)."""
+    if size not in PRESETS:
+        raise SystemExit(f"unknown size {size!r}; choose from {sorted(PRESETS)}")
+    torch.manual_seed(seed)
+    cfg = PRESETS[size]
+    i2p = Image2PointsModel(cfg).to(device).eval()
+    l2w = Local2WorldModel(replace(cfg, need_encoder=False)).to(device).eval()
+    return i2p, l2w
+
+
+def synthetic_frames(n: int, size: int, seed: int = 1_000_123) -> list[np.ndarray]:
+    """``n`` rendered frames ``(size, size, 3)`` uint8 of a held-out synthetic scene (rendered at network size)."""
+    from slam3r.data.synth import render_sequence
+
+    return list(render_sequence(seed=seed, num_frames=n, width=size, height=size).rgb)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn: Callable[[], object], device: torch.device, repeat: int = 3, warmup: int = 1) -> float:
+    """Best-of-``repeat`` wall seconds of ``fn()``."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def report(title: str, rows: list[dict], extra: dict | None = None) -> None:
+    """Print a table and one JSON line (``BENCH {...}``) for machines to read."""
+    print(f"\n## {title}")
+    if rows:
+        keys = list(rows[0])
+        widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
+        print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+        for r in rows:
+            print("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)))
+    print("BENCH " + json.dumps({"bench": title, "rows": rows, **(extra or {})}))
