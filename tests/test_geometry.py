@@ -1,0 +1,154 @@
+"""Geometry helpers: Umeyama, Sim(3) / pose algebra, quaternions, (back-)projection, crop / resize intrinsics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from slam3r.geometry import (
+    apply_sim3,
+    backproject_depth,
+    crop_resize_intrinsics,
+    depth_to_world,
+    input_crop_resize,
+    invert_pose,
+    invert_sim3,
+    matrix_to_sim3,
+    project_points,
+    quat_to_rotmat,
+    rotmat_to_quat,
+    sim3_to_matrix,
+    transform_points,
+    umeyama,
+)
+
+
+def random_sim3(seed: int) -> tuple[float, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return float(rng.uniform(0.2, 5.0)), Rotation.random(random_state=seed).as_matrix(), rng.normal(0, 3, 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_umeyama_recovers_similarity(seed):
+    s, R, t = random_sim3(seed)
+    src = np.random.default_rng(seed + 10).normal(size=(50, 3))
+    s2, R2, t2 = umeyama(src, apply_sim3(s, R, t, src))
+    assert s2 == pytest.approx(s, rel=1e-10)
+    np.testing.assert_allclose(R2, R, atol=1e-10)
+    np.testing.assert_allclose(t2, t, atol=1e-9)
+
+
+def test_umeyama_rigid_and_reflection_free():
+    src = np.random.default_rng(3).normal(size=(30, 3))
+    # A mirrored target: the best proper rotation must still have det +1.
+    dst = src * np.array([1.0, 1.0, -1.0])
+    s, R, _ = umeyama(src, dst, with_scale=False)
+    assert s == 1.0
+    assert np.linalg.det(R) == pytest.approx(1.0)
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+
+
+def test_umeyama_weights_ignore_outliers():
+    s, R, t = random_sim3(4)
+    rng = np.random.default_rng(5)
+    src = rng.normal(size=(40, 3))
+    dst = apply_sim3(s, R, t, src)
+    dst[:10] += rng.normal(0, 5, (10, 3))  # corrupted pairs
+    w = np.r_[np.zeros(10), np.ones(30)]
+    s2, R2, t2 = umeyama(src, dst, weights=w)
+    assert s2 == pytest.approx(s, rel=1e-9)
+    np.testing.assert_allclose(R2, R, atol=1e-9)
+    s3, _, _ = umeyama(src, dst)  # unweighted fit is pulled off by the outliers
+    assert abs(s3 - s) > 1e-3
+
+
+def test_umeyama_bad_input():
+    with pytest.raises(ValueError, match="at least 3"):
+        umeyama(np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="identical"):
+        umeyama(np.ones((5, 3)), np.zeros((5, 3)))
+
+
+def test_sim3_matrix_roundtrip_and_inverse():
+    s, R, t = random_sim3(6)
+    M = sim3_to_matrix(s, R, t)
+    s2, R2, t2 = matrix_to_sim3(M)
+    assert s2 == pytest.approx(s)
+    np.testing.assert_allclose(R2, R, atol=1e-12)
+    pts = np.random.default_rng(7).normal(size=(20, 3))
+    np.testing.assert_allclose(transform_points(M, pts), apply_sim3(s, R, t, pts), atol=1e-12)
+    np.testing.assert_allclose(apply_sim3(*invert_sim3(s, R, t), apply_sim3(s, R, t, pts)), pts, atol=1e-10)
+
+
+def test_invert_pose_and_batched_transform_numpy_and_torch():
+    poses = np.stack([sim3_to_matrix(1.0, *random_sim3(i)[1:]) for i in range(4)])
+    np.testing.assert_allclose(invert_pose(poses) @ poses, np.tile(np.eye(4), (4, 1, 1)), atol=1e-12)
+    pts = np.random.default_rng(8).normal(size=(4, 5, 6, 3))
+    out = transform_points(poses, pts)
+    assert out.shape == pts.shape
+    np.testing.assert_allclose(out[2, 1, 3], poses[2, :3, :3] @ pts[2, 1, 3] + poses[2, :3, 3], atol=1e-12)
+    out_t = transform_points(torch.from_numpy(poses), torch.from_numpy(pts))
+    np.testing.assert_allclose(out_t.numpy(), out, atol=1e-12)
+    np.testing.assert_allclose(invert_pose(torch.from_numpy(poses)).numpy(), invert_pose(poses), atol=1e-12)
+
+
+def test_quaternion_roundtrip_including_half_turns():
+    Rs = [Rotation.random(random_state=i).as_matrix() for i in range(20)]
+    for axis in ([1, 0, 0], [1, -1, 0], [0, 1, 1], [1, 1, 1]):
+        Rs.append(Rotation.from_rotvec(np.pi * np.array(axis) / np.linalg.norm(axis)).as_matrix())
+    Rs = np.stack(Rs)
+    q = rotmat_to_quat(Rs)
+    assert np.all(q[:, 3] >= 0)
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(quat_to_rotmat(q), Rs, atol=1e-12)
+    # agrees with scipy's (x, y, z, w) convention up to sign
+    ref = Rotation.from_matrix(Rs).as_quat()
+    np.testing.assert_allclose(np.abs(np.sum(q * ref, axis=1)), 1.0, atol=1e-12)
+
+
+def test_backproject_project_roundtrip_and_world():
+    K = np.array([[100.0, 0, 31.5], [0, 110.0, 23.5], [0, 0, 1]])
+    depth = np.random.default_rng(9).uniform(0.5, 4.0, (48, 64)).astype(np.float64)
+    pts = backproject_depth(depth, K)
+    assert pts.shape == (48, 64, 3)
+    uv, z = project_points(pts, K)
+    v, u = np.mgrid[0:48, 0:64]
+    np.testing.assert_allclose(uv[..., 0], u, atol=1e-9)
+    np.testing.assert_allclose(uv[..., 1], v, atol=1e-9)
+    np.testing.assert_allclose(z, depth)
+    # a pixel at the principal point sits on the optical axis
+    assert pts[0, 0, 0] == pytest.approx((0 - 31.5) / 100.0 * depth[0, 0])
+    c2w = sim3_to_matrix(1.0, *random_sim3(10)[1:])
+    world = depth_to_world(depth, K, c2w)
+    np.testing.assert_allclose(world, pts @ c2w[:3, :3].T + c2w[:3, 3], atol=1e-12)
+    pts_t = backproject_depth(torch.from_numpy(depth), torch.from_numpy(K))
+    np.testing.assert_allclose(pts_t.numpy(), pts, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "w,h,expected",
+    [
+        (640, 480, (299, 224, 37, 0)),  # long side round(224 * 4/3) = 299, crop box x from 149 - 112
+        (1200, 680, (395, 224, 85, 0)),  # Replica
+        (480, 640, (224, 299, 0, 37)),  # portrait
+        (224, 224, (224, 224, 0, 0)),
+    ],
+)
+def test_input_crop_resize_geometry(w, h, expected):
+    g = input_crop_resize(w, h, 224)
+    assert (g.resized_w, g.resized_h, g.left, g.top) == expected
+    assert g.size == 224
+
+
+def test_crop_resize_intrinsics_maps_pixel_centres():
+    K = np.array([[500.0, 0, 319.5], [0, 500.0, 239.5], [0, 0, 1]])
+    Kc = crop_resize_intrinsics(K, 640, 480, 224)
+    g = input_crop_resize(640, 480, 224)
+    # A 3D point seen at source pixel (u, v) must appear at ((u + .5) * a - .5 - left, ...) in the crop.
+    X = np.array([0.3, -0.2, 2.0])
+    uv, _ = project_points(X, K)
+    uv_c, _ = project_points(X, Kc)
+    assert uv_c[0] == pytest.approx((uv[0] + 0.5) * g.scale_x - 0.5 - g.left)
+    assert uv_c[1] == pytest.approx((uv[1] + 0.5) * g.scale_y - 0.5 - g.top)
