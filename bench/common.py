@@ -63,8 +63,8 @@ def report(title: str, rows: list[dict], extra: dict | None = None) -> None:
     print(f"\n## {title}")
     if rows:
         keys = list(rows[0])
-        widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
+        widths = [max(len(k), *(len(str(r.get(k, ''))) for r in rows)) for k in keys]
         print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
         for r in rows:
-            print("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)))
+            print("  ".join(str(r.get(k, "")).ljust(w) for k, w in zip(keys, widths)))
     print("BENCH " + json.dumps({"bench": title, "rows": rows, **(extra or {})}))
