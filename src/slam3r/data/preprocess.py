@@ -10,25 +10,17 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-
-def crop_box(width: int, height: int, size: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
-    """Resized (w, h) and the centre-crop box (left, top, right, bottom) used for a ``width x height`` image."""
-    long_side = round(size * max(width / height, height / width))
-    scale = long_side / max(width, height)
-    new_w, new_h = int(round(width * scale)), int(round(height * scale))
-    cx, cy, half = new_w // 2, new_h // 2, size // 2
-    return (new_w, new_h), (cx - half, cy - half, cx + half, cy + half)
+from slam3r.geometry.camera import input_crop_resize
 
 
 def resize_crop(image: Image.Image | np.ndarray, size: int = 224) -> np.ndarray:
     """RGB image (PIL or ``(H, W, 3)`` uint8) -> ``(size, size, 3)`` uint8, resized and centre-cropped."""
     img = Image.fromarray(image) if isinstance(image, np.ndarray) else image
     img = img.convert("RGB")
-    (new_w, new_h), box = crop_box(img.width, img.height, size)
-    if min(new_w, new_h) < size:
-        raise ValueError(f"image {img.width}x{img.height} is too small/elongated to crop {size}x{size}")
-    interp = Image.LANCZOS if max(img.size) > max(new_w, new_h) else Image.BICUBIC
-    return np.array(img.resize((new_w, new_h), interp).crop(box))
+    g = input_crop_resize(img.width, img.height, size)
+    interp = Image.LANCZOS if max(img.size) > max(g.resized_w, g.resized_h) else Image.BICUBIC
+    box = (g.left, g.top, g.left + g.size, g.top + g.size)
+    return np.array(img.resize((g.resized_w, g.resized_h), interp).crop(box))
 
 
 def load_image(path: str | Path, size: int = 224) -> np.ndarray:

@@ -26,6 +26,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from slam3r.data.ply import write_ply
+from slam3r.data.trajectory_io import write_tum_trajectory
 from slam3r.recon.types import FrameResult
 
 PRED_FILES = {
@@ -103,30 +105,6 @@ def write_glb(path: str | Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
         fh.write(struct.pack("<I4s", len(binary), b"BIN\0") + binary)
 
 
-def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray | None = None) -> None:
-    """Binary little-endian PLY of points ``(N, 3)`` float32, colours ``(N, 3)`` uint8, optional confidence."""
-    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    if conf is not None:
-        fields.append(("confidence", "<f4"))
-    data = np.empty(len(xyz), dtype=fields)
-    data["x"], data["y"], data["z"] = np.asarray(xyz, np.float32).T
-    data["red"], data["green"], data["blue"] = np.asarray(rgb, np.uint8).T
-    if conf is not None:
-        data["confidence"] = conf
-    types = {"<f4": "float", "u1": "uchar"}
-    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(data)}"]
-    header += [f"property {types[t]} {name}" for name, t in fields] + ["end_header"]
-    with open(path, "wb") as fh:
-        fh.write(("\n".join(header) + "\n").encode())
-        fh.write(data.tobytes())
-
-
-def rotmat_to_quat_xyzw(rot: np.ndarray) -> np.ndarray:
-    """Rotation matrix ``(3, 3)`` -> unit quaternion (x, y, z, w)."""
-    from scipy.spatial.transform import Rotation
-    return Rotation.from_matrix(rot).as_quat()
-
-
 class ReconWriter:
     """Streams :class:`FrameResult` s to ``out_dir`` (see module docstring); call :meth:`close` at the end."""
 
@@ -140,8 +118,8 @@ class ReconWriter:
         self.conf_thres, self.num_points, self.keep_preds = conf_thres_l2w, num_points_save, keep_preds
         self.frame_plys, self.seed = frame_plys, seed
         self.files = {name: _NpyAppender(self.preds / f"{name}.npy", dt) for name, (_, dt) in PRED_FILES.items()}
-        self.traj = open(self.out / "trajectory.txt", "w")
-        self.traj.write("# timestamp tx ty tz qx qy qz qw  (camera-to-world, world = initial keyframe)\n")
+        self.stamps: list[float] = []
+        self.poses: list[np.ndarray] = []
         self.cameras: list[dict[str, Any]] = []
         self.conf_means: list[float] = []
         self.next_frame = 0
@@ -151,10 +129,8 @@ class ReconWriter:
             raise ValueError(f"frame {r.frame_id} arrived, expected {self.next_frame} (results must be in order)")
         for name, (attr, _) in PRED_FILES.items():
             self.files[name].append(getattr(r, attr))
-        t = r.timestamp_ns / 1e9 if r.timestamp_ns is not None else float(r.frame_id)
-        q = rotmat_to_quat_xyzw(r.pose_c2w[:3, :3])
-        p = r.pose_c2w[:3, 3]
-        self.traj.write(f"{t:.9f} {p[0]:.6f} {p[1]:.6f} {p[2]:.6f} {q[0]:.6f} {q[1]:.6f} {q[2]:.6f} {q[3]:.6f}\n")
+        self.stamps.append(r.timestamp_ns / 1e9 if r.timestamp_ns is not None else float(r.frame_id))
+        self.poses.append(r.pose_c2w)
         self.cameras.append({"frame_id": r.frame_id, "timestamp_ns": r.timestamp_ns, "focal": r.focal,
                              "is_keyframe": r.is_keyframe, "pose_c2w": np.round(r.pose_c2w, 8).tolist()})
         self.conf_means.append(float(r.conf.mean()))
@@ -192,7 +168,7 @@ class ReconWriter:
         """Finish all files; returns the summary (with point count and low-confidence frames added)."""
         for f in self.files.values():
             f.close()
-        self.traj.close()
+        write_tum_trajectory(self.out / "trajectory.txt", np.array(self.stamps), np.array(self.poses).reshape(-1, 4, 4))
         (self.preds / "metadata.json").write_text(json.dumps({"scene_id": self.scene, **metadata}))
         (self.out / "cameras.json").write_text(json.dumps(self.cameras))
         xyz, rgb, conf = self._sample_cloud()

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from slam3r.data.preprocess import resize_crop
+from slam3r.geometry.camera import crop_resize_intrinsics
 from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.recon.config import ReconConfig
 from slam3r.recon.engine import Engine
@@ -16,12 +17,9 @@ from slam3r.recon.types import FrameResult
 def intrinsics_to_net(intrinsics: tuple[float, float, float, float], width: int, height: int,
                       size: int) -> tuple[float, float, float, float]:
     """Map (fx, fy, cx, cy) of a ``width x height`` frame to the ``size x size`` network crop."""
-    from slam3r.data.preprocess import crop_box
-
-    (new_w, new_h), (left, top, _, _) = crop_box(width, height, size)
-    sx, sy = new_w / width, new_h / height
     fx, fy, cx, cy = intrinsics
-    return fx * sx, fy * sy, (cx + 0.5) * sx - 0.5 - left, (cy + 0.5) * sy - 0.5 - top
+    k = crop_resize_intrinsics(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), width, height, size)
+    return float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2])
 
 
 class StreamingReconstructor:
