@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GT pointmap resolution for scoring a .ply (network input crop, default 224)")
     parser.add_argument("--max-gt-points", type=int, default=2_000_000, help="GT cloud subsample for a .ply")
     parser.add_argument("--heatmaps", default=None, help="folder for accuracy.ply / completion.ply error maps")
+    parser.add_argument("--refine-inliers", action="store_true",
+                        help="re-fit the RANSAC similarity on its inliers (npz; not part of the published protocol)")
 
 
 def _print_summary(report: dict) -> None:
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         pred_path = Path(args.pred)
         if not pred_path.is_file():
             raise FileNotFoundError(f"prediction file not found: {pred_path}")
-        cfg = EvalConfig(conf_thresh=args.conf_thresh, num_samples=args.num_samples)
+        cfg = EvalConfig(conf_thresh=args.conf_thresh, num_samples=args.num_samples,
+                         refine_inliers=args.refine_inliers)
         report: dict = {"pred": str(pred_path), "gt": str(args.gt), "gt_frames": len(seq)}
         traj = None
         if args.traj:
