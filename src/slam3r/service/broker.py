@@ -1,0 +1,271 @@
+"""The service's AMQP link: one thread owns the pika connection (pika is not thread-safe).
+
+It declares the topology, consumes the frame and restart queues into a bounded in-memory inbox, and executes the
+*outbox* the worker fills: publishes (with publisher confirms) and acknowledgements, strictly in order, so a frame
+is acknowledged only after its outputs were confirmed by the broker.
+
+Failure handling: any connection / channel error closes the connection and reconnects with exponential backoff
+(0.5 s doubling to ``reconnect_max_s``, with jitter). Every connection has a new *generation*: deliveries carry the
+generation they came with, and acknowledgements of an older generation are dropped (RabbitMQ has already requeued
+those frames and will redeliver them). Publishes still in the outbox are retried on the new connection, so outputs
+are delivered at least once (a frame processed just before a drop can be published twice).
+
+Topology (all names prefixed with ``name_prefix``; exchanges are fanout and durable, queues durable):
+``frames_exchange -> frames_queue``, ``restart_exchange -> restart_queue``, ``dead_letter_exchange ->
+dead_letter_queue``, and the output exchanges. With ``num_workers > 1`` worker ``i`` uses queues
+``<frames_queue>.w<i>`` and ``<restart_queue>.w<i>`` (every worker sees every frame and keeps its own streams).
+
+Prefetch is channel-wide (``global_qos``) and can be raised at run time with :meth:`BrokerLink.set_prefetch`
+(RabbitMQ applies a new channel-wide limit immediately).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from slam3r.service.config import ServiceConfig
+from slam3r.service.messages import Payload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Delivery:
+    """A message received from the frame or restart queue."""
+
+    source: Literal["frames", "restart"]
+    generation: int
+    tag: int
+    body: bytes
+    headers: dict[str, Any]
+    content_type: str | None = None
+    redelivered: bool = False
+
+
+@dataclass
+class Outgoing:
+    """A message to publish on ``exchange`` (the full broker-side name)."""
+
+    exchange: str
+    payload: Payload
+    headers: dict[str, Any] | None = None
+    persistent: bool = False
+
+
+@dataclass
+class Settle:
+    """Acknowledge (or, with ``requeue``, return to the queue) the delivery ``tag`` of ``generation``."""
+
+    generation: int
+    tag: int
+    requeue: bool = False
+
+
+class FatalBrokerError(RuntimeError):
+    """The broker refused the topology (e.g. an existing queue declared with other arguments)."""
+
+
+def queue_names(cfg: ServiceConfig) -> tuple[str, str]:
+    """(frames queue, restart queue) of this worker."""
+    suffix = f".w{cfg.worker_index}" if cfg.num_workers > 1 else ""
+    return cfg.name(cfg.frames_queue) + suffix, cfg.name(cfg.restart_queue) + suffix
+
+
+def connection_name(cfg: ServiceConfig) -> str:
+    """The ``connection_name`` client property of this worker (shown by ``rabbitmqctl list_connections``)."""
+    return f"slam3r-serve-{cfg.name_prefix}w{cfg.worker_index}"
+
+
+class BrokerLink(threading.Thread):
+    """Owns the AMQP connection (see module docstring). Thread-safe methods: :meth:`send`, :meth:`set_prefetch`,
+    :meth:`stop_consuming`, :meth:`close`; the worker reads deliveries from :attr:`inbox`."""
+
+    def __init__(self, cfg: ServiceConfig, consume: bool = True) -> None:
+        super().__init__(name="slam3r-amqp", daemon=True)
+        self.cfg = cfg
+        self.inbox: queue.Queue[Delivery] = queue.Queue(maxsize=cfg.max_in_flight + cfg.prefetch)
+        self.generation = 0
+        self.connected = threading.Event()
+        self.fatal: BaseException | None = None
+        self.reconnects = 0
+        self._consume = consume
+        self._outbox: deque[Outgoing | Settle] = deque()
+        self._prefetch = cfg.prefetch
+        self._applied_prefetch = 0
+        self._stop_consuming = threading.Event()
+        self._closing = threading.Event()
+        self._close_deadline = float("inf")
+        self._conn: Any = None
+        self._consumer_tags: list[str] = []
+
+    # ------------------------------------------------------------------ called from other threads
+
+    def send(self, items: list[Outgoing | Settle]) -> None:
+        """Queue publishes / acknowledgements, executed in order by the link thread."""
+        if items:
+            self._outbox.extend(items)
+            self._wake()
+
+    def set_prefetch(self, n: int) -> None:
+        """Channel-wide prefetch to apply (clamped to [cfg.prefetch, cfg.max_in_flight])."""
+        n = max(self.cfg.prefetch, min(self.cfg.max_in_flight, n))
+        if n != self._prefetch:
+            self._prefetch = n
+            self._wake()
+
+    def stop_consuming(self) -> None:
+        """Cancel the consumers (no new deliveries; those already received stay unacknowledged until settled)."""
+        self._stop_consuming.set()
+        self._wake()
+
+    def close(self, timeout: float) -> None:
+        """Execute what is left in the outbox (for up to ``timeout`` s), close the connection, end the thread."""
+        self._close_deadline = time.monotonic() + timeout
+        self._closing.set()
+        self._wake()
+        self.join(timeout + 10)
+
+    def outbox_size(self) -> int:
+        return len(self._outbox)
+
+    def _wake(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.add_callback_threadsafe(lambda: None)
+            except Exception:  # connection closing: the loop notices by itself
+                pass
+
+    # ------------------------------------------------------------------ link thread
+
+    def run(self) -> None:
+        import pika.exceptions
+
+        backoff = 0.5
+        while not self._closing.is_set() or (self._outbox and time.monotonic() < self._close_deadline):
+            try:
+                self._connect()
+                backoff = 0.5
+                self._serve()
+                return
+            except FatalBrokerError as exc:
+                self.fatal = exc
+                log.error("%s", exc)
+                return
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                self.connected.clear()
+                self._drop_connection()
+                log.warning("broker connection lost (%s: %s); reconnecting in %.1f s",
+                            type(exc).__name__, exc, backoff)
+            if self._closing.wait(backoff * random.uniform(0.8, 1.2)) and not self._outbox:
+                break
+            backoff = min(backoff * 2, self.cfg.reconnect_max_s)
+            self.reconnects += 1
+        self._drop_connection()
+
+    def _connect(self) -> None:
+        import pika
+        import pika.exceptions
+
+        params = pika.URLParameters(self.cfg.rabbitmq_url)
+        params.heartbeat = 30
+        params.blocked_connection_timeout = 60
+        params.client_properties = {"connection_name": connection_name(self.cfg)}
+        conn = pika.BlockingConnection(params)
+        self.generation += 1
+        try:
+            ch = conn.channel()
+            pub = conn.channel()
+            pub.confirm_delivery()
+            self._declare(ch)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            conn.close()
+            raise FatalBrokerError(f"RabbitMQ refused the service's exchanges/queues: {exc.reply_text} "
+                                   "(delete or rename the conflicting ones, or set SLAM3R_NAME_PREFIX)") from None
+        self._conn, self._ch, self._pub = conn, ch, pub
+        self._applied_prefetch = 0
+        self._consumer_tags = []
+        self._apply_prefetch()
+        if self._consume and not self._stop_consuming.is_set():
+            frames_q, restart_q = queue_names(self.cfg)
+            for source, qname in (("frames", frames_q), ("restart", restart_q)):
+                self._consumer_tags.append(ch.basic_consume(qname, self._on_message(source, self.generation)))
+        self.connected.set()
+        log.info("connected to RabbitMQ (generation %d)", self.generation)
+
+    def _declare(self, ch: Any) -> None:
+        cfg = self.cfg
+        frames_q, restart_q = queue_names(cfg)
+        for base in (cfg.pose_exchange, cfg.pointcloud_exchange, cfg.vis_exchange):
+            ch.exchange_declare(cfg.name(base), exchange_type="fanout", durable=True)
+        for exchange, qname in ((cfg.name(cfg.frames_exchange), frames_q), (cfg.name(cfg.restart_exchange), restart_q),
+                                (cfg.name(cfg.dead_letter_exchange), cfg.name(cfg.dead_letter_queue))):
+            ch.exchange_declare(exchange, exchange_type="fanout", durable=True)
+            ch.queue_declare(qname, durable=True)
+            ch.queue_bind(qname, exchange)
+
+    def _on_message(self, source: Literal["frames", "restart"], generation: int) -> Any:
+        def callback(ch: Any, method: Any, props: Any, body: bytes) -> None:
+            d = Delivery(source, generation, method.delivery_tag, body, dict(props.headers or {}),
+                         props.content_type, bool(method.redelivered))
+            try:
+                self.inbox.put_nowait(d)
+            except queue.Full:           # cannot happen while prefetch <= inbox size; never drop a frame
+                ch.basic_nack(method.delivery_tag, requeue=True)
+        return callback
+
+    def _apply_prefetch(self) -> None:
+        if self._prefetch != self._applied_prefetch:
+            self._ch.basic_qos(prefetch_count=self._prefetch, global_qos=True)
+            self._applied_prefetch = self._prefetch
+
+    def _serve(self) -> None:
+        while True:
+            self._conn.process_data_events(time_limit=0.2)
+            self._drain()
+            self._apply_prefetch()
+            if self._stop_consuming.is_set() and self._consumer_tags:
+                for tag in self._consumer_tags:
+                    self._ch.basic_cancel(tag)
+                self._consumer_tags = []
+            if self._closing.is_set() and (not self._outbox or time.monotonic() >= self._close_deadline):
+                if self._outbox:
+                    log.warning("closing with %d unsent outbox item(s); unacknowledged frames will be redelivered",
+                                len(self._outbox))
+                self._drop_connection()
+                return
+
+    def _drain(self) -> None:
+        import pika
+
+        while self._outbox:
+            item = self._outbox[0]
+            if isinstance(item, Settle):
+                if item.generation == self.generation:
+                    if item.requeue:
+                        self._ch.basic_nack(item.tag, requeue=True)
+                    else:
+                        self._ch.basic_ack(item.tag)
+            else:
+                p = item.payload
+                props = pika.BasicProperties(content_type=p.content_type, content_encoding=p.content_encoding,
+                                             headers=item.headers, delivery_mode=2 if item.persistent else 1)
+                self._pub.basic_publish(item.exchange, "", p.body, props)
+            self._outbox.popleft()          # only once done: a failure leaves it for the next connection
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        self.connected.clear()
+        if conn is not None:
+            try:
+                if conn.is_open:
+                    conn.close()
+            except Exception:  # already broken; nothing more to release
+                pass

@@ -1,0 +1,93 @@
+"""``slam3r serve``: run the real-time reconstruction service on RabbitMQ (see :mod:`slam3r.service.worker`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None,
+                        help="YAML file with 'service:' and 'recon:' sections (e.g. configs/wild.yaml); "
+                             "environment variables (RABBITMQ_URL, SLAM3R_...) override it")
+    parser.add_argument("--weights", default="default",
+                        help="default (bundled small model), released (official SLAM3R weights from the hub), "
+                             "a directory with i2p/ and l2w/, or I2P,L2W")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes; streams (stream_id header) are split between them (default: 1)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def serve(cfg: Any, weights: str, device: str) -> int:
+    """Load the networks and serve with ``cfg`` (:class:`~slam3r.service.config.ServeConfig`) until stopped."""
+    from slam3r.models.registry import load_models, resolve_device
+    from slam3r.recon.streaming import StreamingReconstructor
+    from slam3r.service.worker import Service
+
+    dev = resolve_device(device)
+    i2p, l2w = load_models(weights, dev)
+    log = logging.getLogger("slam3r.serve")
+    log.info("models loaded (%s) on %s; input %dx%d", weights, dev, *i2p.cfg.img_size)
+
+    def make_engine() -> StreamingReconstructor:
+        return StreamingReconstructor(i2p, l2w, cfg.recon, device=dev)
+
+    return Service(cfg.service, make_engine, i2p.cfg.img_size[0], cfg.recon.conf_thres_l2w).run()
+
+
+def _worker_main(cfg: Any, weights: str, device: str, level: str) -> None:
+    logging.basicConfig(level=level, format=f"%(asctime)s w{cfg.service.worker_index} %(name)s %(levelname)s "
+                                            "%(message)s")
+    sys.exit(serve(cfg, weights, device))
+
+
+def _run_workers(cfg: Any, args: argparse.Namespace) -> int:
+    """Spawn ``args.workers`` worker processes (one shard of the streams each); forward SIGTERM / SIGINT."""
+    import dataclasses
+    import multiprocessing as mp
+    import signal
+
+    ctx = mp.get_context("spawn")
+    procs = []
+    for i in range(args.workers):
+        svc = dataclasses.replace(cfg.service, worker_index=i, num_workers=args.workers)
+        p = ctx.Process(target=_worker_main, args=(dataclasses.replace(cfg, service=svc), args.weights,
+                                                   args.device, args.log_level), name=f"slam3r-worker-{i}")
+        p.start()
+        procs.append(p)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                p.terminate()          # SIGTERM: each worker shuts down gracefully
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()
+    return max(int(p.exitcode or 0) for p in procs)
+
+
+def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from slam3r.config import ConfigError
+    from slam3r.service.config import describe, load_config
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.config)
+        if args.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+        if cfg.service.enable_mesh and importlib.util.find_spec("open3d") is None:
+            raise ConfigError("ENABLE_MESH_GENERATION needs Open3D: pip install open3d-cpu (or open3d)")
+    except ConfigError as exc:
+        print(f"slam3r serve: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("slam3r.serve").info("configuration: %s", describe(cfg))
+    if args.workers > 1:
+        return _run_workers(cfg, args)
+    return serve(cfg, args.weights, args.device)

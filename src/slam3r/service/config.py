@@ -1,0 +1,238 @@
+"""Settings of the RabbitMQ service: one validated dataclass loaded from YAML, then environment variables.
+
+Precedence (lowest first): dataclass defaults < the ``service:`` / ``recon:`` sections of the YAML file given with
+``--config`` < environment variables. The deployed service's variable names are honoured (see :data:`ENV_NAMES`);
+every other service field can be set as ``SLAM3R_<FIELD IN CAPITALS>`` (e.g. ``SLAM3R_ENCODING=msgpack``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from slam3r.config import ConfigError, from_dict, to_dict
+from slam3r.recon.config import ReconConfig
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """How the service talks to RabbitMQ and what it publishes."""
+
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    """Broker URL (the docker-compose file sets amqp://rabbitmq)."""
+    name_prefix: str = ""
+    """Prepended to every exchange and queue name below (isolates test runs / staging on a shared broker)."""
+    frames_exchange: str = "video_frames_exchange"
+    frames_queue: str = "slam3r_video_frames_queue"
+    restart_exchange: str = "restart_exchange"
+    restart_queue: str = "slam3r_restart_queue"
+    pose_exchange: str = "slam3r_pose_exchange"
+    pointcloud_exchange: str = "slam3r_pointcloud_exchange"
+    vis_exchange: str = "slam3r_reconstruction_vis_exchange"
+    dead_letter_exchange: str = "slam3r_dead_letter_exchange"
+    dead_letter_queue: str = "slam3r_dead_letter_queue"
+    encoding: Literal["json", "msgpack"] = "json"
+    """Output encoding: json (deployed: plain JSON poses, gzip JSON points / meshes) or msgpack (raw arrays)."""
+    prefetch: int = 16
+    """Frames the broker may hand over beyond those the engine holds back (the AMQP prefetch grows with them)."""
+    max_in_flight: int = 256
+    """Upper bound on unacknowledged frames per worker (memory bound)."""
+    batch_size: int = 4
+    """Frames of one stream decoded and pushed to the engine together (micro-batch)."""
+    stream_header: str = "stream_id"
+    """Header naming the stream (one drone / camera); frames without it belong to ``default_stream``."""
+    default_stream: str = "default"
+    worker_index: int = 0
+    num_workers: int = 1
+    """Workers sharing the streams: each has its own queue on the fanout exchange and keeps the streams with
+    ``crc32(stream_id) % num_workers == worker_index``."""
+    voxel_size: float = 0.01
+    """Point buffer voxel (scene units)."""
+    max_pointcloud_size: int = 2_000_000
+    """Point buffer cap (points)."""
+    points_per_message: int = 50_000
+    """Cap on the points of one point-cloud message (random subsample of the frame's confident points)."""
+    enable_mesh: bool = False
+    """Run the background Poisson mesher (needs open3d)."""
+    use_mesh_vis: bool = True
+    """Publish mesh updates on the visualisation exchange (when the mesher runs)."""
+    mesh_update_frequency: int = 30
+    """Registered frames between two mesh requests (at least)."""
+    mesh_min_new_voxels: int = 2000
+    """New voxels needed since the last mesh request to trigger another."""
+    mesh_depth: int = 8
+    mesh_max_points: int = 50_000
+    save_segments: bool = False
+    """Write each finished segment (points PLY, TUM trajectory, mesh PLY when meshing) to ``segment_output_dir``."""
+    segment_output_dir: str = "segments"
+    camera_intrinsics_file: str = ""
+    """YAML with fx, fy, cx, cy (pixels of the incoming frames); empty = let the networks estimate the focal."""
+    reconnect_max_s: float = 30.0
+    """Longest wait between two reconnection attempts (exponential backoff from 0.5 s)."""
+    shutdown_timeout_s: float = 30.0
+    """On SIGTERM, time allowed to finish the frames already received before the rest is left for redelivery."""
+    republish_cache: int = 32
+    """Frames whose encoded outputs are kept to republish them when RabbitMQ redelivers the frame."""
+    decode_min_side: int = 448
+    """JPEGs are decoded at a reduced scale (1/2, 1/4, 1/8) as long as the short side stays >= this (0 = never)."""
+
+    def name(self, base: str) -> str:
+        """Broker-side name of exchange / queue ``base`` (with the prefix)."""
+        return self.name_prefix + base
+
+    def validate(self) -> None:
+        url = urlsplit(self.rabbitmq_url)
+        if url.scheme not in ("amqp", "amqps") or not url.hostname:
+            raise ConfigError(f"rabbitmq_url {self.rabbitmq_url!r} must look like amqp://user:pass@host:5672/vhost")
+        try:
+            url.port
+        except ValueError:
+            raise ConfigError(f"rabbitmq_url {self.rabbitmq_url!r} has an invalid port") from None
+        positive = ("prefetch", "max_in_flight", "batch_size", "num_workers", "max_pointcloud_size",
+                    "points_per_message", "mesh_update_frequency", "mesh_max_points", "republish_cache")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        checks = [
+            (self.prefetch <= self.max_in_flight, "prefetch must be <= max_in_flight"),
+            (self.batch_size <= self.prefetch, "batch_size must be <= prefetch"),
+            (0 <= self.worker_index < self.num_workers, "worker_index must be in [0, num_workers)"),
+            (self.voxel_size > 0, "voxel_size must be > 0"),
+            (self.mesh_min_new_voxels >= 0, "mesh_min_new_voxels must be >= 0"),
+            (5 <= self.mesh_depth <= 11, "mesh_depth must be in [5, 11]"),
+            (self.reconnect_max_s >= 0.5, "reconnect_max_s must be >= 0.5"),
+            (self.shutdown_timeout_s >= 0, "shutdown_timeout_s must be >= 0"),
+            (self.decode_min_side >= 0, "decode_min_side must be >= 0"),
+            (bool(self.stream_header) and bool(self.default_stream), "stream_header / default_stream are empty"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``slam3r serve`` needs: the service settings and the reconstruction parameters."""
+
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
+
+
+ENV_NAMES: dict[str, tuple[str, str]] = {
+    "RABBITMQ_URL": ("service", "rabbitmq_url"),
+    "ENABLE_MESH_GENERATION": ("service", "enable_mesh"),
+    "SAVE_SEGMENTS": ("service", "save_segments"),
+    "SLAM3R_SAVE_SEGMENT_POINTCLOUDS": ("service", "save_segments"),
+    "SEGMENT_OUTPUT_DIR": ("service", "segment_output_dir"),
+    "SLAM3R_SEGMENT_OUTPUT_DIR": ("service", "segment_output_dir"),
+    "SLAM3R_CONF_THRES_I2P": ("recon", "conf_thres_i2p"),
+    "SLAM3R_CONF_THRES_L2W": ("recon", "conf_thres_l2w"),
+    "SLAM3R_MAX_POINTCLOUD_SIZE": ("service", "max_pointcloud_size"),
+    "SLAM3R_MESH_UPDATE_FREQUENCY": ("service", "mesh_update_frequency"),
+    "SLAM3R_USE_MESH_VIS": ("service", "use_mesh_vis"),
+    "CAMERA_INTRINSICS_FILE": ("service", "camera_intrinsics_file"),
+}
+"""Deployed environment variable -> (section, field). The deployment used two names for segment saving and for
+the output directory; both are accepted, and setting them to different values is an error."""
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Environment -> {section: {field: raw string}} (deployed names and ``SLAM3R_<FIELD>``)."""
+    out: dict[str, dict[str, Any]] = {"service": {}, "recon": {}}
+    origin: dict[tuple[str, str], str] = {}
+    names = dict(ENV_NAMES)
+    for f in dataclasses.fields(ServiceConfig):
+        names.setdefault(f"SLAM3R_{f.name.upper()}", ("service", f.name))
+    for var, (section, key) in names.items():
+        if var not in env:
+            continue
+        value = env[var]
+        prev = origin.get((section, key))
+        if prev is not None and env[prev] != value:
+            raise ConfigError(f"environment variables {prev}={env[prev]!r} and {var}={value!r} set the same "
+                              f"setting ({section}.{key}) to different values")
+        origin[(section, key)] = var
+        out[section][key] = value
+    return out
+
+
+def load_intrinsics(path: str | Path) -> tuple[float, float, float, float]:
+    """Read (fx, fy, cx, cy) in pixels from a YAML file with those four keys (others, e.g. width, ignored)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"camera intrinsics file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, OSError) as exc:
+        raise ConfigError(f"{p}: cannot read camera intrinsics ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping with fx, fy, cx, cy")
+    values = []
+    for key in ("fx", "fy", "cx", "cy"):
+        v = data.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{p}: {key} must be a number, got {v!r}")
+        values.append(float(v))
+    if values[0] <= 0 or values[1] <= 0:
+        raise ConfigError(f"{p}: fx and fy must be > 0")
+    return values[0], values[1], values[2], values[3]
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServeConfig:
+    """Build the validated :class:`ServeConfig` from an optional YAML file and the environment.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys, wrong types, invalid values (the message names the setting).
+    """
+    import yaml
+
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {"service": {}, "recon": {}}
+    base_dir = Path.cwd()                      # a relative intrinsics path from the YAML is relative to the YAML
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except (yaml.YAMLError, OSError) as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict) or set(loaded) - {"service", "recon"}:
+            raise ConfigError(f"{p}: expected top-level sections 'service' and/or 'recon'")
+        for section in ("service", "recon"):
+            part = loaded.get(section) or {}
+            if not isinstance(part, dict):
+                raise ConfigError(f"{p}: section {section!r} must be a mapping")
+            data[section].update(part)
+        base_dir = p.parent
+    overrides = _env_overrides(env)
+    if "camera_intrinsics_file" in overrides["service"]:
+        base_dir = Path.cwd()                  # a path from the environment is relative to the working directory
+    for section, values in overrides.items():
+        data[section].update(values)
+    cfg = from_dict(ServeConfig, data)
+    intr_file = cfg.service.camera_intrinsics_file
+    if intr_file:
+        intr_path = base_dir / intr_file       # an absolute intr_file replaces base_dir
+        recon = dataclasses.replace(cfg.recon, intrinsics=load_intrinsics(intr_path))
+        cfg = dataclasses.replace(cfg, recon=recon)
+    return cfg
+
+
+def describe(cfg: ServeConfig) -> dict[str, Any]:
+    """Plain-dict view for logging (the broker password masked)."""
+    d = to_dict(cfg)
+    url = urlsplit(cfg.service.rabbitmq_url)
+    if url.password:
+        d["service"]["rabbitmq_url"] = cfg.service.rabbitmq_url.replace(f":{url.password}@", ":***@", 1)
+    return d
+
+
+__all__ = ["ServiceConfig", "ServeConfig", "ENV_NAMES", "load_config", "load_intrinsics", "describe", "ConfigError"]

@@ -1,0 +1,174 @@
+"""Shared helpers of the service tests: a fake engine, a broker-side test harness on the real RabbitMQ."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from slam3r.recon.types import FrameResult
+from slam3r.service.config import ServiceConfig
+from slam3r.service.messages import decode_payload
+
+URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def broker_available() -> bool:
+    import pika
+
+    try:
+        pika.BlockingConnection(pika.URLParameters(URL + "?connection_attempts=1&socket_timeout=2")).close()
+        return True
+    except Exception:
+        return False
+
+
+needs_broker = pytest.mark.skipif(not broker_available(), reason="no RabbitMQ on 127.0.0.1:5672")
+
+
+class FakeEngine:
+    """Engine stand-in with the real one's delivery pattern: nothing until ``init`` frames arrived, then all of
+    them, then results in pairs; ``flush`` returns the rest. Records every pushed timestamp."""
+
+    def __init__(self, init: int = 5, size: int = 16) -> None:
+        self.init, self.size = init, size
+        self.pushed: list[int] = []
+        self._held: list[tuple[int, np.ndarray, int]] = []
+        self._n = 0
+        self.resets = 0
+
+    def _result(self, fid: int, rgb: np.ndarray, ts: int) -> FrameResult:
+        s = self.size
+        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+        world = np.stack([xx + 0.05 * fid, yy, np.full_like(xx, 2.0)], -1)
+        pose = np.eye(4)
+        pose[0, 3] = 0.05 * fid
+        small = np.zeros((s, s, 3), np.uint8) + rgb[:1, :1]
+        return FrameResult(fid, ts, small, world - pose[:3, 3], np.full((s, s), 5, np.float32), world,
+                           np.full((s, s), 20.0, np.float32), pose, 100.0, is_keyframe=fid % 3 == 0)
+
+    def push_many(self, rgbs: list[np.ndarray], timestamps: list[int | None] | None = None) -> list[FrameResult]:
+        out = []
+        for rgb, ts in zip(rgbs, timestamps or [None] * len(rgbs)):
+            self.pushed.append(int(ts))
+            self._held.append((self._n, rgb, int(ts)))
+            self._n += 1
+            if self._n >= self.init and len(self._held) >= (self.init if self._n == self.init else 2):
+                out += [self._result(*h) for h in self._held]
+                self._held = []
+        return out
+
+    def flush(self) -> list[FrameResult]:
+        out = [self._result(*h) for h in self._held]
+        self._held = []
+        return out
+
+    def reset(self) -> None:
+        self._held, self._n = [], 0
+        self.resets += 1
+
+
+def textured_frames(n: int, h: int = 72, w: int = 96, seed: int = 0) -> list[np.ndarray]:
+    """``n`` distinct textured RGB frames (a sliding random texture)."""
+    rng = np.random.default_rng(seed)
+    tex = rng.integers(0, 256, (h, w + n * 2, 3), dtype=np.uint8)
+    return [np.ascontiguousarray(tex[:, 2 * i:2 * i + w]) for i in range(n)]
+
+
+class Harness:
+    """Unique exchange / queue names for one test, output capture queues, cleanup."""
+
+    def __init__(self) -> None:
+        import pika
+
+        self.prefix = f"t{uuid.uuid4().hex[:10]}-"
+        self.cfg = ServiceConfig(rabbitmq_url=URL, name_prefix=self.prefix, reconnect_max_s=1.0,
+                                 shutdown_timeout_s=20.0, decode_min_side=0)
+        self.conn = pika.BlockingConnection(pika.URLParameters(URL))
+        self.ch = self.conn.channel()
+        self.queues: dict[str, str] = {}
+        for key, base in (("pose", self.cfg.pose_exchange), ("points", self.cfg.pointcloud_exchange),
+                          ("vis", self.cfg.vis_exchange)):
+            ex = self.cfg.name(base)
+            self.ch.exchange_declare(ex, exchange_type="fanout", durable=True)
+            q = self.ch.queue_declare("", exclusive=True).method.queue
+            self.ch.queue_bind(q, ex)
+            self.queues[key] = q
+        self.received: dict[str, list[dict[str, Any]]] = {k: [] for k in self.queues}
+
+    def collect(self, timeout: float = 0.5) -> None:
+        """Move the messages waiting in the capture queues into :attr:`received` (decoded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = 0
+            for key, q in self.queues.items():
+                while True:
+                    method, props, body = self.ch.basic_get(q, auto_ack=True)
+                    if method is None:
+                        break
+                    msg = decode_payload(body, props.content_type, props.content_encoding)
+                    msg["_content_type"], msg["_content_encoding"] = props.content_type, props.content_encoding
+                    self.received[key].append(msg)
+                    got += 1
+            if got == 0 and time.monotonic() >= deadline:
+                return
+            if got == 0:
+                time.sleep(0.05)
+
+    def wait_for(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; got " +
+                                     ", ".join(f"{k}: {len(v)}" for k, v in self.received.items()))
+            self.collect(0.1)
+
+    def dead_letters(self) -> list[tuple[dict[str, Any], bytes]]:
+        out = []
+        q = self.cfg.name(self.cfg.dead_letter_queue)
+        while True:
+            method, props, body = self.ch.basic_get(q, auto_ack=True)
+            if method is None:
+                return out
+            out.append((dict(props.headers or {}), body))
+
+    def queue_depth(self, name: str) -> int:
+        return self.ch.queue_declare(self.cfg.name(name), passive=True).method.message_count
+
+    def close(self) -> None:
+        """Delete this test's exchanges and queues."""
+        cfg = self.cfg
+        try:
+            for base in (cfg.frames_queue, cfg.restart_queue, cfg.dead_letter_queue):
+                for suffix in ("", ".w0", ".w1"):
+                    self.ch.queue_delete(cfg.name(base) + suffix)
+            for base in (cfg.frames_exchange, cfg.restart_exchange, cfg.dead_letter_exchange, cfg.pose_exchange,
+                         cfg.pointcloud_exchange, cfg.vis_exchange):
+                self.ch.exchange_delete(cfg.name(base))
+        finally:
+            self.conn.close()
+
+
+def run_in_thread(service: Any) -> tuple[threading.Thread, list[int]]:
+    """Start ``service.run()`` in a thread; the list receives its exit code."""
+    code: list[int] = []
+    t = threading.Thread(target=lambda: code.append(service.run()), daemon=True)
+    t.start()
+    return t, code
+
+
+def close_broker_connection(name: str) -> None:
+    """Close the connection whose ``connection_name`` client property is ``name`` from the broker side."""
+    out = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    pids = [line.split("\t")[0] for line in out.splitlines() if f'"{name}"' in line or f"<<\"{name}\">>" in line]
+    assert pids, f"connection {name!r} not found in:\n{out}"
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test: simulated broker drop"], check=True,
+                       capture_output=True, timeout=60)
