@@ -321,3 +321,19 @@ def test_video_corrupt_frame_is_skipped_and_counted(tmp_path):
         frames = list(src)
     assert [f[0] for f in frames] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
     assert src.skipped == 1
+
+
+def test_stream_sources_dispatch_read_and_fail_clearly(tmp_path):
+    from slam3r.data.sources import StreamSource
+
+    url = open_source("rtsp://127.0.0.1:1/none")
+    assert isinstance(url, StreamSource) and url.name == "rtsp://127.0.0.1:1/none"
+    cam = open_source("3")
+    assert isinstance(cam, StreamSource) and cam.spec == 3
+    with pytest.raises(ValueError, match="cannot open rtsp://127.0.0.1:1/none"):
+        list(url)
+    # any OpenCV-readable location works as a stream; it ends after a run of failed reads
+    _write_video(tmp_path / "v.mp4", n=6)
+    frames = list(StreamSource(str(tmp_path / "v.mp4"), max_failures=3))
+    assert [f[0] for f in frames] == list(range(6))
+    assert all(isinstance(f[2], int) for f in frames) and frames[0][1].shape == (48, 64, 3)

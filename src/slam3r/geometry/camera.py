@@ -8,6 +8,7 @@ continuous coordinate ``u`` to ``(u + 0.5) * a - 0.5``. Intrinsics ``K`` are 3x3
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from slam3r.geometry.transforms import transform_points
 Array = Any  # numpy.ndarray or torch.Tensor
 
 
-def _stack_like(x: Array):
+def _stack_like(x: Array) -> Callable[..., Array]:
     """``torch.stack`` for tensors, ``np.stack`` otherwise."""
     if hasattr(x, "new_tensor"):
         import torch
