@@ -152,3 +152,24 @@ def test_input_shape_errors(tiny_models):
         l2w(torch.zeros(2, 1, 16, 64), torch.zeros(2, 1, 64, 64, 3), [0, 1])
     with pytest.raises(RuntimeError, match="no encoder"):
         l2w.encode(torch.zeros(1, 3, 64, 64))
+
+
+def test_models_cli_convert_info_smoke(tmp_path, tiny_models, capsys):
+    from slam3r.cli import main
+
+    i2p, l2w = tiny_models
+    torch.save({"model": i2p.state_dict()}, tmp_path / "i2p.pth")
+    torch.save({"model": l2w.state_dict()}, tmp_path / "l2w.pth")
+    for kind in ("i2p", "l2w"):
+        assert main(["models", "convert", str(tmp_path / f"{kind}.pth"), str(tmp_path / "w" / kind),
+                     "--kind", kind, "--preset", "tiny"]) == 0
+    converted = Local2WorldModel.from_pretrained(tmp_path / "w" / "l2w")
+    assert all(torch.equal(converted.state_dict()[k], v) for k, v in l2w.state_dict().items())
+    assert main(["models", "info", str(tmp_path / "w" / "i2p")]) == 0
+    assert "482,609 parameters in 186 tensors" in capsys.readouterr().out
+    assert main(["models", "smoke", "--weights", str(tmp_path / "w"), "--device", "cpu"]) == 0
+    assert "L2W pts3d (3, 1, 64, 64, 3)" in capsys.readouterr().out
+    # an I2P checkpoint is not an L2W one: clear error, exit code 2
+    assert main(["models", "convert", str(tmp_path / "i2p.pth"), str(tmp_path / "bad"), "--kind", "l2w",
+                 "--preset", "tiny"]) == 2
+    assert "missing keys: ponit_embedder" in capsys.readouterr().err
