@@ -8,7 +8,7 @@ per key: while the process is busy only the newest snapshot of each key waits, o
 Pipeline of one job (run in the child): normals from a hybrid KD search (radius ``normal_radius``, ``normal_nn``
 neighbours) oriented towards the nearest camera centre; Poisson reconstruction (``depth``, ``scale``); vertices
 whose Poisson density is in the lowest ``density_quantile`` removed (spurious surface far from the data); crop to
-the points' bounding box; quadric decimation to ``decimate`` of the triangles (at least ``min_triangles``); vertex
+the points' bounding box grown by ``normal_radius``; quadric decimation to ``decimate`` of the triangles (at least ``min_triangles``); vertex
 colours from the nearest input point.
 """
 
@@ -89,7 +89,8 @@ def poisson_mesh(xyz: np.ndarray, rgb: np.ndarray, cameras: np.ndarray,
     density = np.asarray(density)
     if len(density) and params.density_quantile > 0:
         mesh.remove_vertices_by_mask(density < np.quantile(density, params.density_quantile))
-    mesh = mesh.crop(pcd.get_axis_aligned_bounding_box())
+    margin = params.normal_radius                # keeps a flat (zero-thickness) map croppable
+    mesh = mesh.crop(o3d.geometry.AxisAlignedBoundingBox(pts.min(0) - margin, pts.max(0) + margin))
     n_tri = len(mesh.triangles)
     target = max(params.min_triangles, int(n_tri * params.decimate))
     if n_tri > target:
