@@ -2,7 +2,8 @@
 
     python bench/bench_data_eval.py [--frames 20] [--eval-frames 10] [--samples 200000]
 
-Prints a table and, last, one JSON line: render ms/frame at 640x480 (ray casting + shading) and the evaluation
+Prints a table and, last, one JSON line: render ms/frame at 640x480 (ray casting + shading; 1 thread and the
+sequence default) and the evaluation
 time for ``--samples`` corresponding points (selection, RANSAC, both ICP stages, metrics).
 """
 
@@ -19,6 +20,7 @@ from scipy.spatial.transform import Rotation
 
 from slam3r.data.pointmaps import gt_pointmaps
 from slam3r.data.synth import make_scene, make_trajectory, render, sequence_camera
+from slam3r.data.synth.sequence import default_threads
 from slam3r.eval.recon import EvalConfig, evaluate_pointmaps
 from slam3r.geometry import apply_sim3
 
@@ -39,13 +41,16 @@ def main() -> None:
     t_setup = time.perf_counter() - t0
     K = sequence_camera(args.seed, args.width, args.height)
     render(scene, c2w[0], K, args.width, args.height)  # warm-up
-    times, depths = [], []
-    for i in range(args.frames):
-        t0 = time.perf_counter()
-        _, depth = render(scene, c2w[i * 100 // args.frames], K, args.width, args.height)
-        times.append(time.perf_counter() - t0)
-        depths.append(depth)
-    render_ms = 1e3 * float(np.median(times))
+    threads = default_threads()
+    render_ms: dict[int, float] = {}
+    for th in sorted({1, threads}):
+        times, depths = [], []
+        for i in range(args.frames):
+            t0 = time.perf_counter()
+            _, depth = render(scene, c2w[i * 100 // args.frames], K, args.width, args.height, threads=th)
+            times.append(time.perf_counter() - t0)
+            depths.append(depth)
+        render_ms[th] = 1e3 * float(np.median(times))
 
     idx = np.linspace(0, args.frames - 1, args.eval_frames).astype(int)
     poses = c2w[idx * 100 // args.frames]
@@ -60,8 +65,9 @@ def main() -> None:
 
     rows = [
         ("scene + 100-pose trajectory", f"{t_setup * 1e3:.1f} ms"),
-        (f"render {args.width}x{args.height} (median of {args.frames})", f"{render_ms:.1f} ms/frame"),
-        ("render 100 frames (estimate)", f"{render_ms * 100 / 1e3:.1f} s"),
+        *((f"render {args.width}x{args.height}, {th} thread(s) (median of {args.frames})", f"{ms:.1f} ms/frame")
+          for th, ms in render_ms.items()),
+        ("render 100 frames (estimate, sequence default threads)", f"{render_ms[threads] * 100 / 1e3:.1f} s"),
         (f"evaluate {rep.num_pairs} pairs (of {rep.num_candidates})", f"{eval_s:.2f} s"),
         *((f"  {k}", f"{v:.2f} s") for k, v in rep.timings_s.items()),
         ("accuracy / completion (1 cm noise)", f"{rep.metrics.accuracy_cm:.3f} / {rep.metrics.completion_cm:.3f} cm"),
@@ -72,7 +78,8 @@ def main() -> None:
         print(f"{name:<{width}}  {value}")
     print(json.dumps({
         "bench": "data_eval", "cpus": os.cpu_count(), "width": args.width, "height": args.height,
-        "render_ms_per_frame": round(render_ms, 2), "render_100_frames_s": round(render_ms * 0.1, 2),
+        "render_ms_per_frame": {str(th): round(ms, 2) for th, ms in render_ms.items()},
+        "render_100_frames_s": round(render_ms[threads] * 0.1, 2),
         "eval_pairs": rep.num_pairs, "eval_s": round(eval_s, 3),
         "eval_stages_s": {k: round(v, 3) for k, v in rep.timings_s.items()},
         "accuracy_cm": round(rep.metrics.accuracy_cm, 4), "completion_cm": round(rep.metrics.completion_cm, 4),

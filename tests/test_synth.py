@@ -182,3 +182,12 @@ def test_backprojection_of_render_is_consistent_with_camera_rays():
     cam = backproject_depth(depth.astype(np.float64), K)
     rays = camera_rays(K, c2w, 40, 30).transpose(1, 2, 0)
     np.testing.assert_allclose(cam @ c2w[:3, :3].T, depth[..., None] * rays, atol=1e-4)
+
+
+def test_banded_multithreaded_render_is_identical():
+    scene = make_scene(9)
+    c2w = make_trajectory(scene, 4, 9)[1]
+    K = intrinsics_from_fov(70, 53, 65.0)
+    rgb1, d1 = render(scene, c2w, K, 70, 53)
+    rgb3, d3 = render(scene, c2w, K, 70, 53, threads=3)
+    assert np.array_equal(rgb1, rgb3) and np.array_equal(d1, d3)

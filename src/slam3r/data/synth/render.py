@@ -7,6 +7,8 @@ box of its bounding sphere. No shadows, no anti-aliasing: depth is exact for the
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from slam3r.data.synth.scene import Primitive, Scene
@@ -151,18 +153,38 @@ def shade(scene: Scene, p: np.ndarray, n: np.ndarray, albedo: np.ndarray) -> np.
     return albedo * light[:, None]
 
 
-def render(scene: Scene, c2w: np.ndarray, K: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def render(scene: Scene, c2w: np.ndarray, K: np.ndarray, width: int, height: int, threads: int = 1
+           ) -> tuple[np.ndarray, np.ndarray]:
     """Render one view of ``scene``.
 
     Args:
         c2w: camera-to-world pose (4, 4), OpenCV axes (x right, y down, z forward); the camera must be inside the
             room.
         K: intrinsics (3, 3) in pixels for a (width x height) image.
+        threads: render this many horizontal bands concurrently (numpy releases the GIL in its kernels).
     Returns:
         rgb (H, W, 3) uint8 (sRGB) and z-depth (H, W) float32 in metres (0 where nothing is hit).
     """
     c2w = np.asarray(c2w, dtype=np.float64)
     K = np.asarray(K, dtype=np.float64)
+    threads = max(1, min(int(threads), height))
+    if threads == 1:
+        return _render_band(scene, c2w, K, width, height)
+    # A band of rows [r0, r1) is an image of height r1 - r0 whose principal point is shifted up by r0.
+    edges = np.linspace(0, height, threads + 1).astype(int)
+    bands = []
+    for r0, r1 in zip(edges[:-1], edges[1:]):
+        Kb = K.copy()
+        Kb[1, 2] -= r0
+        bands.append((Kb, int(r1 - r0)))
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(lambda b: _render_band(scene, c2w, b[0], width, b[1]), bands))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _render_band(scene: Scene, c2w: np.ndarray, K: np.ndarray, width: int, height: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``render`` on one thread."""
     o = c2w[:3, 3]
     rays = camera_rays(K, c2w, width, height)
     flat = rays.reshape(3, -1)

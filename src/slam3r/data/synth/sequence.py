@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -36,11 +37,17 @@ def sequence_camera(seed: int, width: int, height: int, hfov_deg: float | None =
     return intrinsics_from_fov(width, height, hfov_deg)
 
 
-def iter_frames(scene: Scene, c2w: np.ndarray, K: np.ndarray, width: int, height: int
+def default_threads() -> int:
+    """Render threads used by sequence rendering: the CPU count, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def iter_frames(scene: Scene, c2w: np.ndarray, K: np.ndarray, width: int, height: int, threads: int | None = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (rgb (H, W, 3) uint8, depth (H, W) float32) for each pose of c2w (N, 4, 4)."""
+    threads = default_threads() if threads is None else threads
     for pose in c2w:
-        yield render(scene, pose, K, width, height)
+        yield render(scene, pose, K, width, height, threads=threads)
 
 
 def render_sequence(
@@ -52,17 +59,18 @@ def render_sequence(
     hfov_deg: float | None = None,
     loops: float = 1.25,
     scene: Scene | None = None,
+    threads: int | None = None,
 ) -> Sequence:
     """Render ``num_frames`` frames of the scene and trajectory determined by ``seed``.
 
     ``scene`` overrides the seed's scene (e.g. one made with custom ``make_scene`` options); everything else is a
-    pure function of the arguments.
+    pure function of the arguments (``threads``, default ``default_threads()``, only changes the speed).
     """
     scene = make_scene(seed) if scene is None else scene
     c2w = make_trajectory(scene, num_frames, seed, kind=kind, loops=loops)
     K = sequence_camera(seed, width, height, hfov_deg)
     rgb = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     depth = np.empty((num_frames, height, width), dtype=np.float32)
-    for i, (im, d) in enumerate(iter_frames(scene, c2w, K, width, height)):
+    for i, (im, d) in enumerate(iter_frames(scene, c2w, K, width, height, threads)):
         rgb[i], depth[i] = im, d
     return Sequence(rgb, depth, K, c2w, int(seed), kind)
