@@ -1,0 +1,70 @@
+"""`slam3r serve` and `slam3r publish` as commands: configuration errors, and a full run with saved tiny weights."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import pytest
+import torch
+
+from service_helpers import Harness, needs_broker, textured_frames
+from slam3r.cli import main
+
+
+def test_serve_rejects_a_bad_configuration(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RABBITMQ_URL", "http://not-amqp")
+    assert main(["serve"]) == 2
+    assert "rabbitmq_url" in capsys.readouterr().err
+    monkeypatch.delenv("RABBITMQ_URL")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recon:\n  conf_thres_l2w: -1\n")
+    assert main(["serve", "--config", str(bad)]) == 2
+    assert "thresholds" in capsys.readouterr().err
+
+
+def test_publish_reports_a_missing_source(capsys):
+    assert main(["publish", "/nonexistent/video.mp4"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@needs_broker
+@pytest.mark.slow
+def test_serve_and_publish_commands(tmp_path):
+    from slam3r.models import TINY, Image2PointsModel, Local2WorldModel, preset
+
+    torch.manual_seed(0)
+    Image2PointsModel(TINY).save_pretrained(tmp_path / "w" / "i2p")
+    Local2WorldModel(preset("tiny", l2w=True)).save_pretrained(tmp_path / "w" / "l2w")
+    frames_dir = tmp_path / "frames"
+    frames_dir.mkdir()
+    for i, rgb in enumerate(textured_frames(12)):
+        cv2.imwrite(str(frames_dir / f"frame{i:03d}.png"), rgb[..., ::-1])
+    h = Harness()
+    env = {**os.environ, "SLAM3R_NAME_PREFIX": h.prefix, "SLAM3R_CONF_THRES_L2W": "1",
+           "RABBITMQ_URL": h.cfg.rabbitmq_url, "SAVE_SEGMENTS": "true", "SEGMENT_OUTPUT_DIR": str(tmp_path / "seg")}
+    serve = subprocess.Popen([sys.executable, "-m", "slam3r.cli", "serve", "--weights", str(tmp_path / "w"),
+                              "--device", "cpu", "--config", "configs/wild.yaml"], env=env,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        exchange = h.cfg.name(h.cfg.frames_exchange)
+        deadline = time.monotonic() + 90
+        while main(["publish", str(frames_dir), "--fps", "50", "--segment", "cli", "--exchange", exchange,
+                    "--url", h.cfg.rabbitmq_url]) != 0:
+            assert time.monotonic() < deadline and serve.poll() is None, "serve never bound its queue"
+            time.sleep(0.5)
+        h.wait_for(lambda: any(m.get("event") == "end" for m in h.received["vis"]), 90, "segment end")
+        assert len({m["timestamp_ns"] for m in h.received["pose"]}) == 12
+        end = next(m for m in h.received["vis"] if m.get("event") == "end")
+        assert end["video_segment"] == "cli" and end["frames"] == 12
+        assert os.path.isfile(end["files"]["trajectory"])
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        h.close()
