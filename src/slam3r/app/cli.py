@@ -1,0 +1,61 @@
+"""``slam3r app``: serve the Gradio web app (upload or stream a video, watch it reconstruct, download results)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from slam3r.models.registry import WEIGHTS_HELP
+
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all; default: "
+                        "127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--weights", default="default", help=WEIGHTS_HELP)
+    parser.add_argument("--work-dir", default=None,
+                        help="where runs are written (default: a temporary folder removed on exit)")
+    parser.add_argument("--max-upload-mb", type=float, default=500.0, help="upload size limit (default: 500)")
+    parser.add_argument("--max-frames", type=int, default=1000, help="most frames reconstructed per upload "
+                        "(default: 1000)")
+    parser.add_argument("--video-fps", type=float, default=5.0,
+                        help="default frames per second taken from uploaded videos (reference app: 5)")
+    parser.add_argument("--preview-every", type=int, default=10,
+                        help="update the 3D preview every this many registered frames (default: 10)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import shutil
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline server
+    from slam3r.app.inputs import UploadLimits
+    from slam3r.app.ui import AppOptions, ReconApp
+    from slam3r.models import CheckpointError
+    from slam3r.models.registry import load_models, resolve_device
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        device = resolve_device(args.device)
+        i2p, l2w = load_models(args.weights, device)
+    except (CheckpointError, RuntimeError, ValueError, FileNotFoundError) as exc:
+        print(f"slam3r app: error: {exc}", file=sys.stderr)
+        return 2
+    temporary = args.work_dir is None
+    work = Path(tempfile.mkdtemp(prefix="slam3r-app-") if temporary else args.work_dir).resolve()
+    options = AppOptions(work_dir=work, limits=UploadLimits(args.max_upload_mb, args.max_frames),
+                         video_fps=args.video_fps, preview_every=args.preview_every)
+    page = ReconApp(i2p, l2w, device, options).build()
+    page.queue(default_concurrency_limit=1)
+    try:
+        page.launch(server_name=args.host, server_port=args.port, max_file_size=f"{args.max_upload_mb:g}mb",
+                    allowed_paths=[str(work)], footer_links=[])
+    finally:
+        if temporary:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
