@@ -106,10 +106,11 @@ def run(args: argparse.Namespace) -> int:
     name = args.scene or Path(str(args.input).rstrip("/")).stem or "scene"
     out = Path(args.out or Path("outputs") / name)
     frames = itertools.islice(source, args.max_frames) if args.max_frames else source
-    torch.set_grad_enabled(False)
     try:
-        summary = reconstruct(frames, i2p, l2w, cfg, out, online=args.online, device=device, scene=name,
-                              keep_preds=not args.no_preds, frame_plys=args.frame_plys, progress=not args.quiet)
+        with torch.no_grad():
+            summary = reconstruct(frames, i2p, l2w, cfg, out, online=args.online, device=device, scene=name,
+                                  keep_preds=not args.no_preds, frame_plys=args.frame_plys,
+                                  progress=not args.quiet)
     except ValueError as exc:
         print(f"slam3r recon: error: {exc}", file=sys.stderr)
         return 2
