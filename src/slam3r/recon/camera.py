@@ -38,13 +38,17 @@ def estimate_focal(pts_cam: Tensor, weights: Tensor, iters: int = 10) -> Tensor:
     return f
 
 
-def pose_from_pointmaps(local: np.ndarray, world: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
+def pose_from_pointmaps(local: np.ndarray, world: np.ndarray, weights: np.ndarray,
+                        max_points: int = 4096) -> tuple[np.ndarray, float]:
     """Camera-to-world pose ``(4, 4)`` (rotation + translation, world units) and the local->world scale, by a
     weighted similarity fit of a frame's camera-frame points ``(H, W, 3)`` to its world points ``(H, W, 3)`` with
-    per-pixel ``weights`` ``(H, W)``."""
+    per-pixel ``weights`` ``(H, W)``; at most ``max_points`` evenly spread weighted pixels are used."""
     from slam3r.geometry.transforms import umeyama
 
-    s, r, t = umeyama(local.reshape(-1, 3), world.reshape(-1, 3), weights.reshape(-1))
+    idx = np.flatnonzero(weights.reshape(-1) > 0)
+    if len(idx) > max_points:
+        idx = idx[np.linspace(0, len(idx) - 1, max_points).astype(np.int64)]
+    s, r, t = umeyama(local.reshape(-1, 3)[idx], world.reshape(-1, 3)[idx], weights.reshape(-1)[idx])
     pose = np.eye(4)
     pose[:3, :3], pose[:3, 3] = r, t
     return pose, s
