@@ -8,6 +8,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -20,10 +21,14 @@ from slam3r.app.inputs import ACCEPTED, UploadError, UploadLimits, open_upload
 from slam3r.app.jobs import JobUpdate, ReconJob
 from slam3r.app.preview import PreviewCloud, write_axes_glb
 from slam3r.app.refilter import refilter
+from slam3r.app.service_feed import ServiceFeed
+from slam3r.config import from_dict
 from slam3r.data.sources import open_source
 from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.recon.config import ReconConfig
+from slam3r.recon.export import write_ply
 from slam3r.recon.run import Frame
+from slam3r.service.config import ServiceConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +76,8 @@ class ReconApp:
         # renderer on the next model and can miss that model when it arrives twice (generator + completion).
         self.axes = str(write_axes_glb(self.opt.work_dir / "axes.glb"))
         self.inference_runs = 0
-        self.jobs: dict[str, ReconJob] = {}
+        self.running: dict[str, ReconJob | ServiceFeed] = {}
+        """What each browser session has running (a reconstruction or a service subscription), for Stop."""
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------------------- running
@@ -85,7 +91,7 @@ class ReconApp:
         preview = PreviewCloud(run_dir / "preview", cfg.conf_thres_l2w, seed=cfg.seed)
         job = ReconJob(frames, self.i2p, self.l2w, cfg, run_dir / "result", scene=scene, online=online,
                        device=self.device, preview=preview, preview_every=self.opt.preview_every).start()
-        self.jobs[session] = job
+        self.running[session] = job
         try:
             for st in job.updates(self.opt.update_interval):
                 if not st.done:
@@ -93,6 +99,7 @@ class ReconApp:
                     yield self._progress_text(scene, st), preview, gr.skip(), None
                 elif st.error is not None:
                     log.info("inference run %d failed: %s", number, st.error)
+                    shutil.rmtree(run_dir, ignore_errors=True)
                     yield _error(f"reconstruction failed: {st.error}"), self.axes, None, None
                 else:
                     log.info("inference run %d finished: %d frames, %d points", number, st.summary["frames"],
@@ -101,7 +108,7 @@ class ReconApp:
                     yield self._summary_text(scene, st.summary), result.glb, result.files(), result
         finally:
             job.stop()  # the page went away or the run ended: never leave a stream running
-            self.jobs.pop(session, None)
+            self.running.pop(session, None)
 
     def _progress_text(self, scene: str, st: JobUpdate) -> str:
         return (f"**Reconstructing `{scene}`** — frames read: {st.frames_read}, registered: "
@@ -159,13 +166,47 @@ class ReconApp:
         yield f"**Connecting to `{spec}`** …", self.axes, None, None
         yield from self._run(iter(source), cfg, "live", True, self._new_run_dir("live"), request.session_hash)
 
+    def run_service(self, data: dict, request: gr.Request) -> Iterator[PageUpdate]:
+        """Show what the RabbitMQ service publishes (points and camera poses) until Disconnect is pressed."""
+        try:
+            cfg = from_dict(ServiceConfig, {"rabbitmq_url": (data[self.amqp_url] or "").strip(),
+                                            "name_prefix": (data[self.amqp_prefix] or "").strip()})
+        except ValueError as exc:
+            yield _error(str(exc)), gr.skip(), gr.skip(), gr.skip()
+            return
+        run_dir = self._new_run_dir("service")
+        feed = ServiceFeed(cfg, PreviewCloud(run_dir / "preview", conf_thres=1.0))
+        feed.start()
+        self.running[request.session_hash] = feed
+        yield f"**Connecting to `{cfg.rabbitmq_url}`** …", self.axes, None, None
+        seen, shown = (-1, -1), self.axes
+        try:
+            while feed.is_alive():
+                time.sleep(max(self.opt.update_interval, 1.0))
+                counts = (feed.points_messages, feed.pose_messages)
+                if counts != seen and counts[0] + counts[1] > 0:
+                    seen, shown = counts, feed.snapshot()
+                yield (f"**Subscribed to the service at `{cfg.rabbitmq_url}`** — point messages: {counts[0]}, "
+                       f"poses: {counts[1]}"), shown, gr.skip(), None
+        finally:
+            feed.stop()
+            self.running.pop(request.session_hash, None)
+        if feed.error is not None:
+            yield _error(f"RabbitMQ: {feed.error}"), shown, None, None
+            return
+        ply = run_dir / "service_points.ply"
+        write_ply(ply, feed.preview.xyz, feed.preview.rgb)
+        yield (f"**Disconnected** — received {feed.points_messages} point messages and {feed.pose_messages} "
+               f"poses; {len(feed.preview)} points kept (download below)"), feed.snapshot(), [str(ply)], None
+
     def stop(self, request: gr.Request) -> str:
-        """Stop this session's running job (its frames so far are still registered and exported)."""
-        job = self.jobs.get(request.session_hash)
-        if job is None:
+        """Stop this session's stream or service subscription (a stream's frames so far are still registered and
+        exported)."""
+        running = self.running.get(request.session_hash)
+        if running is None:
             return "Nothing is running."
-        job.stop()
-        return "**Stopping** — registering the frames received so far …"
+        running.stop()
+        return "**Stopping** …"
 
     def reexport(self, conf_thres: float, num_points: float | None, result: Result | None) -> PageUpdate:
         """Re-apply the L2W threshold and point count to this session's last result (no inference)."""
@@ -209,6 +250,14 @@ class ReconApp:
                         with gr.Row():
                             live_btn = gr.Button("Start", variant="primary", elem_id="live-start")
                             stop_btn = gr.Button("Stop", elem_id="live-stop")
+                    with gr.Tab("RabbitMQ service"):
+                        gr.Markdown("Watch the points and camera poses published by a running `slam3r serve`.")
+                        self.amqp_url = gr.Textbox(ServiceConfig.rabbitmq_url, label="Broker URL", elem_id="amqp-url")
+                        self.amqp_prefix = gr.Textbox("", label="Exchange name prefix (SLAM3R_NAME_PREFIX)",
+                                                      elem_id="amqp-prefix")
+                        with gr.Row():
+                            connect_btn = gr.Button("Connect", variant="primary", elem_id="amqp-connect")
+                            disconnect_btn = gr.Button("Disconnect", elem_id="amqp-disconnect")
                     with gr.Accordion("Pipeline parameters", open=False):
                         pipeline = pipeline_controls(d)
                     with gr.Group():
@@ -226,7 +275,9 @@ class ReconApp:
                           concurrency_id="inference", concurrency_limit=1)
             live_btn.click(self.run_live, {self.stream, self.live_fps, *params}, outputs,
                            concurrency_id="inference", concurrency_limit=1)
-            stop_btn.click(self.stop, None, status, concurrency_limit=None, queue=False)
+            connect_btn.click(self.run_service, {self.amqp_url, self.amqp_prefix}, outputs, concurrency_limit=None)
+            for btn in (stop_btn, disconnect_btn):
+                btn.click(self.stop, None, status, concurrency_limit=None, queue=False)
             thr, npts = export["conf_thres_l2w"], export["num_points_save"]
             thr.release(self.reexport, [thr, npts, result], outputs, concurrency_id="export")
             npts.submit(self.reexport, [thr, npts, result], outputs, concurrency_id="export")

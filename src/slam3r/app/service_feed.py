@@ -1,0 +1,88 @@
+"""The RabbitMQ service as a live source for the page: subscribe to its point-cloud and pose exchanges (a private
+auto-deleted queue on each fanout exchange) and feed what arrives into a :class:`PreviewCloud`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+
+from slam3r.app.preview import PreviewCloud
+from slam3r.service.config import ServiceConfig
+from slam3r.service.messages import decode_payload
+
+log = logging.getLogger(__name__)
+
+
+def message_points(msg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """xyz ``(N, 3)`` float32 and rgb ``(N, 3)`` uint8 of a decoded point-cloud message (JSON rows
+    ``[x, y, z, r, g, b]`` or msgpack ``xyz`` / ``rgb`` arrays)."""
+    if "xyz" in msg:
+        return np.asarray(msg["xyz"], np.float32).reshape(-1, 3), np.asarray(msg["rgb"], np.uint8).reshape(-1, 3)
+    rows = np.asarray(msg.get("points") or np.zeros((0, 6)), np.float64).reshape(-1, 6)
+    return rows[:, :3].astype(np.float32), np.clip(rows[:, 3:], 0, 255).astype(np.uint8)
+
+
+class ServiceFeed(threading.Thread):
+    """Consumes ``cfg``'s point-cloud and pose exchanges until :meth:`stop`; counts and previews what arrives.
+    ``error`` holds the reason if the connection failed or dropped."""
+
+    def __init__(self, cfg: ServiceConfig, preview: PreviewCloud) -> None:
+        super().__init__(name="slam3r-service-feed", daemon=True)
+        self.cfg, self.preview = cfg, preview
+        self.points_messages = self.pose_messages = 0
+        self.error: str | None = None
+        self.connected = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _on_points(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
+        xyz, rgb = message_points(decode_payload(body, props.content_type, props.content_encoding))
+        with self._lock:
+            self.preview.add_points(xyz, rgb)
+            self.points_messages += 1
+
+    def _on_pose(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
+        msg = decode_payload(body, props.content_type, props.content_encoding)
+        with self._lock:
+            self.preview.add_camera(np.asarray(msg["raw_pose_matrix"], np.float64))
+            self.pose_messages += 1
+
+    def snapshot(self) -> str:
+        """Write the preview cloud received so far; returns the GLB path."""
+        with self._lock:
+            return str(self.preview.snapshot())
+
+    def run(self) -> None:
+        import pika
+
+        params = pika.URLParameters(self.cfg.rabbitmq_url)
+        params.connection_attempts, params.socket_timeout = 1, 5
+        try:
+            conn = pika.BlockingConnection(params)
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is reported in the page
+            self.error = f"cannot connect to {self.cfg.rabbitmq_url}: {exc or type(exc).__name__}"
+            return
+        try:
+            ch = conn.channel()
+            for base, callback in ((self.cfg.pointcloud_exchange, self._on_points),
+                                   (self.cfg.pose_exchange, self._on_pose)):
+                exchange = self.cfg.name(base)
+                ch.exchange_declare(exchange, exchange_type="fanout", durable=True)  # as the service declares it
+                queue = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
+                ch.queue_bind(queue, exchange)
+                ch.basic_consume(queue, callback, auto_ack=True)
+            self.connected.set()
+            while not self._stopping.is_set():
+                conn.process_data_events(time_limit=0.2)
+        except Exception as exc:  # noqa: BLE001 - a dropped connection / bad message ends the feed, with a reason
+            log.exception("service feed failed")
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if conn.is_open:
+                conn.close()

@@ -1,0 +1,105 @@
+"""App input handling without a browser: uploads (types, limits, zips, image order), widget values -> config, and
+a reconstruction job on bad input (reported, not raised)."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from slam3r.app.controls import make_config
+from slam3r.app.inputs import UploadError, UploadLimits, open_upload
+from slam3r.app.jobs import ReconJob
+from slam3r.app.preview import PreviewCloud
+from slam3r.config import ConfigError
+from slam3r.recon.config import ReconConfig
+
+LIMITS = UploadLimits(max_mb=1.0, max_frames=50)
+
+
+def image(path: Path, value: int) -> Path:
+    cv2.imwrite(str(path), np.full((40, 48, 3), value, np.uint8))
+    return path
+
+
+def video(path: Path, frames: int) -> Path:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        w.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    w.release()
+    return path
+
+
+def test_unsupported_and_mixed_uploads_are_refused(tmp_path: Path) -> None:
+    txt = tmp_path / "notes.txt"
+    txt.write_text("not a video")
+    with pytest.raises(UploadError, match=r"notes.txt: unsupported file type '.txt'.*video"):
+        open_upload([txt], tmp_path, LIMITS)
+    with pytest.raises(UploadError, match="nothing uploaded"):
+        open_upload([], tmp_path, LIMITS)
+    clip = video(tmp_path / "a.mp4", 3)
+    with pytest.raises(UploadError, match="either one video, one zip, or images only"):
+        open_upload([clip, image(tmp_path / "1.png", 9)], tmp_path, LIMITS)
+    big = tmp_path / "big.mp4"
+    big.write_bytes(b"\0" * (2 * 2**20))
+    with pytest.raises(UploadError, match="limit is 1 MB"):
+        open_upload([big], tmp_path, LIMITS)
+    fake = tmp_path / "fake.mp4"
+    fake.write_bytes(b"this is no video")
+    with pytest.raises(UploadError, match="fake.mp4"):
+        list(open_upload([fake], tmp_path, LIMITS)[0])
+
+
+def test_images_are_ordered_like_a_folder(tmp_path: Path) -> None:
+    paths = [image(tmp_path / f"frame{i}.png", 10 * i) for i in (10, 2, 1)]
+    source, scene = open_upload([str(p) for p in paths] + [str(image(tmp_path / "depth3.png", 0))], tmp_path,
+                                LIMITS)
+    assert scene == "images"
+    assert [int(rgb[0, 0, 0]) for _, rgb, _ in source] == [10, 20, 100]
+
+
+def test_zip_of_a_folder(tmp_path: Path) -> None:
+    archive = tmp_path / "room.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in (3, 1, 2):
+            zf.write(image(tmp_path / f"{i}.jpg", 40 * i), f"room/images/{i}.jpg")
+        zf.writestr("room/readme.txt", "ignored")
+        zf.writestr("__MACOSX/room/images/._1.jpg", "resource fork")
+    work = tmp_path / "work"
+    source, scene = open_upload([archive], work, LIMITS)
+    assert scene == "room"
+    assert [abs(int(rgb[0, 0, 0]) - 40 * k) <= 2 for k, (_, rgb, _) in zip((1, 2, 3), source)] == [True] * 3
+    assert sorted(p.name for p in (work / "frames").iterdir()) == ["1.jpg", "2.jpg", "3.jpg"]
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("notes.txt", "x")
+    with pytest.raises(UploadError, match="no images"):
+        open_upload([empty], work, LIMITS)
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK not really")
+    with pytest.raises(UploadError, match="not a readable zip"):
+        open_upload([broken], work, LIMITS)
+
+
+def test_widget_values_to_config() -> None:
+    base = ReconConfig()
+    cfg = make_config(base, {"keyframe_stride": "auto", "buffer_strategy": "unbounded", "buffer_size": 7,
+                             "win_r": 5.0, "conf_thres_l2w": 3.5, "num_points_save": 1000.0})
+    assert (cfg.keyframe_stride, cfg.buffer_size, cfg.buffer_strategy, cfg.win_r) == (-1, -1, "reservoir", 5)
+    assert (cfg.conf_thres_l2w, cfg.num_points_save) == (3.5, 1000)
+    assert make_config(base, {"keyframe_stride": "4", "buffer_strategy": "fifo", "buffer_size": 20}).keyframe_stride == 4
+    with pytest.raises(ConfigError, match="buffer_size"):
+        make_config(base, {"buffer_strategy": "fifo", "buffer_size": 3})
+
+
+def test_job_reports_a_one_frame_video(tmp_path: Path, tiny_models) -> None:
+    source, _ = open_upload([video(tmp_path / "one.mp4", 1)], tmp_path, LIMITS)
+    job = ReconJob(iter(source), *tiny_models, ReconConfig(), tmp_path / "out", scene="one", online=False,
+                   device="cpu", preview=PreviewCloud(tmp_path / "preview", 1.0)).start()
+    final = list(job.updates(0.05))[-1]
+    assert final.done and final.summary is None
+    assert "at least 2 frames" in final.error

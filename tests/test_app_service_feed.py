@@ -1,0 +1,77 @@
+"""The app's RabbitMQ source: point-cloud and pose messages published in the service's format reach the preview."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slam3r.app.preview import PreviewCloud
+from slam3r.app.service_feed import ServiceFeed, message_points
+from slam3r.recon.types import FrameResult
+from slam3r.service.config import ServiceConfig
+from slam3r.service.messages import Codec, decode_payload
+
+URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def frame(fid: int, n: int = 12) -> FrameResult:
+    rng = np.random.default_rng(fid)
+    pts = rng.normal(size=(n, n, 3)).astype(np.float32)
+    pose = np.eye(4)
+    pose[:3, 3] = [fid, 0, 0]
+    return FrameResult(fid, 1000 * fid, rng.integers(0, 255, (n, n, 3), dtype=np.uint8), pts,
+                       np.full((n, n), 5, np.float32), pts, np.full((n, n), 20, np.float32), pose, 50.0)
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+def test_message_points_both_encodings(encoding: str) -> None:
+    r = frame(1)
+    xyz, rgb, conf = r.points(1.0)
+    payload = Codec(encoding).points(r, xyz, rgb, conf, "default", "seg")
+    got_xyz, got_rgb = message_points(decode_payload(payload.body, payload.content_type, payload.content_encoding))
+    np.testing.assert_allclose(got_xyz, xyz, atol=1e-4)
+    np.testing.assert_array_equal(got_rgb, rgb)
+
+
+def test_feed_receives_points_and_poses(tmp_path: Path) -> None:
+    pika = pytest.importorskip("pika")
+    try:
+        pika.BlockingConnection(pika.URLParameters(URL + "?connection_attempts=1&socket_timeout=2")).close()
+    except Exception:
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    cfg = ServiceConfig(rabbitmq_url=URL, name_prefix=f"apptest-{uuid.uuid4().hex[:8]}.")
+    feed = ServiceFeed(cfg, PreviewCloud(tmp_path, conf_thres=1.0))
+    feed.start()
+    conn = None
+    try:
+        assert feed.connected.wait(10), feed.error
+        conn = pika.BlockingConnection(pika.URLParameters(URL))
+        ch = conn.channel()
+        codec = Codec("json")
+        for fid in range(3):
+            r = frame(fid)
+            for exchange, payload in ((cfg.pointcloud_exchange, codec.points(r, *r.points(1.0), "default", "s")),
+                                      (cfg.pose_exchange, codec.pose(r, "default", "s"))):
+                ch.basic_publish(cfg.name(exchange), "", payload.body,
+                                 pika.BasicProperties(content_type=payload.content_type,
+                                                      content_encoding=payload.content_encoding))
+        deadline = time.time() + 10
+        while (feed.points_messages, feed.pose_messages) != (3, 3) and time.time() < deadline:
+            time.sleep(0.05)
+        assert (feed.points_messages, feed.pose_messages) == (3, 3)
+        assert len(feed.preview) == 3 * 12 * 12
+        np.testing.assert_allclose([c[0] for c in feed.preview.cameras], [0, 1, 2])
+        assert Path(feed.snapshot()).stat().st_size > 0
+    finally:
+        feed.stop()
+        feed.join(5)
+        if conn is not None:
+            ch = conn.channel()
+            for base in (cfg.pointcloud_exchange, cfg.pose_exchange):
+                ch.exchange_delete(cfg.name(base))
+            conn.close()
+    assert feed.error is None
