@@ -19,6 +19,11 @@ $(STAMP): $(VPY) pyproject.toml
 	$(VPY) -c "import open3d" 2>/dev/null || ! command -v apt-get >/dev/null || apt-get install -y -q libusb-1.0-0 \
 		|| (apt-get update -q && apt-get install -y -q libusb-1.0-0) \
 		|| echo "warning: Open3D needs libusb-1.0-0 (apt-get install libusb-1.0-0); slam3r eval will not work"
+	# The browser test (tests/test_app_browser.py) drives Debian's chromium; installed only where apt-get is usable.
+	test -x /usr/bin/chromium || ! command -v apt-get >/dev/null \
+		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+		|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+		|| echo "warning: could not install chromium (apt-get install chromium); the browser test will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -91,7 +91,8 @@ def test_widget_values_to_config() -> None:
                              "win_r": 5.0, "conf_thres_l2w": 3.5, "num_points_save": 1000.0})
     assert (cfg.keyframe_stride, cfg.buffer_size, cfg.buffer_strategy, cfg.win_r) == (-1, -1, "reservoir", 5)
     assert (cfg.conf_thres_l2w, cfg.num_points_save) == (3.5, 1000)
-    assert make_config(base, {"keyframe_stride": "4", "buffer_strategy": "fifo", "buffer_size": 20}).keyframe_stride == 4
+    fifo = make_config(base, {"keyframe_stride": "4", "buffer_strategy": "fifo", "buffer_size": 20})
+    assert (fifo.keyframe_stride, fifo.buffer_strategy, fifo.buffer_size) == (4, "fifo", 20)
     with pytest.raises(ConfigError, match="buffer_size"):
         make_config(base, {"buffer_strategy": "fifo", "buffer_size": 3})
 
