@@ -13,8 +13,8 @@ from slam3r.config import ConfigError
 from slam3r.recon.point_buffer import PointBuffer
 from slam3r.recon.types import FrameResult
 from slam3r.service.config import ENV_NAMES, ServiceConfig, load_config
-from slam3r.service.messages import (Codec, RejectedMessage, decode_image, decode_payload, jpeg_size,
-                                     quaternion_xyzw, read_header)
+from slam3r.service.messages import (Codec, RejectedMessage, confident_points, decode_image, decode_payload,
+                                     jpeg_size, quaternion_xyzw, read_header)
 
 
 def frame_result(n: int = 8, fid: int = 3) -> FrameResult:
@@ -77,7 +77,7 @@ def test_pose_message_fields_and_quaternion():
     r = frame_result()
     for enc in ("json", "msgpack"):
         p = Codec(enc).pose(r, "d1", "seg")
-        msg = decode_payload(p.body, p.content_type, p.content_encoding)
+        msg = decode_payload(p.wire_body(), p.content_type, p.content_encoding)
         assert p.content_encoding is None and msg["timestamp_ns"] == 123456789
         assert msg["position"] == {"x": 1.0, "y": 2.0, "z": 3.0}
         q = np.array([msg["orientation"][k] for k in "xyzw"])
@@ -88,8 +88,20 @@ def test_pose_message_fields_and_quaternion():
         np.testing.assert_allclose(rot, r.pose_c2w[:3, :3], atol=1e-9)
         np.testing.assert_allclose(msg["raw_pose_matrix"], r.pose_c2w)
         assert isinstance(msg["processing_timestamp"], float) and msg["stream_id"] == "d1"
+    from scipy.spatial.transform import Rotation
+
+    for rot in Rotation.random(200, random_state=1).as_matrix().tolist() + [np.diag([1.0, -1, -1]).tolist()]:
+        q, ref = quaternion_xyzw(np.asarray(rot)), Rotation.from_matrix(rot).as_quat()
+        assert min(np.abs(q - ref).max(), np.abs(q + ref).max()) < 1e-12
     # A similarity pose (rotation times scale) gives the same unit quaternion.
     np.testing.assert_allclose(quaternion_xyzw(2.5 * r.pose_c2w[:3, :3]), quaternion_xyzw(r.pose_c2w[:3, :3]))
+
+
+def test_confident_points_match_the_frame_result_method():
+    r = frame_result(n=12)
+    r.conf = np.random.default_rng(5).uniform(1, 30, r.conf.shape).astype(np.float32)
+    for got, want in zip(confident_points(r, 12.0), r.points(12.0)):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_point_messages_json_layout_msgpack_arrays_and_cap():
@@ -97,7 +109,7 @@ def test_point_messages_json_layout_msgpack_arrays_and_cap():
     xyz, rgb, conf = r.points(12.0)
     p = Codec("json", points_per_message=30).points(r, xyz, rgb, conf, "d1", "seg")
     assert (p.content_type, p.content_encoding) == ("application/json", "gzip")
-    raw = json.loads(gzip.decompress(p.body))
+    raw = json.loads(gzip.decompress(p.wire_body()))
     pts = np.asarray(raw["points"])
     assert pts.shape == (30, 6) and raw["timestamp_ns"] == 123456789
     assert all(isinstance(v, int) for v in raw["points"][0][3:])
@@ -107,7 +119,7 @@ def test_point_messages_json_layout_msgpack_arrays_and_cap():
     assert d.max() <= 5e-5 + 1e-7
     m = Codec("msgpack").points(r, xyz, rgb, conf, "d1", "seg")
     assert (m.content_type, m.content_encoding) == ("application/msgpack", None)
-    msg = decode_payload(m.body, m.content_type)
+    msg = decode_payload(m.wire_body(), m.content_type)
     np.testing.assert_array_equal(msg["xyz"], xyz)
     np.testing.assert_array_equal(msg["rgb"], rgb)
     np.testing.assert_array_equal(msg["conf"], conf)
@@ -121,7 +133,7 @@ def test_map_updates_split_and_mesh_and_segment_messages():
                rng.random(250).astype(np.float32) + 1)
     delta = buf.changes_since(None)
     parts = Codec("json", points_per_message=100).map_update(delta, 7, "d1", "seg")
-    msgs = [decode_payload(p.body, p.content_type, p.content_encoding) for p in parts]
+    msgs = [decode_payload(p.wire_body(), p.content_type, p.content_encoding) for p in parts]
     assert [(m["part"], m["parts"], m["reset"], len(m["points"])) for m in msgs] == \
         [(0, 3, True, 100), (1, 3, False, 100), (2, 3, False, 50)]
     assert sorted(i for m in msgs for i in m["index"]) == list(range(250))
@@ -130,14 +142,14 @@ def test_map_updates_split_and_mesh_and_segment_messages():
     c = np.array([[255, 0, 0]] * 5, np.uint8)
     for enc in ("json", "msgpack"):
         p = Codec(enc).mesh(v, f, c, 12, "d1", "seg")
-        msg = decode_payload(p.body, p.content_type, p.content_encoding)
+        msg = decode_payload(p.wire_body(), p.content_type, p.content_encoding)
         assert msg["type"] == "mesh" and msg["keyframe_id"] == 12
         np.testing.assert_allclose(np.asarray(msg["vertices"]), v, atol=1e-4)
         np.testing.assert_array_equal(np.asarray(msg["faces"]), f)
         colors = np.asarray(msg["vertex_colors"], np.float64)
         np.testing.assert_allclose(colors if enc == "msgpack" else colors * 255, c, atol=1e-3)
     seg = Codec().segment("end", "d1", "seg", 40, 1234, {"points": "/x.ply"})
-    msg = decode_payload(seg.body, seg.content_type, seg.content_encoding)
+    msg = decode_payload(seg.wire_body(), seg.content_type, seg.content_encoding)
     assert (msg["type"], msg["event"], msg["frames"], msg["files"]) == ("segment", "end", 40, {"points": "/x.ply"})
 
 
@@ -197,3 +209,24 @@ def test_config_errors_are_clear(tmp_path, env, text, message):
     with pytest.raises(ConfigError) as err:
         load_config(path, env=env)
     assert message in str(err.value)
+
+
+def test_fast_point_json_is_exact_and_falls_back_out_of_range():
+    from slam3r.service.jsonpoints import point_rows_json
+
+    rng = np.random.default_rng(3)
+    xyz = rng.normal(size=(5000, 3)) * [0.3, 20, 900]
+    xyz[:4] = [[-0.5, -0.00004, 0.00005], [0, -0.99996, 9999.99994], [-9999.9999, 1e-9, -1e-9], [1, -1, 0]]
+    rgb = rng.integers(0, 256, (5000, 3), dtype=np.uint8)
+    rows = np.asarray(json.loads(point_rows_json(xyz, rgb)))
+    expected = np.sign(xyz) * np.rint(np.abs(xyz) * 1e4) / 1e4
+    np.testing.assert_array_equal(rows[:, :3], expected)
+    np.testing.assert_array_equal(rows[:, 3:], rgb)
+    assert point_rows_json(np.zeros((0, 3)), np.zeros((0, 3), np.uint8)) == b"[]"
+    for bad in (1e4, np.inf, np.nan):
+        assert point_rows_json(np.array([[0, bad, 0]]), np.zeros((1, 3), np.uint8)) is None
+    r = frame_result(n=4)
+    r.pts3d_world[0, 0] = [2e4, -3e5, 1.0]                       # the codec falls back to json.dumps
+    p = Codec("json").points(r, *r.points(12.0), "d1", "seg")
+    pts = np.asarray(decode_payload(p.wire_body(), p.content_type, p.content_encoding)["points"])
+    np.testing.assert_allclose(pts[0, :3], [2e4, -3e5, 1.0])

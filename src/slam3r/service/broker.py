@@ -257,7 +257,7 @@ class BrokerLink(threading.Thread):
                 p = item.payload
                 props = pika.BasicProperties(content_type=p.content_type, content_encoding=p.content_encoding,
                                              headers=item.headers, delivery_mode=2 if item.persistent else 1)
-                self._pub.basic_publish(item.exchange, "", p.body, props)
+                self._pub.basic_publish(item.exchange, "", p.wire_body(), props)
             self._outbox.popleft()          # only once done: a failure leaves it for the next connection
 
     def _drop_connection(self) -> None:

@@ -78,8 +78,9 @@ class ServiceConfig:
     """On SIGTERM, time allowed to finish the frames already received before the rest is left for redelivery."""
     republish_cache: int = 32
     """Frames whose encoded outputs are kept to republish them when RabbitMQ redelivers the frame."""
-    decode_min_side: int = 448
-    """JPEGs are decoded at a reduced scale (1/2, 1/4, 1/8) as long as the short side stays >= this (0 = never)."""
+    decode_min_side: int = 224
+    """JPEGs are decoded at a reduced scale (1/2, 1/4, 1/8, much faster) while the short side stays >= this
+    (0 = always full size); keep it >= the network input size (224 for the released model)."""
 
     def name(self, base: str) -> str:
         """Broker-side name of exchange / queue ``base`` (with the prefix)."""

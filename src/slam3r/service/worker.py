@@ -42,7 +42,7 @@ from slam3r.recon.point_buffer import PointBuffer
 from slam3r.recon.types import FrameResult
 from slam3r.service.broker import BrokerLink, Delivery, Outgoing, Settle, queue_names
 from slam3r.service.config import ServiceConfig
-from slam3r.service.messages import Codec, Payload, RejectedMessage, decode_image, read_header
+from slam3r.service.messages import Codec, Payload, RejectedMessage, confident_points, decode_image, read_header
 from slam3r.service.mesher import MeshParams, Mesher, MeshResult
 from slam3r.service.stream import EngineFactory, Key, StreamState
 
@@ -120,7 +120,7 @@ class Service:
                     return 2
                 batch = self._take(0.05)
                 if batch:
-                    self._handle(batch)
+                    self.handle(batch)
                 self._poll_mesher()
                 self._update_prefetch()
             return self._shutdown()
@@ -144,7 +144,7 @@ class Service:
             batch = self._take(0.2)
             if not batch:
                 break
-            self._handle(batch)
+            self.handle(batch)
         out: list[_Item] = []
         for st in self.streams.values():
             if st.segment is not None:
@@ -187,7 +187,9 @@ class Service:
             st = self.streams[stream_id] = StreamState(stream_id, self.make_engine, buffer, self.cfg.republish_cache)
         return st
 
-    def _handle(self, batch: list[Delivery]) -> None:
+    def handle(self, batch: list[Delivery]) -> None:
+        """Process a batch of deliveries (frames and restarts, in order) and queue the resulting publishes and
+        acknowledgements on the link. Called by :meth:`run`; benchmarks call it directly."""
         t0 = time.perf_counter()
         out: list[_Item] = []
         groups: dict[str, list[tuple[Key, np.ndarray]]] = {}
@@ -298,7 +300,7 @@ class Service:
                 self.stats.unregistered += 1
                 settles += [Settle(x.generation, x.tag) for x in deliveries]
             deliveries = st.pending.pop(key)
-            xyz, rgb, conf = r.points(self.conf_thres_l2w)
+            xyz, rgb, conf = confident_points(r, self.conf_thres_l2w)
             created = st.buffer.insert(xyz, rgb, conf)
             outputs = [Outgoing(self._ex_pose, self.codec.pose(r, st.stream_id, key[0])),
                        Outgoing(self._ex_points, self.codec.points(r, xyz, rgb, conf, st.stream_id, key[0]))]

@@ -1,0 +1,203 @@
+"""Per-frame overhead of the RabbitMQ service, network inference excluded.
+
+The engine is replaced by one that returns precomputed 224 x 224 FrameResults (a camera turning in a box room,
+realistic confidences) immediately, so what is timed is the service's own work: header validation, JPEG decoding,
+dedupe bookkeeping, map (point buffer) update, pose / point-cloud / map-update encoding.
+
+* ``in-process``: :meth:`Service.handle` on prepared deliveries (no broker, no network), per encoding and frame
+  size; also the JPEG decode alone. gzip (JSON encoding) is not part of it: the AMQP thread compresses when it
+  publishes (zlib releases the GIL); its cost per frame is reported on its own row.
+* ``broker``: the whole service on the local RabbitMQ (127.0.0.1:5672): frames published as fast as possible,
+  time until the last pose arrives -> frames/s (includes publisher confirms and the consumer in this process).
+
+Prints a table and one JSON line. Usage: ``python bench/bench_service.py [--frames 300] [--no-broker]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import queue
+import time
+import uuid
+
+import cv2
+import numpy as np
+
+from slam3r.recon.types import FrameResult
+from slam3r.service.broker import Delivery
+from slam3r.service.config import ServiceConfig
+from slam3r.service.messages import Payload, decode_image
+from slam3r.service.worker import Service
+
+S = 224
+
+
+def room_results(n: int, seed: int = 0) -> list[FrameResult]:
+    """``n`` FrameResults of a camera turning at the centre of a 4 x 3 x 2.5 box room."""
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:S, 0:S].astype(np.float64)
+    rays = np.stack([(u - S / 2) / 200.0, (v - S / 2) / 200.0, np.ones_like(u)], -1)
+    half = np.array([2.0, 1.25, 1.5])
+    out = []
+    for i in range(n):
+        yaw = 2 * np.pi * i / 120
+        rot = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
+        d = rays @ rot.T
+        t = np.min(half / np.maximum(np.abs(d), 1e-9), axis=-1, keepdims=True)
+        world = (d * t + rng.normal(0, 0.003, d.shape)).astype(np.float32)
+        pose = np.eye(4)
+        pose[:3, :3] = rot
+        conf = (1 + np.exp(rng.normal(2.5, 1.0, (S, S)))).astype(np.float32)
+        rgb = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
+        out.append(FrameResult(i, None, rgb, (rays * t).astype(np.float32), conf, world, conf, pose, 200.0,
+                               is_keyframe=i % 5 == 0))
+    return out
+
+
+class PrecomputedEngine:
+    """Returns the next precomputed result for every pushed frame, immediately."""
+
+    def __init__(self, results: list[FrameResult]) -> None:
+        self.results, self.n = results, 0
+
+    def push_many(self, rgbs: list[np.ndarray], timestamps: list[int | None] | None = None) -> list[FrameResult]:
+        out = []
+        for ts in timestamps or [None] * len(rgbs):
+            r = self.results[self.n % len(self.results)]
+            out.append(dataclasses.replace(r, frame_id=self.n, timestamp_ns=ts))
+            self.n += 1
+        return out
+
+    def flush(self) -> list[FrameResult]:
+        return []
+
+    def reset(self) -> None:
+        self.n = 0
+
+
+class NullLink:
+    """Stands in for the AMQP link: keeps what the service would publish (bodies before gzip)."""
+
+    def __init__(self) -> None:
+        self.inbox: queue.Queue = queue.Queue()
+        self.payloads: list[Payload] = []
+
+    def send(self, items: list) -> None:
+        self.payloads += [i.payload for i in items if hasattr(i, "payload")]
+
+    def set_prefetch(self, n: int) -> None:
+        pass
+
+
+def jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    img = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)      # JPEG-friendly texture
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+def in_process(results: list[FrameResult], body: bytes, encoding: str, frames: int, batch: int) -> dict:
+    cfg = ServiceConfig(encoding=encoding, batch_size=batch)
+    link = NullLink()
+    svc = Service(cfg, lambda: PrecomputedEngine(results), net_size=S, conf_thres_l2w=12.0, link=link)
+    deliveries = [Delivery("frames", 1, i + 1, body, {"timestamp_ns": 1000 + i, "video_segment": "bench"})
+                  for i in range(frames)]
+    for i in range(0, frames, batch):
+        svc.handle(deliveries[i:i + batch])
+    st = svc.stats
+    gz = [p for p in link.payloads if p.content_encoding == "gzip"]
+    sample = gz[:60]
+    t0 = time.perf_counter()
+    for p in sample:
+        p.wire_body()
+    gzip_ms = 1e3 * (time.perf_counter() - t0) / max(1, len(sample)) * len(gz) / frames
+    return {"overhead_ms": st.overhead_per_frame_ms, "engine_ms": 1e3 * st.engine_s / frames,
+            "bytes_per_frame": sum(len(p.body) for p in link.payloads) / frames, "gzip_ms": gzip_ms,
+            "map_points": len(svc.streams["default"].buffer)}
+
+
+def decode_ms(body: bytes, min_side: int, repeat: int = 50) -> float:
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        decode_image(body, S, min_side)
+    return 1e3 * (time.perf_counter() - t0) / repeat
+
+
+def through_broker(results: list[FrameResult], body: bytes, frames: int) -> dict:
+    """Frames/s of the whole service on the local broker (msgpack, PrecomputedEngine)."""
+    import threading
+
+    import pika
+
+    from slam3r.service.publish import FramePublisher
+
+    url = "amqp://guest:guest@127.0.0.1:5672/"
+    cfg = ServiceConfig(rabbitmq_url=url, name_prefix=f"bench{uuid.uuid4().hex[:8]}-", encoding="msgpack")
+    svc = Service(cfg, lambda: PrecomputedEngine(results), net_size=S, conf_thres_l2w=12.0)
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.exchange_declare(cfg.name(cfg.pose_exchange), exchange_type="fanout", durable=True)
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, cfg.name(cfg.pose_exchange))
+    thread = threading.Thread(target=svc.run, daemon=True)
+    thread.start()
+    svc.link.connected.wait(10)
+    try:
+        with FramePublisher(url, cfg.name(cfg.frames_exchange)) as pub:
+            t0 = time.perf_counter()
+            for i in range(frames):
+                pub.publish(body, {"timestamp_ns": 1000 + i, "video_segment": "bench"})
+            got = 0
+            while got < frames:
+                method, _, _ = ch.basic_get(q, auto_ack=True)
+                if method is None:
+                    time.sleep(0.002)
+                    continue
+                got += 1
+            dt = time.perf_counter() - t0
+    finally:
+        svc.stop()
+        thread.join(30)
+        for name in (cfg.frames_queue, cfg.restart_queue, cfg.dead_letter_queue):
+            ch.queue_delete(cfg.name(name))
+        for name in (cfg.frames_exchange, cfg.restart_exchange, cfg.dead_letter_exchange, cfg.pose_exchange,
+                     cfg.pointcloud_exchange, cfg.vis_exchange):
+            ch.exchange_delete(cfg.name(name))
+        conn.close()
+    return {"frames_per_s": frames / dt, "overhead_ms": svc.stats.overhead_per_frame_ms}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--no-broker", action="store_true", help="skip the run through RabbitMQ")
+    args = ap.parse_args()
+    results = room_results(60)
+    rows = []
+    for w, h in ((1280, 720), (640, 480)):
+        body = jpeg(w, h)
+        rows.append({"case": f"jpeg decode {w}x{h} full", "ms": decode_ms(body, 0)})
+        rows.append({"case": f"jpeg decode {w}x{h} dct-scaled", "ms": decode_ms(body, ServiceConfig().decode_min_side)})
+        for enc in ("msgpack", "json"):
+            r = in_process(results, body, enc, args.frames, batch=4)
+            rows.append({"case": f"service {enc} {w}x{h}", "ms": r["overhead_ms"],
+                         "kB_per_frame": r["bytes_per_frame"] / 1e3, "map_points": r["map_points"]})
+            if enc == "json":
+                rows.append({"case": f"  + gzip in the AMQP thread {w}x{h}", "ms": r["gzip_ms"]})
+    if not args.no_broker:
+        r = through_broker(results, jpeg(1280, 720), min(args.frames, 200))
+        rows.append({"case": "through broker msgpack 1280x720", "ms": r["overhead_ms"],
+                     "frames_per_s": r["frames_per_s"]})
+    print(f"{'case':<36} {'ms/frame':>9} {'kB/frame':>9} {'frames/s':>9}")
+    for r in rows:
+        kb = f"{r['kB_per_frame']:.0f}" if "kB_per_frame" in r else ""
+        fps = f"{r['frames_per_s']:.0f}" if "frames_per_s" in r else ""
+        print(f"{r['case']:<36} {r['ms']:>9.2f} {kb:>9} {fps:>9}")
+    print(json.dumps({"bench": "service", "results": [{k: (round(v, 3) if isinstance(v, float) else v)
+                                                        for k, v in r.items()} for r in rows]}))
+
+
+if __name__ == "__main__":
+    main()
