@@ -200,6 +200,21 @@ def test_new_segment_and_redelivered_late_frames(harness, tmp_path):
     stop(svc, thread, code)
 
 
+def test_unreachable_broker_is_retried_with_backoff_and_shutdown_stays_prompt():
+    from slam3r.service.config import ServiceConfig
+
+    cfg = ServiceConfig(rabbitmq_url="amqp://guest:guest@127.0.0.1:9/", reconnect_max_s=1.0, shutdown_timeout_s=2)
+    svc = Service(cfg, FakeEngine, net_size=64, conf_thres_l2w=12.0)
+    thread, code = run_in_thread(svc)
+    time.sleep(3.0)
+    assert not svc.link.connected.is_set()
+    assert 2 <= svc.link.reconnects <= 5            # waits of ~0.5, 1, 1, ... s (capped), not a busy loop
+    t0 = time.monotonic()
+    svc.stop()
+    thread.join(15)
+    assert code == [0] and time.monotonic() - t0 < 8
+
+
 SIGTERM_SCRIPT = textwrap.dedent("""
     import dataclasses, sys, time
     sys.path.insert(0, {tests!r})

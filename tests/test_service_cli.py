@@ -32,6 +32,20 @@ def test_publish_reports_a_missing_source(capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def _queue_exists(h: Harness, suffix: str) -> bool:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(h.cfg.rabbitmq_url))
+    try:
+        conn.channel().queue_declare(h.cfg.name(h.cfg.frames_queue) + suffix, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 @needs_broker
 @pytest.mark.slow
 def test_serve_and_publish_commands(tmp_path):
@@ -48,17 +62,20 @@ def test_serve_and_publish_commands(tmp_path):
     env = {**os.environ, "SLAM3R_NAME_PREFIX": h.prefix, "SLAM3R_CONF_THRES_L2W": "1",
            "RABBITMQ_URL": h.cfg.rabbitmq_url, "SAVE_SEGMENTS": "true", "SEGMENT_OUTPUT_DIR": str(tmp_path / "seg")}
     serve = subprocess.Popen([sys.executable, "-m", "slam3r.cli", "serve", "--weights", str(tmp_path / "w"),
-                              "--device", "cpu", "--config", "configs/wild.yaml"], env=env,
+                              "--device", "cpu", "--config", "configs/wild.yaml", "--workers", "2"], env=env,
                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         exchange = h.cfg.name(h.cfg.frames_exchange)
         deadline = time.monotonic() + 90
-        while main(["publish", str(frames_dir), "--fps", "50", "--segment", "cli", "--exchange", exchange,
-                    "--url", h.cfg.rabbitmq_url]) != 0:
-            assert time.monotonic() < deadline and serve.poll() is None, "serve never bound its queue"
+        # Two worker processes: each binds its own queue; wait until both are up, then stream to one of them.
+        while not all(_queue_exists(h, f".w{i}") for i in range(2)):
+            assert time.monotonic() < deadline and serve.poll() is None, "serve never bound its queues"
             time.sleep(0.5)
+        assert main(["publish", str(frames_dir), "--fps", "50", "--segment", "cli", "--exchange", exchange,
+                     "--url", h.cfg.rabbitmq_url, "--stream-id", "cam-9"]) == 0
         h.wait_for(lambda: any(m.get("event") == "end" for m in h.received["vis"]), 90, "segment end")
         assert len({m["timestamp_ns"] for m in h.received["pose"]}) == 12
+        assert {m["stream_id"] for m in h.received["pose"]} == {"cam-9"}
         end = next(m for m in h.received["vis"] if m.get("event") == "end")
         assert end["video_segment"] == "cli" and end["frames"] == 12
         assert os.path.isfile(end["files"]["trajectory"])

@@ -164,8 +164,12 @@ class BrokerLink(threading.Thread):
                 self._drop_connection()
                 log.warning("broker connection lost (%s: %s); reconnecting in %.1f s",
                             type(exc).__name__, exc, backoff)
-            if self._closing.wait(backoff * random.uniform(0.8, 1.2)) and not self._outbox:
-                break
+            if self._closing.is_set():
+                if not self._outbox:
+                    break
+                time.sleep(min(backoff, max(0.0, self._close_deadline - time.monotonic())))
+            else:
+                self._closing.wait(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, self.cfg.reconnect_max_s)
             self.reconnects += 1
         self._drop_connection()

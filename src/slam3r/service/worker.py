@@ -94,6 +94,7 @@ class Service:
         self.streams: dict[str, StreamState] = {}
         self.stats = ServiceStats()
         self._stop = threading.Event()
+        self._warned_in_flight = False
         self._ex_pose = cfg.name(cfg.pose_exchange)
         self._ex_points = cfg.name(cfg.pointcloud_exchange)
         self._ex_vis = cfg.name(cfg.vis_exchange)
@@ -117,6 +118,8 @@ class Service:
                      self.cfg.num_workers, self.cfg.encoding)
             while not self._stop.is_set():
                 if self.link.fatal is not None:
+                    if self.mesher is not None:
+                        self.mesher.close(timeout=1.0)
                     return 2
                 batch = self._take(0.05)
                 if batch:
@@ -173,6 +176,10 @@ class Service:
 
     def _update_prefetch(self) -> None:
         held = sum(len(st.pending) for st in self.streams.values())
+        if self.cfg.prefetch + held > self.cfg.max_in_flight and not self._warned_in_flight:
+            log.warning("the engines hold %d frames: max_in_flight (%d) limits the prefetch; raise it if streams "
+                        "stall", held, self.cfg.max_in_flight)
+            self._warned_in_flight = True
         self.link.set_prefetch(self.cfg.prefetch + held)
 
     # ------------------------------------------------------------------ frame handling
