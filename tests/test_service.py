@@ -200,6 +200,30 @@ def test_new_segment_and_redelivered_late_frames(harness, tmp_path):
     stop(svc, thread, code)
 
 
+def test_restart_message_finishes_the_segment_and_later_frames_start_over(harness):
+    import pika
+
+    engines: list[FakeEngine] = []
+    svc, thread, code = start(harness, engines)
+    frames = textured_frames(10, seed=5)
+    with FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange)) as pub:
+        for i in range(6):
+            pub.frame(frames[i], 300 + i, "r")
+        harness.wait_for(lambda: len(harness.received["pose"]) == 5, 20, "the initial window")
+        harness.ch.basic_publish(harness.cfg.name(harness.cfg.restart_exchange), "", b"",
+                                 pika.BasicProperties(headers={"stream_id": "default"}))
+        harness.wait_for(lambda: any(m.get("event") == "end" for m in harness.received["vis"]), 20, "end")
+        for i in range(6, 10):
+            pub.frame(frames[i], 300 + i, "r")                 # same segment name, later frames: a new map
+        pub.end_segment("r")
+    harness.wait_for(lambda: sum(m.get("event") == "end" for m in harness.received["vis"]) == 2, 20, "2nd end")
+    events = [(m["event"], m["frames"]) for m in harness.received["vis"] if m["type"] == "segment"]
+    assert events == [("start", 0), ("end", 6), ("start", 0), ("end", 4)]
+    assert [m["timestamp_ns"] for m in harness.received["pose"]] == [300 + i for i in range(10)]
+    assert engines[0].resets == 2 and harness.queue_depth(harness.cfg.restart_queue) == 0
+    stop(svc, thread, code)
+
+
 def test_unreachable_broker_is_retried_with_backoff_and_shutdown_stays_prompt():
     from slam3r.service.config import ServiceConfig
 

@@ -99,7 +99,6 @@ class Service:
         self._ex_points = cfg.name(cfg.pointcloud_exchange)
         self._ex_vis = cfg.name(cfg.vis_exchange)
         self._ex_dead = cfg.name(cfg.dead_letter_exchange)
-        self._frames_queue = queue_names(cfg)[0]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -114,7 +113,7 @@ class Service:
             self.link.start()
             if self.mesher is not None:
                 self.mesher.start()
-            log.info("serving %s (worker %d/%d, %s encoding)", self._frames_queue, self.cfg.worker_index,
+            log.info("serving %s (worker %d/%d, %s encoding)", queue_names(self.cfg)[0], self.cfg.worker_index,
                      self.cfg.num_workers, self.cfg.encoding)
             while not self._stop.is_set():
                 if self.link.fatal is not None:
@@ -387,7 +386,7 @@ class Service:
         self.stats.rejected += 1
         headers = dict(d.headers)
         headers["x-reject-reason"] = reason
-        headers["x-original-queue"] = self._frames_queue
+        headers["x-original-queue"] = queue_names(self.cfg)[0 if d.source == "frames" else 1]
         payload = Payload(d.body, d.content_type or "application/octet-stream")
         out.append(Outgoing(self._ex_dead, payload, headers, persistent=True))
         out.append(Settle(d.generation, d.tag))
