@@ -224,6 +224,14 @@ def test_restart_message_finishes_the_segment_and_later_frames_start_over(harnes
     stop(svc, thread, code)
 
 
+def test_conflicting_topology_is_a_clear_fatal_error(harness):
+    harness.ch.queue_declare(harness.cfg.name(harness.cfg.frames_queue), durable=False)   # declared differently
+    svc = Service(harness.cfg, FakeEngine, net_size=64, conf_thres_l2w=12.0)
+    thread, code = run_in_thread(svc)
+    thread.join(20)
+    assert code == [2] and "refused" in str(svc.link.fatal) and "durable" in str(svc.link.fatal)
+
+
 def test_unreachable_broker_is_retried_with_backoff_and_shutdown_stays_prompt():
     from slam3r.service.config import ServiceConfig
 

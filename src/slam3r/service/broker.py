@@ -159,11 +159,12 @@ class BrokerLink(threading.Thread):
                 self.fatal = exc
                 log.error("%s", exc)
                 return
-            except (pika.exceptions.AMQPError, OSError) as exc:
+            except Exception as exc:  # any failure of the link: start over on a new connection
                 self.connected.clear()
                 self._drop_connection()
-                log.warning("broker connection lost (%s: %s); reconnecting in %.1f s",
-                            type(exc).__name__, exc, backoff)
+                expected = isinstance(exc, (pika.exceptions.AMQPError, OSError))
+                log.warning("broker connection lost (%s: %s); reconnecting in %.1f s", type(exc).__name__, exc,
+                            backoff, exc_info=not expected)
             if self._closing.is_set():
                 if not self._outbox:
                     break
@@ -184,16 +185,17 @@ class BrokerLink(threading.Thread):
         params.client_properties = {"connection_name": connection_name(self.cfg)}
         conn = pika.BlockingConnection(params)
         self.generation += 1
+        self._conn = conn
         try:
             ch = conn.channel()
             pub = conn.channel()
             pub.confirm_delivery()
             self._declare(ch)
         except pika.exceptions.ChannelClosedByBroker as exc:
-            conn.close()
+            self._drop_connection()
             raise FatalBrokerError(f"RabbitMQ refused the service's exchanges/queues: {exc.reply_text} "
                                    "(delete or rename the conflicting ones, or set SLAM3R_NAME_PREFIX)") from None
-        self._conn, self._ch, self._pub = conn, ch, pub
+        self._ch, self._pub = ch, pub
         self._applied_prefetch = 0
         self._consumer_tags = []
         self._apply_prefetch()
