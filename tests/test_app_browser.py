@@ -13,8 +13,11 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -114,11 +117,15 @@ def page(server):
             browser.close()
 
 
-def upload(page, path: Path) -> None:
+def upload(page, path: Path, accepted: bool = True) -> None:
+    """Replace the upload widget's files with ``path``; waits until the page lists it (when ``accepted``)."""
     clear = page.locator("#upload button[aria-label='Clear']")
     if clear.count():
         clear.first.click()
+        page.locator("#upload").get_by_text("Click to Upload").wait_for()  # the empty drop zone is back
     page.locator("#upload input[type=file]").set_input_files(str(path))
+    if accepted:
+        page.locator("#upload").get_by_text(path.name).first.wait_for()
 
 
 def set_number(page, elem_id: str, value: float, key: str) -> None:
@@ -153,12 +160,11 @@ def log_count(log: Path, pattern: str) -> int:
 
 
 def test_bad_uploads_are_reported_and_the_app_keeps_serving(page, inputs) -> None:
-    upload(page, inputs["text"])  # refused by the file widget itself
+    upload(page, inputs["text"], accepted=False)  # refused by the file widget itself
     page.get_by_text("Invalid file type").first.wait_for()
     page.click("#run")
     page.wait_for_selector("#status:has-text('nothing uploaded')")
     upload(page, inputs["one_frame"])
-    page.wait_for_selector("#upload :text('one.mp4')")
     page.click("#run")
     page.wait_for_selector("#status:has-text('at least 2 frames')")
     assert "Error: reconstruction failed" in status(page)
@@ -168,7 +174,6 @@ def test_reconstruct_refilter_download(page, inputs, server, tmp_path: Path) -> 
     _, log, work = server
     set_number(page, "conf-thres-l2w", 1.5, "Tab")  # tiny random networks are not confident: low threshold
     upload(page, inputs["video"])
-    page.wait_for_selector("#upload :text('room.mp4')")
     page.click("#run")
     page.wait_for_selector("#status:has-text('Done')")
     page.wait_for_selector("#viewer canvas")
@@ -194,3 +199,24 @@ def test_reconstruct_refilter_download(page, inputs, server, tmp_path: Path) -> 
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "app_finished.png"), full_page=True)
+
+
+def test_live_stream_tab(page, inputs, server) -> None:
+    page.get_by_role("tab", name="Live stream").click()
+    page.fill("#stream textarea, #stream input", "/etc/hostname")  # server files are not a live source
+    page.click("#live-start")
+    page.wait_for_selector("#status:has-text('is not a camera index')")
+    handler = partial(SimpleHTTPRequestHandler, directory=str(inputs["video"].parent))
+    http = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:  # an HTTP video stream that ends after 15 frames: registered causally, then exported
+        page.fill("#stream textarea, #stream input", f"http://127.0.0.1:{http.server_port}/room.mp4")
+        page.click("#live-start")
+        page.wait_for_selector("#status:has-text('Done: live')")
+    finally:
+        http.shutdown()
+        http.server_close()
+    assert "15 frames" in status(page)
+    assert page.locator("#viewer a[data-testid=model3d-download-link]").get_attribute("href").endswith(
+        "live_recon.glb")
+    assert log_count(server[1], r"inference run \d+ started: live \(online\)") == 1

@@ -3,6 +3,7 @@ a reconstruction job on bad input (reported, not raised)."""
 
 from __future__ import annotations
 
+import time
 import zipfile
 from pathlib import Path
 
@@ -104,3 +105,27 @@ def test_job_reports_a_one_frame_video(tmp_path: Path, tiny_models) -> None:
     final = list(job.updates(0.05))[-1]
     assert final.done and final.summary is None
     assert "at least 2 frames" in final.error
+
+
+def test_live_job_stops_and_exports_what_it_read(tmp_path: Path, tiny_models) -> None:
+    from slam3r.data.synth import render_sequence
+
+    rgb = render_sequence(seed=1_000_005, num_frames=12, width=80, height=64).rgb
+
+    def endless():  # a live stream: never ends by itself
+        i = 0
+        while True:
+            yield i, rgb[i % len(rgb)], i * 10**8
+            i += 1
+            time.sleep(0.01)
+
+    job = ReconJob(endless(), *tiny_models, ReconConfig(conf_thres_l2w=1.0), tmp_path / "out", scene="live",
+                   online=True, device="cpu", preview=PreviewCloud(tmp_path / "preview", 1.0), preview_every=4)
+    job.start()
+    for st in job.updates(0.05):
+        if st.frames_registered >= 8:
+            job.stop()
+    assert st.done and st.error is None
+    assert st.summary["frames"] == st.frames_read >= 8  # every frame read was registered and exported
+    assert (tmp_path / "out" / "live_recon.ply").is_file()
+    assert len(list((tmp_path / "preview").glob("preview_*.glb"))) == 2  # only the newest two are kept

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from slam3r.app.preview import PreviewCloud
-from slam3r.app.service_feed import ServiceFeed, message_points
+from slam3r.app.service_feed import ServiceFeed, message_points, without_credentials
 from slam3r.recon.types import FrameResult
 from slam3r.service.config import ServiceConfig
 from slam3r.service.messages import Codec, decode_payload
@@ -32,7 +32,8 @@ def test_message_points_both_encodings(encoding: str) -> None:
     r = frame(1)
     xyz, rgb, conf = r.points(1.0)
     payload = Codec(encoding).points(r, xyz, rgb, conf, "default", "seg")
-    got_xyz, got_rgb = message_points(decode_payload(payload.body, payload.content_type, payload.content_encoding))
+    msg = decode_payload(payload.wire_body(), payload.content_type, payload.content_encoding)
+    got_xyz, got_rgb = message_points(msg)
     np.testing.assert_allclose(got_xyz, xyz, atol=1e-4)
     np.testing.assert_array_equal(got_rgb, rgb)
 
@@ -56,7 +57,7 @@ def test_feed_receives_points_and_poses(tmp_path: Path) -> None:
             r = frame(fid)
             for exchange, payload in ((cfg.pointcloud_exchange, codec.points(r, *r.points(1.0), "default", "s")),
                                       (cfg.pose_exchange, codec.pose(r, "default", "s"))):
-                ch.basic_publish(cfg.name(exchange), "", payload.body,
+                ch.basic_publish(cfg.name(exchange), "", payload.wire_body(),
                                  pika.BasicProperties(content_type=payload.content_type,
                                                       content_encoding=payload.content_encoding))
         deadline = time.time() + 10
@@ -75,3 +76,12 @@ def test_feed_receives_points_and_poses(tmp_path: Path) -> None:
                 ch.exchange_delete(cfg.name(base))
             conn.close()
     assert feed.error is None
+
+
+def test_unreachable_broker_is_reported_without_credentials(tmp_path: Path) -> None:
+    assert without_credentials("amqp://guest:secret@rabbit:5672/v") == "amqp://rabbit:5672/v"
+    feed = ServiceFeed(ServiceConfig(rabbitmq_url="amqp://guest:secret@127.0.0.1:1/"), PreviewCloud(tmp_path, 1.0))
+    feed.start()
+    feed.join(30)
+    assert not feed.is_alive() and not feed.connected.is_set()
+    assert feed.error.startswith("cannot connect to amqp://127.0.0.1:1/") and "secret" not in feed.error

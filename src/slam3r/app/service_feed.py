@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -14,6 +15,12 @@ from slam3r.service.config import ServiceConfig
 from slam3r.service.messages import decode_payload
 
 log = logging.getLogger(__name__)
+
+
+def without_credentials(url: str) -> str:
+    """``amqp://user:pass@host:5672/vhost`` -> ``amqp://host:5672/vhost``, for messages shown in the page."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def message_points(msg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +73,7 @@ class ServiceFeed(threading.Thread):
         try:
             conn = pika.BlockingConnection(params)
         except Exception as exc:  # noqa: BLE001 - any failure to connect is reported in the page
-            self.error = f"cannot connect to {self.cfg.rabbitmq_url}: {exc or type(exc).__name__}"
+            self.error = f"cannot connect to {without_credentials(self.cfg.rabbitmq_url)}: {exc or type(exc).__name__}"
             return
         try:
             ch = conn.channel()

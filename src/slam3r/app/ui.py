@@ -21,9 +21,9 @@ from slam3r.app.inputs import ACCEPTED, UploadError, UploadLimits, open_upload
 from slam3r.app.jobs import JobUpdate, ReconJob
 from slam3r.app.preview import PreviewCloud, write_axes_glb
 from slam3r.app.refilter import refilter
-from slam3r.app.service_feed import ServiceFeed
+from slam3r.app.service_feed import ServiceFeed, without_credentials
 from slam3r.config import from_dict
-from slam3r.data.sources import open_source
+from slam3r.data.sources import STREAM_SCHEMES, open_source
 from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.recon.config import ReconConfig
 from slam3r.recon.export import write_ply
@@ -153,15 +153,14 @@ class ReconApp:
         """Reconstruct a camera / stream causally until it ends or Stop is pressed."""
         spec = (data[self.stream] or "").strip()
         try:
-            if not spec:
-                raise ValueError("enter a camera index (0) or a stream URL (rtsp://…, http://…)")
+            # Only cameras and network streams: a path typed in the page must not read the server's files.
+            if not (spec.isdigit() or spec.lower().startswith(STREAM_SCHEMES)):
+                raise ValueError(f"{spec!r} is not a camera index (0, 1, …) or a stream URL "
+                                 f"({', '.join(STREAM_SCHEMES)})")
             cfg = self._config(data)
             source = open_source(spec, fps=data[self.live_fps] or None)
         except ValueError as exc:
             yield _error(str(exc)), gr.skip(), gr.skip(), gr.skip()
-            return
-        except FileNotFoundError as exc:
-            yield _error(f"{exc} (expected a camera index or a stream URL)"), gr.skip(), gr.skip(), gr.skip()
             return
         yield f"**Connecting to `{spec}`** …", self.axes, None, None
         yield from self._run(iter(source), cfg, "live", True, self._new_run_dir("live"), request.session_hash)
@@ -178,7 +177,8 @@ class ReconApp:
         feed = ServiceFeed(cfg, PreviewCloud(run_dir / "preview", conf_thres=1.0))
         feed.start()
         self.running[request.session_hash] = feed
-        yield f"**Connecting to `{cfg.rabbitmq_url}`** …", self.axes, None, None
+        broker = without_credentials(cfg.rabbitmq_url)
+        yield f"**Connecting to `{broker}`** …", self.axes, None, None
         seen, shown = (-1, -1), self.axes
         try:
             while feed.is_alive():
@@ -186,7 +186,7 @@ class ReconApp:
                 counts = (feed.points_messages, feed.pose_messages)
                 if counts != seen and counts[0] + counts[1] > 0:
                     seen, shown = counts, feed.snapshot()
-                yield (f"**Subscribed to the service at `{cfg.rabbitmq_url}`** — point messages: {counts[0]}, "
+                yield (f"**Subscribed to the service at `{broker}`** — point messages: {counts[0]}, "
                        f"poses: {counts[1]}"), shown, gr.skip(), None
         finally:
             feed.stop()
@@ -286,3 +286,4 @@ class ReconApp:
 
 def _error(message: str) -> str:
     return f"**Error:** {message}"
+
