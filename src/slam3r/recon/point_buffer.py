@@ -32,6 +32,7 @@ import numpy as np
 _BITS = 21
 _OFFSET = 1 << (_BITS - 1)           # voxel coordinates are stored as q + _OFFSET in [0, 2**21)
 _LIMIT = float(_OFFSET)              # |q| must be < _LIMIT
+_PACK = np.array([1 << (2 * _BITS), 1 << _BITS, 1], np.int64)   # key = qx' * 2**42 + qy' * 2**21 + qz'
 _EMPTY = np.int64(-1)                # keys are non-negative
 _MIX1 = np.uint64(0x9E3779B97F4A7C15)
 _MIX2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -219,10 +220,8 @@ class PointBuffer:
         if not (np.abs(q).max(initial=0.0) < _LIMIT and np.isfinite(conf).all()):   # rare: check row by row
             valid = (np.abs(q) < _LIMIT).all(axis=1) & np.isfinite(conf)
             q[~valid] = 0
-        qi = q.astype(np.int64)
-        qi += _OFFSET
-        keys = (qi[:, 0] << (2 * _BITS)) | (qi[:, 1] << _BITS) | qi[:, 2]
-        return keys, valid
+        q += np.float32(_OFFSET)                     # exact: |q| < 2**20 fits float32's 24-bit mantissa
+        return q.astype(np.int64) @ _PACK, valid
 
     def _hash(self, keys: np.ndarray) -> np.ndarray:
         """Home position of each key: multiply / xor-shift / multiply mixing (a bare multiplicative hash clusters
@@ -230,7 +229,7 @@ class PointBuffer:
         x = keys.view(np.uint64) * _MIX1
         x ^= x >> np.uint64(29)
         x *= _MIX2
-        return (x >> self._shift).astype(np.intp)
+        return (x >> self._shift).view(np.intp)
 
     def _locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Table position and storage slot of each key (duplicates allowed); absent keys claim an empty position
