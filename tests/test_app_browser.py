@@ -109,12 +109,22 @@ def page(server):
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             pg = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
-            pg.set_default_timeout(60_000)
+            pg.set_default_timeout(120_000)  # generous: CI machines may be shared and slow
             pg.goto(server[0])
             pg.wait_for_selector("#run")
             yield pg
         finally:
             browser.close()
+
+
+@pytest.fixture(autouse=True)
+def screenshot_on_failure(request: pytest.FixtureRequest):
+    """Keep ``test-artifacts/app_failure_<test>.png`` of the page when a test fails (for CI diagnosis)."""
+    failed_before = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed_before and "page" in request.fixturenames:
+        ARTIFACTS.mkdir(exist_ok=True)
+        request.getfixturevalue("page").screenshot(path=str(ARTIFACTS / f"app_failure_{request.node.name}.png"))
 
 
 def upload(page, path: Path, accepted: bool = True) -> None:

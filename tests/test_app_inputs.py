@@ -129,3 +129,10 @@ def test_live_job_stops_and_exports_what_it_read(tmp_path: Path, tiny_models) ->
     assert st.summary["frames"] == st.frames_read >= 8  # every frame read was registered and exported
     assert (tmp_path / "out" / "live_recon.ply").is_file()
     assert len(list((tmp_path / "preview").glob("preview_*.glb"))) == 2  # only the newest two are kept
+
+
+def test_app_command_reports_bad_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from slam3r.cli import main
+
+    assert main(["app", "--weights", str(tmp_path), "--device", "cpu"]) == 2
+    assert "slam3r app: error:" in capsys.readouterr().err

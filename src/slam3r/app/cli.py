@@ -33,8 +33,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline server
+    try:
+        from slam3r.app.ui import AppOptions, ReconApp
+    except ModuleNotFoundError as exc:
+        print(f"slam3r app: missing dependency {exc.name!r}; install it with `pip install {exc.name}`",
+              file=sys.stderr)
+        return 1
     from slam3r.app.inputs import UploadLimits
-    from slam3r.app.ui import AppOptions, ReconApp
     from slam3r.models import CheckpointError
     from slam3r.models.registry import load_models, resolve_device
 

@@ -142,7 +142,12 @@ def run(args: argparse.Namespace) -> int:
                               mode=args.camera, seed=rec.seed)
         print(f"wrote {args.render} ({frames} frames, {width}x{height}, {args.fps:g} fps)")
         return 0
-    server = start_viewer(rec, args.host, args.port, args.max_points)
+    try:
+        server = start_viewer(rec, args.host, args.port, args.max_points)
+    except ModuleNotFoundError as exc:
+        print(f"slam3r view: missing dependency {exc.name!r}; install it with `pip install {exc.name}` (or use "
+              "--render)", file=sys.stderr)
+        return 1
     print(f"viewing {args.result_dir} at http://{args.host}:{args.port} (Ctrl-C to stop)")
     try:
         while True:
