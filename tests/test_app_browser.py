@@ -230,3 +230,45 @@ def test_live_stream_tab(page, inputs, server) -> None:
     assert page.locator("#viewer a[data-testid=model3d-download-link]").get_attribute("href").endswith(
         "live_recon.glb")
     assert log_count(server[1], r"inference run \d+ started: live \(online\)") == 1
+    assert not list(server[2].glob("upload-*"))  # the session's previous result was replaced, not kept
+
+
+def test_rabbitmq_service_tab(page) -> None:
+    pika = pytest.importorskip("pika")
+    from slam3r.recon.types import FrameResult
+    from slam3r.service.config import ServiceConfig
+    from slam3r.service.messages import Codec
+
+    url = "amqp://guest:guest@127.0.0.1:5672/"
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(url + "?connection_attempts=1&socket_timeout=2"))
+    except Exception:
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    cfg = ServiceConfig(rabbitmq_url=url, name_prefix=f"appbrowser-{os.getpid()}.")
+    try:
+        page.get_by_role("tab", name="RabbitMQ service").click()
+        page.fill("#amqp-prefix textarea, #amqp-prefix input", cfg.name_prefix)
+        page.click("#amqp-connect")
+        page.wait_for_selector("#status:has-text('Subscribed to the service')")
+        ch = conn.channel()
+        codec = Codec("json")
+        for fid in range(3):
+            pts = np.random.default_rng(fid).normal(size=(8, 8, 3)).astype(np.float32)
+            pose = np.eye(4)
+            pose[0, 3] = fid
+            r = FrameResult(fid, fid, np.full((8, 8, 3), 200, np.uint8), pts, np.full((8, 8), 5, np.float32), pts,
+                            np.full((8, 8), 20, np.float32), pose, 10.0)
+            for exchange, msg in ((cfg.pointcloud_exchange, codec.points(r, *r.points(1.0), "default", "s")),
+                                  (cfg.pose_exchange, codec.pose(r, "default", "s"))):
+                ch.basic_publish(cfg.name(exchange), "", msg.wire_body(), pika.BasicProperties(
+                    content_type=msg.content_type, content_encoding=msg.content_encoding))
+        page.wait_for_selector("#status:has-text('point messages: 3, poses: 3')")
+        page.click("#amqp-disconnect")
+        page.wait_for_selector("#status:has-text('Disconnected')")
+        assert "192 points kept" in status(page)
+        assert page.locator("#downloads a[href$='service_points.ply']").count() == 1
+    finally:
+        ch = conn.channel()
+        for base in (cfg.pointcloud_exchange, cfg.pose_exchange):
+            ch.exchange_delete(cfg.name(base))
+        conn.close()

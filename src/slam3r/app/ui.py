@@ -52,6 +52,15 @@ class Result:
     def glb(self) -> str:
         return str(self.out_dir / f"{self.scene}_recon.glb")
 
+    def discard(self) -> None:
+        """Delete the run's directory (a newer result replaces it, or the browser session ended)."""
+        shutil.rmtree(self.out_dir.parent, ignore_errors=True)
+
+
+def _discard(result: Result | None) -> None:
+    if result is not None:
+        result.discard()
+
 
 @dataclass
 class AppOptions:
@@ -82,8 +91,9 @@ class ReconApp:
 
     # ---------------------------------------------------------------------------------------------- running
     def _run(self, frames: Iterator[Frame], cfg: ReconConfig, scene: str, online: bool, run_dir: Path,
-             session: str) -> Iterator[PageUpdate]:
-        """Start a job and turn its updates into page updates (status, viewer, downloads, state)."""
+             session: str, total: int | None = None) -> Iterator[PageUpdate]:
+        """Start a job and turn its updates into page updates (status, viewer, downloads, state); ``total`` is the
+        number of frames expected, if known."""
         with self._lock:
             self.inference_runs += 1
             number = self.inference_runs
@@ -96,7 +106,7 @@ class ReconApp:
             for st in job.updates(self.opt.update_interval):
                 if not st.done:
                     preview = str(st.preview) if st.preview is not None else self.axes
-                    yield self._progress_text(scene, st), preview, gr.skip(), None
+                    yield self._progress_text(scene, st, total), preview, gr.skip(), None
                 elif st.error is not None:
                     log.info("inference run %d failed: %s", number, st.error)
                     shutil.rmtree(run_dir, ignore_errors=True)
@@ -110,9 +120,10 @@ class ReconApp:
             job.stop()  # the page went away or the run ended: never leave a stream running
             self.running.pop(session, None)
 
-    def _progress_text(self, scene: str, st: JobUpdate) -> str:
-        return (f"**Reconstructing `{scene}`** — frames read: {st.frames_read}, registered: "
-                f"{st.frames_registered}" + (" (3D preview updating)" if st.preview else ""))
+    def _progress_text(self, scene: str, st: JobUpdate, total: int | None) -> str:
+        of = f" of {total}" if total else ""
+        return (f"**Reconstructing `{scene}`** — frames read: {st.frames_read}{of}, registered: "
+                f"{st.frames_registered}{of}" + (" (3D preview updating)" if st.preview else ""))
 
     def _summary_text(self, scene: str, s: dict, refilters: int = 0) -> str:
         export = s.get("export") or {"conf_thres_l2w": s["config"]["conf_thres_l2w"],
@@ -146,8 +157,11 @@ class ReconApp:
                 shutil.rmtree(run_dir, ignore_errors=True)
             yield _error(str(exc)), gr.skip(), gr.skip(), gr.skip()
             return
-        yield f"**Reading `{scene}`** …", self.axes, None, None  # clears the previous result
-        yield from self._run(itertools.islice(source, limit), cfg, scene, False, run_dir, request.session_hash)
+        _discard(data[self.result])
+        yield f"**Reading `{scene}`** …", self.axes, None, None
+        total = min(source.expected_frames or limit, limit)
+        yield from self._run(itertools.islice(source, limit), cfg, scene, False, run_dir, request.session_hash,
+                             total)
 
     def run_live(self, data: dict, request: gr.Request) -> Iterator[PageUpdate]:
         """Reconstruct a camera / stream causally until it ends or Stop is pressed."""
@@ -162,11 +176,13 @@ class ReconApp:
         except ValueError as exc:
             yield _error(str(exc)), gr.skip(), gr.skip(), gr.skip()
             return
+        _discard(data[self.result])
         yield f"**Connecting to `{spec}`** …", self.axes, None, None
         yield from self._run(iter(source), cfg, "live", True, self._new_run_dir("live"), request.session_hash)
 
     def run_service(self, data: dict, request: gr.Request) -> Iterator[PageUpdate]:
-        """Show what the RabbitMQ service publishes (points and camera poses) until Disconnect is pressed."""
+        """Show what the RabbitMQ service publishes (points and camera poses) until Disconnect is pressed; the last
+        reconstruction stays the one the export settings apply to."""
         try:
             cfg = from_dict(ServiceConfig, {"rabbitmq_url": (data[self.amqp_url] or "").strip(),
                                             "name_prefix": (data[self.amqp_prefix] or "").strip()})
@@ -178,7 +194,7 @@ class ReconApp:
         feed.start()
         self.running[request.session_hash] = feed
         broker = without_credentials(cfg.rabbitmq_url)
-        yield f"**Connecting to `{broker}`** …", self.axes, None, None
+        yield f"**Connecting to `{broker}`** …", self.axes, None, gr.skip()
         seen, shown = (-1, -1), self.axes
         try:
             while feed.is_alive():
@@ -187,17 +203,17 @@ class ReconApp:
                 if counts != seen and counts[0] + counts[1] > 0:
                     seen, shown = counts, feed.snapshot()
                 yield (f"**Subscribed to the service at `{broker}`** — point messages: {counts[0]}, "
-                       f"poses: {counts[1]}"), shown, gr.skip(), None
+                       f"poses: {counts[1]}"), shown, gr.skip(), gr.skip()
         finally:
             feed.stop()
             self.running.pop(request.session_hash, None)
         if feed.error is not None:
-            yield _error(f"RabbitMQ: {feed.error}"), shown, None, None
+            yield _error(f"RabbitMQ: {feed.error}"), shown, None, gr.skip()
             return
         ply = run_dir / "service_points.ply"
         write_ply(ply, feed.preview.xyz, feed.preview.rgb)
         yield (f"**Disconnected** — received {feed.points_messages} point messages and {feed.pose_messages} "
-               f"poses; {len(feed.preview)} points kept (download below)"), feed.snapshot(), [str(ply)], None
+               f"poses; {len(feed.preview)} points kept (download below)"), feed.snapshot(), [str(ply)], gr.skip()
 
     def stop(self, request: gr.Request) -> str:
         """Stop this session's stream or service subscription (a stream's frames so far are still registered and
@@ -231,7 +247,8 @@ class ReconApp:
             gr.Markdown("# SLAM3R — dense 3D reconstruction from a monocular video\n"
                         "Upload a video, images or a zip of an image folder, or connect a live stream. "
                         f"Running on **{self.device}**.")
-            result = gr.State(None)
+            self.result = gr.State(None, delete_callback=_discard)
+            result = self.result
             with gr.Row():
                 with gr.Column(scale=2):
                     with gr.Tab("Upload"):
@@ -271,9 +288,9 @@ class ReconApp:
             self.params = {**pipeline, **export}
             params = set(self.params.values())
             outputs = [status, viewer, downloads, result]
-            run_btn.click(self.run_upload, {self.files, self.fps, self.max_frames, *params}, outputs,
+            run_btn.click(self.run_upload, {self.files, self.fps, self.max_frames, result, *params}, outputs,
                           concurrency_id="inference", concurrency_limit=1)
-            live_btn.click(self.run_live, {self.stream, self.live_fps, *params}, outputs,
+            live_btn.click(self.run_live, {self.stream, self.live_fps, result, *params}, outputs,
                            concurrency_id="inference", concurrency_limit=1)
             connect_btn.click(self.run_service, {self.amqp_url, self.amqp_prefix}, outputs, concurrency_limit=None)
             for btn in (stop_btn, disconnect_btn):
