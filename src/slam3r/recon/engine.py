@@ -138,14 +138,16 @@ class Engine:
         s, r = self.s, self.cfg.win_r
         if not self.causal and not self.final and v + r * s >= self.n:
             return None
+        # causal look-ahead stops at the initial window, so results never depend on how frames were batched
+        end = min(self.n, self.init_ids[-1] + 1) if self.causal and self.init_ids else self.n
         ids = [v]
         for i in range(1, r + 1):
             if v - i * s >= 0:
                 ids.append(v - i * s)
-            if (not self.causal or len(ids) <= i) and v + i * s < self.n:
+            if (not self.causal or len(ids) <= i) and v + i * s < end:
                 ids.append(v + i * s)
         if len(ids) < 2:  # a stream shorter than one stride step: fall back to the nearest frames
-            near = sorted((j for j in range(max(0, v - r), min(self.n, v + r + 1)) if j != v), key=lambda j: abs(j - v))
+            near = sorted((j for j in range(max(0, v - r), min(end, v + r + 1)) if j != v), key=lambda j: abs(j - v))
             ids += near[:r]
         return ids if len(ids) >= 2 else None
 
