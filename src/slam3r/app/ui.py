@@ -75,7 +75,8 @@ class AppOptions:
 
 
 class ReconApp:
-    """Server-wide state (networks, device, counters, running jobs) and the page's event handlers."""
+    """Server-wide state (networks, device, counters, running jobs) and the page's event handlers; :meth:`build`
+    creates the page, whose input widgets the handlers look values up by (``data[self.files]``, ...)."""
 
     def __init__(self, i2p: Image2PointsModel, l2w: Local2WorldModel, device: torch.device,
                  options: AppOptions) -> None:
@@ -241,14 +242,13 @@ class ReconApp:
 
     # ------------------------------------------------------------------------------------------------ page
     def build(self) -> gr.Blocks:
-        """The page; handlers read their inputs as one dict keyed by widget."""
+        """The page (call once); handlers get their inputs as one dict keyed by widget."""
         d = self.opt.defaults
         with gr.Blocks(title="SLAM3R", delete_cache=(3600, 7200)) as page:
             gr.Markdown("# SLAM3R — dense 3D reconstruction from a monocular video\n"
                         "Upload a video, images or a zip of an image folder, or connect a live stream. "
                         f"Running on **{self.device}**.")
-            self.result = gr.State(None, delete_callback=_discard)
-            result = self.result
+            result = self.result = gr.State(None, delete_callback=_discard)
             with gr.Row():
                 with gr.Column(scale=2):
                     with gr.Tab("Upload"):
