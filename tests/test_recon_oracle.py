@@ -180,3 +180,18 @@ def test_streaming_results_do_not_depend_on_push_batching(tiny_models):
         for a, b in zip(runs[0], other):
             np.testing.assert_allclose(a.pts3d_world, b.pts3d_world, atol=1e-4)
             np.testing.assert_allclose(a.pose_c2w, b.pose_c2w, atol=1e-4)
+
+
+def test_short_streams(tiny_models):
+    """A stream shorter than the initial window initialises on the keyframes it has; one frame is an error."""
+    i2p, l2w = tiny_models
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(5)]
+    rec = StreamingReconstructor(i2p, l2w, ReconConfig(keyframe_stride=3))
+    out = [r for f in frames for r in rec.push(f)] + rec.flush()
+    assert [r.frame_id for r in out] == [0, 1, 2, 3, 4]
+    assert rec.engine.init_ids == [0, 3]
+    rec = StreamingReconstructor(i2p, l2w, ReconConfig(keyframe_stride=3))
+    rec.push(frames[0])
+    with pytest.raises(ValueError, match="not enough frames to initialise: 1 frame"):
+        rec.flush()

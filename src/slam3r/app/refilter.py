@@ -9,47 +9,12 @@ random subset of ``num_points`` drawn with the run's seed), so re-filtering at t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from slam3r.recon.export import write_glb, write_ply
-
-
-@dataclass
-class Cloud:
-    """Coloured points: xyz ``(N, 3)`` float32, rgb ``(N, 3)`` uint8, conf ``(N,)`` float32."""
-
-    xyz: np.ndarray
-    rgb: np.ndarray
-    conf: np.ndarray
-
-    def __len__(self) -> int:
-        return int(len(self.xyz))
-
-
-def select_points(pts: np.ndarray, confs: np.ndarray, imgs: np.ndarray, conf_thres: float, num_points: int,
-                  seed: int) -> Cloud:
-    """Points of ``pts (V, S, S, 3)`` whose ``confs (V, S, S)`` exceed ``conf_thres``, colours from ``imgs``,
-    randomly reduced to at most ``num_points``. Works frame by frame, so memory-mapped inputs stay on disk."""
-    masks = [np.asarray(c) > conf_thres for c in confs]
-    counts = np.array([m.sum() for m in masks], dtype=np.int64)
-    total = int(counts.sum())
-    keep = min(max(int(num_points), 0), total)
-    chosen = np.sort(np.random.default_rng(seed).choice(total, keep, replace=False)) if keep else np.zeros(0, int)
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for v, mask in enumerate(masks):
-        lo, hi = np.searchsorted(chosen, [bounds[v], bounds[v + 1]])
-        if hi > lo:
-            local = chosen[lo:hi] - bounds[v]
-            parts.append((np.asarray(pts[v])[mask][local], np.asarray(imgs[v])[mask][local],
-                          np.asarray(confs[v])[mask][local]))
-    if not parts:
-        return Cloud(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.float32))
-    xyz, rgb, conf = (np.concatenate(p) for p in zip(*parts))
-    return Cloud(xyz.astype(np.float32), rgb.astype(np.uint8), conf.astype(np.float32))
+from slam3r.data.ply import write_ply
+from slam3r.recon.export import Cloud, select_points, write_glb
 
 
 def scene_name(result_dir: str | Path) -> str:

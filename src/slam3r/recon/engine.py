@@ -216,7 +216,7 @@ class Engine:
         if self.n < (w - 1) * s + 1:
             if not self.final:
                 return False
-            w = min(w, self.n // s)
+            w = min(w, (self.n - 1) // s + 1)  # keyframes 0, s, ... that exist
         if w < 2:
             raise ValueError(f"not enough frames to initialise: {self.n} frame(s) with keyframe stride {s} "
                              f"(need at least {s + 1})")

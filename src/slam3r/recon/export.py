@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -105,6 +106,41 @@ def write_glb(path: str | Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
         fh.write(struct.pack("<I4s", len(binary), b"BIN\0") + binary)
 
 
+@dataclass
+class Cloud:
+    """Coloured points: xyz ``(N, 3)`` float32, rgb ``(N, 3)`` uint8, conf ``(N,)`` float32."""
+
+    xyz: np.ndarray
+    rgb: np.ndarray
+    conf: np.ndarray
+
+    def __len__(self) -> int:
+        return int(len(self.xyz))
+
+
+def select_points(pts: np.ndarray, confs: np.ndarray, imgs: np.ndarray, conf_thres: float, num_points: int,
+                  seed: int) -> Cloud:
+    """Points of ``pts (V, S, S, 3)`` whose ``confs (V, S, S)`` exceed ``conf_thres``, colours from ``imgs``,
+    randomly reduced to at most ``num_points``. Works frame by frame, so memory-mapped inputs stay on disk."""
+    masks = [np.asarray(c) > conf_thres for c in confs]
+    counts = np.array([m.sum() for m in masks], dtype=np.int64)
+    total = int(counts.sum())
+    keep = min(max(int(num_points), 0), total)
+    chosen = np.sort(np.random.default_rng(seed).choice(total, keep, replace=False)) if keep else np.zeros(0, int)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for v, mask in enumerate(masks):
+        lo, hi = np.searchsorted(chosen, [bounds[v], bounds[v + 1]])
+        if hi > lo:
+            local = chosen[lo:hi] - bounds[v]
+            parts.append((np.asarray(pts[v])[mask][local], np.asarray(imgs[v])[mask][local],
+                          np.asarray(confs[v])[mask][local]))
+    if not parts:
+        return Cloud(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.float32))
+    xyz, rgb, conf = (np.concatenate(p) for p in zip(*parts))
+    return Cloud(xyz.astype(np.float32), rgb.astype(np.uint8), conf.astype(np.float32))
+
+
 class ReconWriter:
     """Streams :class:`FrameResult` s to ``out_dir`` (see module docstring); call :meth:`close` at the end."""
 
@@ -140,30 +176,6 @@ class ReconWriter:
             write_ply(self.out / "frames" / f"frame_{r.frame_id}.ply", xyz, rgb, conf)
         self.next_frame += 1
 
-    def _sample_cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Confident points of all frames, random-subsampled without loading every pointmap at once."""
-        pts = np.load(self.preds / "registered_pcds.npy", mmap_mode="r")
-        conf = np.load(self.preds / "registered_confs.npy", mmap_mode="r")
-        imgs = np.load(self.preds / "input_imgs.npy", mmap_mode="r")
-        counts = np.array([(conf[i] > self.conf_thres).sum() for i in range(len(conf))], dtype=np.int64)
-        total = int(counts.sum())
-        k = min(self.num_points, total)
-        pick = np.sort(np.random.default_rng(self.seed).choice(total, k, replace=False)) if k else np.zeros(0, int)
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        out_xyz, out_rgb, out_conf = [], [], []
-        for i in range(len(conf)):
-            lo, hi = np.searchsorted(pick, [starts[i], starts[i + 1]])
-            if lo == hi:
-                continue
-            mask = conf[i] > self.conf_thres
-            sel = pick[lo:hi] - starts[i]
-            out_xyz.append(pts[i][mask][sel])
-            out_rgb.append(imgs[i][mask][sel])
-            out_conf.append(conf[i][mask][sel])
-        if not out_xyz:
-            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.float32)
-        return np.concatenate(out_xyz), np.concatenate(out_rgb), np.concatenate(out_conf)
-
     def close(self, metadata: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         """Finish all files; returns the summary (with point count and low-confidence frames added)."""
         for f in self.files.values():
@@ -171,11 +183,13 @@ class ReconWriter:
         write_tum_trajectory(self.out / "trajectory.txt", np.array(self.stamps), np.array(self.poses).reshape(-1, 4, 4))
         (self.preds / "metadata.json").write_text(json.dumps({"scene_id": self.scene, **metadata}))
         (self.out / "cameras.json").write_text(json.dumps(self.cameras))
-        xyz, rgb, conf = self._sample_cloud()
-        write_ply(self.out / f"{self.scene}_recon.ply", xyz, rgb, conf)
-        write_glb(self.out / f"{self.scene}_recon.glb", xyz, rgb)
+        arrays = [np.load(self.preds / f"{name}.npy", mmap_mode="r")
+                  for name in ("registered_pcds", "registered_confs", "input_imgs")]
+        cloud = select_points(*arrays, conf_thres=self.conf_thres, num_points=self.num_points, seed=self.seed)
+        write_ply(self.out / f"{self.scene}_recon.ply", cloud.xyz, cloud.rgb, cloud.conf)
+        write_glb(self.out / f"{self.scene}_recon.glb", cloud.xyz, cloud.rgb)
         low = [i for i, c in enumerate(self.conf_means) if c < 10]
-        summary = {**summary, "frames": self.next_frame, "points": int(len(xyz)),
+        summary = {**summary, "frames": self.next_frame, "points": len(cloud),
                    "low_confidence_frames": low, "metadata": metadata}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         if not self.keep_preds:
