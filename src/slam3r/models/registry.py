@@ -60,3 +60,20 @@ def load_models(weights: str = "default", device: str | torch.device = "cpu") ->
     if i2p.cfg.img_size != l2w.cfg.img_size:
         raise CheckpointError(f"I2P ({i2p.cfg.img_size}) and L2W ({l2w.cfg.img_size}) image sizes differ")
     return i2p, l2w
+
+
+def configure_threads(model: Image2PointsModel, device: torch.device, threads: int | None = None) -> int:
+    """Set torch's CPU thread count for running ``model`` and return it.
+
+    ``threads`` wins when given; otherwise small networks (encoder width < 512, e.g. the bundled model) run on
+    one thread, where per-operation threading overhead would cost more than it saves (and collapses when other
+    processes share the cores), and large ones use every core. GPU runs keep torch's default.
+    """
+    import os
+
+    if threads is None:
+        if device.type != "cpu":
+            return torch.get_num_threads()
+        threads = 1 if model.cfg.enc_embed_dim < 512 else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, threads))
+    return torch.get_num_threads()

@@ -78,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scene", default=None, help="scene name used in output file names")
     parser.add_argument("--no-preds", action="store_true", help="do not keep per-frame predictions (preds/*.npy)")
     parser.add_argument("--frame-plys", action="store_true", help="also write one PLY per frame")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: 1 for small networks such as the bundled one, all cores otherwise)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(parser)
 
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from slam3r.config import ConfigError
     from slam3r.data.sources import open_source
     from slam3r.models import CheckpointError
-    from slam3r.models.registry import load_models, resolve_device
+    from slam3r.models.registry import configure_threads, load_models, resolve_device
     from slam3r.recon.run import reconstruct
 
     try:
@@ -100,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         source = open_source(args.input, fps=args.fps)
         i2p, l2w = load_models(args.weights, device)
+        configure_threads(i2p, device, args.threads)
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"slam3r recon: error: {exc}", file=sys.stderr)
         return 2
