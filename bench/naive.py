@@ -11,6 +11,7 @@ from torch import Tensor
 
 from slam3r.models import Image2PointsModel, Local2WorldModel, Pointmaps
 from slam3r.models.base import MultiViewTransformer
+from slam3r.models.blocks import merge_heads, split_heads
 from slam3r.models.rope import apply_rope
 
 
@@ -19,26 +20,16 @@ def _attn(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1) @ v
 
 
-def _split(x: Tensor, heads: int) -> Tensor:
-    b, n, c = x.shape
-    return x.reshape(b, n, heads, c // heads).transpose(1, 2)
-
-
-def _join(x: Tensor) -> Tensor:
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
-
-
 def self_attention(mod, x: Tensor, rope) -> Tensor:
     q, k, v = mod.qkv(x).chunk(3, dim=-1)
-    q, k, v = (_split(t, mod.num_heads) for t in (q, k, v))
-    return mod.proj(_join(_attn(apply_rope(q, *rope), apply_rope(k, *rope), v)))
+    q, k, v = (split_heads(t, mod.num_heads) for t in (q, k, v))
+    return mod.proj(merge_heads(_attn(apply_rope(q, *rope), apply_rope(k, *rope), v)))
 
 
 def cross_attention(mod, x: Tensor, y: Tensor, rope) -> Tensor:
     h = mod.num_heads
-    q, k, v = _split(mod.projq(x), h), _split(mod.projk(y), h), _split(mod.projv(y), h)
-    return mod.proj(_join(_attn(apply_rope(q, *rope), apply_rope(k, *rope), v)))
+    q, k, v = split_heads(mod.projq(x), h), split_heads(mod.projk(y), h), split_heads(mod.projv(y), h)
+    return mod.proj(merge_heads(_attn(apply_rope(q, *rope), apply_rope(k, *rope), v)))
 
 
 def decoder_block(blk, x: Tensor, ys: list[Tensor], rope) -> Tensor:

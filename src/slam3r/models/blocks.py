@@ -32,13 +32,13 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def _heads(x: Tensor, num_heads: int) -> Tensor:
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
     """(B, N, C) -> (B, heads, N, C/heads)."""
     b, n, c = x.shape
     return x.view(b, n, num_heads, c // num_heads).transpose(1, 2)
 
 
-def _merge(x: Tensor) -> Tensor:
+def merge_heads(x: Tensor) -> Tensor:
     """(B, heads, N, d) -> (B, N, heads*d)."""
     b, h, n, d = x.shape
     return x.transpose(1, 2).reshape(b, n, h * d)
@@ -56,7 +56,7 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return self.proj(_merge(F.scaled_dot_product_attention(q, k, v)))
+        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
 
 class CrossAttention(nn.Module):
@@ -112,14 +112,14 @@ class MultiviewDecoderBlock(nn.Module):
         flat = x.reshape(v * b, n, c)
         flat = flat + self.attn(self.norm1(flat), rope)
         ca = self.cross_attn
-        q = apply_rope(_heads(ca.projq(self.norm2(flat)), h), *rope).view(v, 1, b, h, n, d)
+        q = apply_rope(split_heads(ca.projq(self.norm2(flat)), h), *rope).view(v, 1, b, h, n, d)
         ym = self.norm_y(y.reshape(m * b, -1, c))
-        k = apply_rope(_heads(ca.projk(ym), h), *rope).view(1, m, b, h, -1, d)
-        val = _heads(ca.projv(ym), h).view(1, m, b, h, -1, d)
+        k = apply_rope(split_heads(ca.projk(ym), h), *rope).view(1, m, b, h, -1, d)
+        val = split_heads(ca.projv(ym), h).view(1, m, b, h, -1, d)
         q, k, val = q.expand(v, m, -1, -1, -1, -1), k.expand(v, m, -1, -1, -1, -1), val.expand(v, m, -1, -1, -1, -1)
         att = F.scaled_dot_product_attention(q.reshape(v * m * b, h, n, d), k.reshape(v * m * b, h, -1, d),
                                              val.reshape(v * m * b, h, -1, d))
-        cross = ca.proj(_merge(att)).view(v, m, b, n, c).amax(dim=1)
+        cross = ca.proj(merge_heads(att)).view(v, m, b, n, c).amax(dim=1)
         flat = flat + cross.reshape(v * b, n, c)
         flat = flat + self.mlp(self.norm3(flat))
         return flat.view(v, b, n, c)
