@@ -126,7 +126,8 @@ class Sampler:
     # ------------------------------------------------------------------------------------------------- L2W
     def l2w_sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One L2W sample: 1 + num_scene + num_keyframes distinct frames of a random run; the first defines the
-        world frame and is dropped. Returns rgb, input points, GT world points (normalised), valid."""
+        world frame and is dropped. Returns, for the other views, rgb, world points (in the dropped view's camera
+        frame) and camera-frame points (metres), and the valid mask."""
         ns, nk = self.cfg.num_scene, self.cfg.num_keyframes
         span = int(rng.integers(self.cfg.l2w_span[0], self.cfg.l2w_span[1] + 1))
         seq, start = self._pick(rng, span)
