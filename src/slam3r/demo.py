@@ -36,8 +36,9 @@ DEMO_RECON: dict[str, Any] = {
     "conf_thres_l2w": 1.0,  # export every point: its L2W confidence of new keyframes stays close to 1
 }
 """Pipeline parameters for the bundled small model (everything else: the reference defaults), chosen on the demo
-scene only. The small model (about 40 CPU-minutes of training) has low, nearly uninformative confidences, so the
-thresholds keep everything, and scene frames are the most recent keyframes, matching how its L2W was fine-tuned."""
+scene only. The small model (about 45 CPU-minutes of training, see its MODEL_CARD.md) has low, nearly
+uninformative confidences, so the L2W threshold keeps everything, and scene frames are the most recent keyframes,
+matching how its L2W was fine-tuned."""
 
 DEMO_EVAL_CONF = 1.0
 """Confidence threshold of the evaluation. The published protocol keeps pixels with confidence > 3, a value
