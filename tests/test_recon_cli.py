@@ -136,3 +136,18 @@ def test_known_intrinsics(weights, frames_dir, tmp_path):
     cams = json.loads((tmp_path / "k" / "cameras.json").read_text())
     # 96x72 is resized to 85x64 (long side round(64 * 96/72)) before the centre crop: fx scales by 85/96
     assert cams[0]["focal"] == pytest.approx(60 * 85 / 96, rel=1e-6)
+
+
+def test_eval_scores_a_recon_directory(weights, tmp_path):
+    """`slam3r synth` -> `slam3r recon` -> `slam3r eval --pred OUT_DIR`: the published metrics and ATE come back."""
+    assert main(["synth", "--seed", "1000011", "--frames", "14", "--width", "96", "--height", "72",
+                 "--out", str(tmp_path / "scene"), "--no-video"]) == 0
+    assert run(str(tmp_path / "scene" / "results"), "--weights", str(weights), "--device", "cpu",
+               "--out", str(tmp_path / "rec")) == 0
+    assert main(["eval", "--pred", str(tmp_path / "rec"), "--gt", str(tmp_path / "scene"), "--conf-thresh", "1",
+                 "--num-samples", "5000", "--out", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["gt_frames"] == 14 and report["trajectory"]["num_poses"] == 14  # trajectory.txt found by itself
+    assert report["trajectory"]["ate_rmse_m"] >= 0 and report["reconstruction"]["num_pairs"] == 5000
+    assert set(report["reconstruction"]["metrics"]) >= {"accuracy_cm", "completion_cm"}
+    assert main(["eval", "--pred", str(tmp_path), "--gt", str(tmp_path / "scene")]) == 2

@@ -7,7 +7,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", required=True,
-                        help="prediction: .npz with pts3d (N, S, S, 3) + conf (N, S, S) [+ frame_ids (N,)], "
+                        help="prediction: a slam3r recon output directory (preds/ and trajectory.txt), "
+                             ".npz with pts3d (N, S, S, 3) + conf (N, S, S) [+ frame_ids (N,)], "
                              "or a .ply point cloud")
     parser.add_argument("--gt", required=True, help="ground-truth sequence folder (Replica layout, TUM or 7-Scenes)")
     parser.add_argument("--out", default=None, help="write the JSON report here (default: print it)")
@@ -60,7 +61,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         seq = read_rgbd(args.gt)
         pred_path = Path(args.pred)
-        if not pred_path.is_file():
+        preds_dir = pred_path / "preds"
+        if pred_path.is_dir():  # a `slam3r recon` output directory
+            if not (preds_dir / "registered_pcds.npy").is_file():
+                raise FileNotFoundError(f"{pred_path} is not a reconstruction directory with predictions "
+                                        "(preds/registered_pcds.npy missing; run slam3r recon without --no-preds)")
+            if args.traj is None and (pred_path / "trajectory.txt").is_file():
+                args.traj = str(pred_path / "trajectory.txt")
+        elif not pred_path.is_file():
             raise FileNotFoundError(f"prediction file not found: {pred_path}")
         cfg = EvalConfig(conf_thresh=args.conf_thresh, num_samples=args.num_samples,
                          refine_inliers=args.refine_inliers)
@@ -72,11 +80,13 @@ def run(args: argparse.Namespace) -> int:
             traj = evaluate_trajectory(t_pred, c2w_pred, t_gt, seq.poses)
             report["trajectory"] = traj.to_dict()
 
-        if pred_path.suffix.lower() == ".npz":
-            data = np.load(pred_path)
+        if pred_path.is_dir() or pred_path.suffix.lower() == ".npz":
+            data = np.load(pred_path) if not pred_path.is_dir() else {
+                "pts3d": np.load(preds_dir / "registered_pcds.npy", mmap_mode="r"),
+                "conf": np.load(preds_dir / "registered_confs.npy", mmap_mode="r")}
             for key in ("pts3d", "conf"):
                 if key not in data:
-                    raise ValueError(f"{pred_path}: missing array {key!r} (has {sorted(data.files)})")
+                    raise ValueError(f"{pred_path}: missing array {key!r} (has {sorted(data)})")
             pts, conf = data["pts3d"], data["conf"]
             if pts.ndim != 4 or pts.shape[-1] != 3 or pts.shape[1] != pts.shape[2] or conf.shape != pts.shape[:3]:
                 raise ValueError(f"{pred_path}: expected pts3d (N, S, S, 3) and conf (N, S, S), got "
