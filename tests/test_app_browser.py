@@ -135,7 +135,8 @@ def upload(page, path: Path, accepted: bool = True) -> None:
         page.locator("#upload").get_by_text("Click to Upload").wait_for()  # the empty drop zone is back
     page.locator("#upload input[type=file]").set_input_files(str(path))
     if accepted:
-        page.locator("#upload").get_by_text(path.name).first.wait_for()
+        # the file name also appears in hidden elements; wait for a visible one
+        page.locator("#upload").get_by_text(path.name).locator("visible=true").first.wait_for()
 
 
 def set_number(page, elem_id: str, value: float, key: str) -> None:
