@@ -69,23 +69,36 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--precision", default="fp32", choices=["auto", "fp32", "fp16", "bf16"])
     ap.add_argument("--no-naive", action="store_true", help="skip the naive reference path")
+    ap.add_argument("--params", choices=["reference", "bundled"], default="reference",
+                    help="pipeline parameters: the reference demo's, or those `slam3r demo` uses for the bundled model")
+    ap.add_argument("--weights", default=None, help="load real weights (e.g. default) instead of random ones")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    i2p, l2w = make_models(args.size, device)
+    if args.weights:
+        from slam3r.models.registry import load_models
+        i2p, l2w = load_models(args.weights, device)
+    else:
+        i2p, l2w = make_models(args.size, device)
     size = i2p.cfg.img_size[0]
     frames = synthetic_frames(args.frames, size)
-    cfg = ReconConfig(**DEMO, precision=args.precision)
+    if args.params == "bundled":
+        from slam3r.demo import DEMO_RECON
+        params = dict(DEMO_RECON)
+    else:
+        params = dict(DEMO)
+    cfg = ReconConfig(**params, precision=args.precision)
     rows = []
     fast, fast_t, fast_tm = run(i2p, l2w, frames, cfg, args.mode, device)
     fast_pf = steady_per_frame(fast, fast_t)
     rows.append({"path": "slam3r", "s/frame": round(fast_pf, 4), "fps": round(1 / fast_pf, 2),
                  **{k: round(v, 2) for k, v in fast_tm.items()}})
-    extra = {"size": args.size, "mode": args.mode, "frames": args.frames, "device": device_name(device),
+    extra = {"size": args.weights or args.size, "mode": args.mode, "frames": args.frames, "params": args.params,
+             "device": device_name(device),
              "fast_s_per_frame": fast_pf}
     if not args.no_naive:
-        ref_cfg = ReconConfig(**DEMO, precision="fp32")
+        ref_cfg = ReconConfig(**params, precision="fp32")
         naive, naive_t, naive_tm = run(NaiveI2P(i2p), NaiveL2W(l2w), frames, ref_cfg, args.mode, device)
         naive_pf = steady_per_frame(naive, naive_t)
         rows.append({"path": "naive reference", "s/frame": round(naive_pf, 4), "fps": round(1 / naive_pf, 2),
@@ -96,7 +109,7 @@ def main() -> None:
                     for a, b in zip(fast, naive))
         extra.update(naive_s_per_frame=naive_pf, speedup=naive_pf / fast_pf, max_abs_diff_world=diff,
                      world_scale=scale, max_rel_diff_conf=cdiff)
-    report(f"pipeline {args.mode} — {args.size} — {device_name(device)}", rows, extra)
+    report(f"pipeline {args.mode} — {args.weights or args.size} — {device_name(device)}", rows, extra)
     if "speedup" in extra:
         print(f"speedup {extra['speedup']:.2f}x; max |world diff| {extra['max_abs_diff_world']:.2e} "
               f"(values up to {extra['world_scale']:.2f}); max relative conf diff {extra['max_rel_diff_conf']:.2e}")
