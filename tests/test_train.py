@@ -109,6 +109,40 @@ def test_l2w_batch_normalisation(cache_dir: Path) -> None:
     assert torch.equal(again.gt, batch.gt) and torch.equal(again.images, batch.images)
 
 
+class _Recording:
+    """A training sequence that records the frame ids it is asked to load."""
+
+    def __init__(self, seq, loaded: list[np.ndarray]) -> None:
+        self.seq, self.loaded = seq, loaded
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def load(self, ids: np.ndarray):
+        self.loaded.append(np.asarray(ids))
+        return self.seq.load(ids)
+
+
+def test_l2w_keyframes_last_order(cache_dir: Path) -> None:
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in TINY_DATA.items()}
+    cfg = DataConfig(cache_dir=str(cache_dir), **{**data, "l2w_order": "keyframes_last"})
+    seqs = SynthSequences(range(cfg.num_sequences), 64, cfg.frames_per_sequence, cache_dir)
+    loaded: list[np.ndarray] = []
+    sampler = Sampler([_Recording(seqs[i], loaded) for i in range(len(seqs))], cfg, seed=0)
+    for step in range(8):
+        sampler.batch_l2w(step, batch_size=2)
+    ns, nk = cfg.num_scene, cfg.num_keyframes
+    directions = set()
+    for ids in loaded:  # [frame-defining view, scene frames..., keyframes...]
+        assert len(set(ids.tolist())) == 1 + ns + nk
+        head, kf = ids[:1 + ns], ids[1 + ns:]
+        forward = kf.min() > head.max()
+        assert forward or kf.max() < head.min()  # keyframes come after every other view, in one time direction
+        assert np.all(np.diff(kf) > 0) if forward else np.all(np.diff(kf) < 0)
+        directions.add(forward)
+    assert directions == {True, False}
+
+
 # ------------------------------------------------------------------------------------------------------ training
 def test_one_step_decreases_loss(cache_dir: Path, tmp_path: Path) -> None:
     trainer = Trainer("i2p", tiny_config(cache_dir), tmp_path, log=lambda _: None)
@@ -157,9 +191,11 @@ def test_retrieval_and_l2w_stages(cache_dir: Path, tmp_path: Path) -> None:
     frozen = {n: p.detach().clone() for n, p in ret.model.named_parameters() if not p.requires_grad}
     Image2PointsModel.from_pretrained(ret.run())
     assert all(torch.equal(frozen[n], p) for n, p in ret.model.named_parameters() if n in frozen)
-    l2w = Trainer("l2w", tiny_config(cache_dir, steps=2, init=str(i2p_dir), encoder=str(i2p_dir)),
-                  tmp_path / "l2w", log=lambda _: None)
+    l2w = Trainer("l2w", tiny_config(cache_dir, steps=2, init=str(i2p_dir), encoder=str(i2p_dir),
+                                     zero_point_embedder=True), tmp_path / "l2w", log=lambda _: None)
     assert not l2w.model.cfg.need_encoder
     assert torch.equal(l2w.model.mv_dec_blocks1[0].norm1.weight, l2w.encoder.mv_dec_blocks1[0].norm1.weight)
+    # a point embedder the I2P lacks starts at zero, so L2W starts as the I2P decoder
+    assert not l2w.model.ponit_embedder.weight.any() and not l2w.model.ponit_embedder.bias.any()
     model = Local2WorldModel.from_pretrained(l2w.run())
     assert np.isfinite(sum(p.sum().item() for p in model.parameters()))

@@ -29,7 +29,8 @@ DEMO_RECON: dict[str, Any] = {
     "win_r": 2,  # 5-view I2P windows, as the small model was trained
     "initial_winsize": 5,
     "init_conf_thres": 1.5,
-    "conf_thres_i2p": 1.5,  # the reference value; the small model's I2P confidence is nearly flat around it
+    "conf_thres_i2p": 1.0,  # keep every keyframe pixel as L2W input, as in its training (its I2P conf is flat)
+    "norm_input": True,  # scene-frame world points normalised, as in L2W training
     "num_scene_frame": 5,
     "buffer_size": 5,
     "buffer_strategy": "fifo",  # scene frames = the 5 latest keyframes (its retrieval head is uninformative)

@@ -41,6 +41,10 @@ class DataConfig:
     frame (the reference: 6 + 6 + 1)."""
     l2w_span: tuple[int, int] = (12, 40)
     """L2W: the loaded views are drawn from a run of this many consecutive frames."""
+    l2w_order: Literal["random", "keyframes_last"] = "random"
+    """L2W: ``random`` mixes scene frames and keyframes anywhere in the run (the reference); ``keyframes_last``
+    sorts the run in time (either direction) and makes its last ``num_keyframes`` frames the keyframes, as the
+    pipeline gives them: it registers a new keyframe against scene frames from the buffer of earlier ones."""
     flip: bool = True
     """Random horizontal mirroring of whole samples (images flipped, x of every camera frame negated)."""
 
@@ -100,6 +104,9 @@ class TrainConfig:
     init: str = ""
     encoder: str = ""
     freeze_encoder: bool = False
+    zero_point_embedder: bool = False
+    """L2W: start ``ponit_embedder`` at zero when ``init`` has none, so that L2W begins as exactly the initialising
+    (I2P) decoder; otherwise it keeps PyTorch's default initialisation."""
     alpha: float = 0.2
     """Weight of the -log(conf) term of the confidence-aware loss."""
     seed: int = 0

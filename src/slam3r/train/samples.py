@@ -127,11 +127,18 @@ class Sampler:
     def l2w_sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One L2W sample: 1 + num_scene + num_keyframes distinct frames of a random run; the first defines the
         world frame and is dropped. Returns, for the other views, rgb, world points (in the dropped view's camera
-        frame) and camera-frame points (metres), and the valid mask."""
+        frame) and camera-frame points (metres), and the valid mask. With ``l2w_order`` ``keyframes_last`` the
+        keyframes are the run's latest frames and the frame-defining view one of the earlier ones."""
         ns, nk = self.cfg.num_scene, self.cfg.num_keyframes
         span = int(rng.integers(self.cfg.l2w_span[0], self.cfg.l2w_span[1] + 1))
         seq, start = self._pick(rng, span)
         ids = start + rng.choice(span, 1 + ns + nk, replace=False)
+        if self.cfg.l2w_order == "keyframes_last":
+            ids = np.sort(ids)
+            if rng.random() < 0.5:
+                ids = ids[::-1]
+            first = rng.permutation(1 + ns)  # the frame-defining view and the scene frames, in random order
+            ids = np.concatenate([ids[:1 + ns][first], ids[1 + ns:]])
         rgb, depth, K, c2w = seq.load(ids)
         world = frames_to_points(depth[1:], K[1:], c2w[1:], c2w[0])
         cam = backproject_depth(depth[1:], K[1:]).astype(np.float32)

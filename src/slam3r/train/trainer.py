@@ -144,6 +144,10 @@ class Trainer:
         if c.init:
             missing, unused = init_matching(model, c.init)
             self.log(f"initialised from {c.init}: {len(missing)} tensors left new, {len(unused)} unused")
+            if c.zero_point_embedder and isinstance(model, Local2WorldModel) and "ponit_embedder.weight" in missing:
+                nn.init.zeros_(model.ponit_embedder.weight)
+                nn.init.zeros_(model.ponit_embedder.bias)
+                self.log("point embedder initialised to zero")
         if c.freeze_encoder and self.stage == "i2p":
             for module in (model.patch_embed, model.enc_blocks):
                 module.requires_grad_(False)
