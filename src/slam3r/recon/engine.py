@@ -69,19 +69,17 @@ class Engine:
         cfg: pipeline parameters.
         stride: keyframe stride s (already resolved; no auto here).
         causal: streaming windows (past frames only) instead of symmetric ones.
-        total: number of frames when known in advance (offline), else ``None``.
         intrinsics_net: known (fx, fy, cx, cy) at network resolution, or ``None`` to estimate focal lengths.
     """
 
     def __init__(self, i2p: Image2PointsModel, l2w: Local2WorldModel, cfg: ReconConfig, stride: int, *,
-                 causal: bool, device: torch.device | str = "cpu", total: int | None = None,
+                 causal: bool, device: torch.device | str = "cpu",
                  intrinsics_net: tuple[float, float, float, float] | None = None) -> None:
         if tuple(i2p.cfg.img_size) != tuple(l2w.cfg.img_size):
             raise ValueError(f"I2P ({i2p.cfg.img_size}) and L2W ({l2w.cfg.img_size}) image sizes differ")
         self.i2p, self.l2w, self.cfg = i2p, l2w, cfg
         self.s = stride
         self.causal = causal
-        self.total = total
         self.device = torch.device(device)
         self.intrinsics_net = intrinsics_net
         self.rng = np.random.default_rng(cfg.seed)
@@ -99,7 +97,6 @@ class Engine:
         self.local_mean: dict[int, float] = {}
         self.l2w_mean: dict[int, float] = {}
         self.timings: dict[str, float] = defaultdict(float)
-        self.registered = 0
         self._span_pending = False
 
     # ------------------------------------------------------------------------------------------------ input
@@ -120,7 +117,6 @@ class Engine:
     def finish(self) -> None:
         """No more frames will come: windows at the end of the stream are truncated."""
         self.final = True
-        self.total = self.n
 
     # ------------------------------------------------------------------------------------------------ helpers
     @contextlib.contextmanager
@@ -256,7 +252,8 @@ class Engine:
         if any(self.window(v) is None for v in span):
             return None
         self._run_i2p(span)
-        inner = [v for v in span if v not in set(self.init_ids)]
+        keyframes = set(self.init_ids)
+        inner = [v for v in span if v not in keyframes]
         if inner:
             self._l2w(self.buffer, [[v] for v in inner])
             factor = max(self.l2w_mean[v] for v in inner) / max(self.l2w_mean[v] for v in self.init_ids)
@@ -330,7 +327,6 @@ class Engine:
                 return out
             self._span_pending = False
             out += [self._result(v) for v in span]
-            self.registered = len(span)
         while self.next_id < self.n:
             batch = list(range(self.next_id, min(self.next_id + self.num_register, self.n)))
             if len(batch) < self.num_register and not self.final:
@@ -341,7 +337,6 @@ class Engine:
             scene = self._retrieve(batch[::2])
             self._l2w(scene, [batch])
             out += [self._result(v) for v in batch]
-            self.registered += len(batch)
             self.next_id += len(batch)
             self._update_buffer()
             self._evict()

@@ -55,7 +55,7 @@ def run_offline(i2p: Image2PointsModel, l2w: Local2WorldModel, frames: Sequence[
         stride, _ = choose_stride(i2p, frames, cfg, device)
     if on_stride is not None:
         on_stride(stride)
-    engine = Engine(i2p, l2w, cfg, stride, causal=False, device=device, total=n, intrinsics_net=intrinsics_net)
+    engine = Engine(i2p, l2w, cfg, stride, causal=False, device=device, intrinsics_net=intrinsics_net)
     ts = list(timestamps) if timestamps is not None else [None] * n
 
     def results() -> Iterator[FrameResult]:
