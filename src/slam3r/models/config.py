@@ -77,6 +77,9 @@ class ModelConfig:
         return from_dict(cls, d)
 
 
+OFFICIAL_REPOS = {"i2p": "siyan824/slam3r_i2p", "l2w": "siyan824/slam3r_l2w"}
+"""HuggingFace hub repos of the released checkpoints (``config.json`` + ``model.safetensors`` each)."""
+
 RELEASED = ModelConfig()
 """The configuration of the released checkpoints (siyan824/slam3r_i2p, siyan824/slam3r_l2w)."""
 

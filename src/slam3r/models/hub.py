@@ -15,14 +15,13 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from slam3r.models.config import ModelConfig
+from slam3r.models.config import OFFICIAL_REPOS, ModelConfig
 
 M = TypeVar("M", bound=nn.Module)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-OFFICIAL_REPOS = {"i2p": "siyan824/slam3r_i2p", "l2w": "siyan824/slam3r_l2w"}
 
 
 class CheckpointError(RuntimeError):

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from slam3r.models.config import OFFICIAL_REPOS
 
-from slam3r.models.hub import OFFICIAL_REPOS, CheckpointError
-from slam3r.models.i2p import Image2PointsModel
-from slam3r.models.l2w import Local2WorldModel
+if TYPE_CHECKING:  # torch is imported only when networks are loaded, so argument parsers stay light
+    import torch
+
+    from slam3r.models.i2p import Image2PointsModel
+    from slam3r.models.l2w import Local2WorldModel
 
 WEIGHTS_HELP = ("default (bundled small model), released (official SLAM3R weights from the HuggingFace hub: "
                 f"{OFFICIAL_REPOS['i2p']}, {OFFICIAL_REPOS['l2w']}), a directory with i2p/ and l2w/ model "
@@ -25,6 +28,8 @@ def bundled_dir() -> Path:
 
 def resolve_weights(weights: str) -> tuple[str, str]:
     """``--weights`` value -> (I2P source, L2W source)."""
+    from slam3r.models.hub import CheckpointError
+
     if weights == "default":
         root = bundled_dir()
         if not (root / "i2p").is_dir():
@@ -44,6 +49,8 @@ def resolve_weights(weights: str) -> tuple[str, str]:
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; explicit ``cuda`` without CUDA is an error."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -54,6 +61,10 @@ def resolve_device(device: str) -> torch.device:
 
 def load_models(weights: str = "default", device: str | torch.device = "cpu") -> tuple[Image2PointsModel, Local2WorldModel]:
     """Load the I2P and L2W networks for ``weights`` (see module docstring) onto ``device``, in eval mode."""
+    from slam3r.models.hub import CheckpointError
+    from slam3r.models.i2p import Image2PointsModel
+    from slam3r.models.l2w import Local2WorldModel
+
     i2p_src, l2w_src = resolve_weights(weights)
     i2p = Image2PointsModel.from_pretrained(i2p_src, device=device)
     l2w = Local2WorldModel.from_pretrained(l2w_src, device=device)
@@ -70,6 +81,8 @@ def configure_threads(model: Image2PointsModel, device: torch.device, threads: i
     processes share the cores), and large ones use every core. GPU runs keep torch's default.
     """
     import os
+
+    import torch
 
     if threads is None:
         if device.type != "cpu":
