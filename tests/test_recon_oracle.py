@@ -195,3 +195,14 @@ def test_short_streams(tiny_models):
     rec.push(frames[0])
     with pytest.raises(ValueError, match="not enough frames to initialise: 1 frame"):
         rec.flush()
+
+
+def test_keyframe_flags_follow_the_buffer(scene):
+    """The keyframe history is the buffering set when nothing is evicted; per-frame flags never claim a frame that
+    was not buffered."""
+    cfg = ReconConfig(keyframe_stride=2, win_r=2, num_scene_frame=3, buffer_size=-1)
+    engine, it = run_offline(OracleI2P(scene), OracleL2W(scene), list(scene.rgb), cfg)
+    results = list(it)
+    assert engine.keyframes == engine.buffer and len(engine.buffer) > len(engine.init_ids)
+    flagged = [r.frame_id for r in results if r.is_keyframe]
+    assert set(engine.init_ids) <= set(flagged) <= set(engine.keyframes)

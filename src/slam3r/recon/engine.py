@@ -90,6 +90,7 @@ class Engine:
         self.init_ids: list[int] = []
         self.init_ref_id = -1
         self.buffer: list[int] = []
+        self.keyframes: list[int] = []  # every frame ever inserted into the buffering set, in order
         self.candidates_seen = 0
         self.next_id = 0  # next frame to register (after initialisation)
         self.milestone = 0
@@ -240,6 +241,7 @@ class Engine:
             self.l2w_mean[v] = conf[j].mean().item()
         self.init_ids, self.init_ref_id = ids, best_ref
         self.buffer = list(ids)
+        self.keyframes = list(ids)
         self.candidates_seen = len(ids)
         self.initialized = True
         self.next_id = self.milestone = (w - 1) * s + 1
@@ -279,6 +281,7 @@ class Engine:
                 ic = np.array([self.local_mean[i] for i in cands])
                 chosen = cands[int(np.argmax((lc - 1) / lc * (ic - 1) / ic))]
                 self.buffer.append(chosen)
+                self.keyframes.append(chosen)
                 if full:
                     self.buffer.pop(int(self.rng.integers(size)) if self.cfg.buffer_strategy == "reservoir" else 0)
             self.milestone += s
@@ -336,8 +339,8 @@ class Engine:
             self._run_i2p(batch)
             scene = self._retrieve(batch[::2])
             self._l2w(scene, [batch])
-            out += [self._result(v) for v in batch]
             self.next_id += len(batch)
             self._update_buffer()
+            out += [self._result(v) for v in batch]  # after the buffer update, so is_keyframe is current
             self._evict()
         return out

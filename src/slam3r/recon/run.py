@@ -77,5 +77,5 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
     summary = {"mode": "online" if online else "offline", "seconds": round(elapsed, 3),
                "fps": round(writer.next_frame / elapsed, 3) if elapsed > 0 else None,
                "timings": {k: round(v, 3) for k, v in engine.timings.items()},
-               "buffer_size": len(engine.buffer), "device": str(device), "config": to_dict(cfg)}
+               "buffer_size": len(engine.buffer), "keyframes": engine.keyframes, "device": str(device), "config": to_dict(cfg)}
     return writer.close(meta, summary)

@@ -21,7 +21,9 @@ class FrameResult:
         conf: ``(S, S)`` float32 L2W confidence (>= 1); threshold with ``conf_thres_l2w``.
         pose_c2w: ``(4, 4)`` float64 camera-to-world pose estimated from local vs world points.
         focal: focal length in pixels at network resolution (principal point at the image centre).
-        is_keyframe: whether this frame entered the buffering set when registered.
+        is_keyframe: whether the frame is in the buffering set when its result is emitted: the initial keyframes
+            and frames chosen by the buffer update right after their own registration batch (a frame chosen when a
+            later batch closes its stride segment is listed in the run's ``summary.json`` ``keyframes`` only).
     """
 
     frame_id: int
