@@ -153,11 +153,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from slam3r.models.registry import load_models, resolve_device
+    from slam3r.models.registry import configure_threads, load_models, resolve_device
 
     t0 = time.perf_counter()
     device = resolve_device(args.device)
     i2p, l2w = load_models(args.weights, device)
+    configure_threads(i2p, device)
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     report = evaluate_scene(i2p, l2w, args.seed, args.frames, args.out, overrides, args.eval_conf,
                             device=str(device), progress=True)

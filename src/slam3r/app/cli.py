@@ -41,13 +41,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from slam3r.app.inputs import UploadLimits
     from slam3r.models import CheckpointError
-    from slam3r.models.registry import load_models, resolve_device
+    from slam3r.models.registry import configure_threads, load_models, resolve_device
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         device = resolve_device(args.device)
         i2p, l2w = load_models(args.weights, device)
+        configure_threads(i2p, device)
     except (CheckpointError, RuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"slam3r app: error: {exc}", file=sys.stderr)
         return 2

@@ -23,12 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def serve(cfg: Any, weights: str, device: str) -> int:
     """Load the networks and serve with ``cfg`` (:class:`~slam3r.service.config.ServeConfig`) until stopped."""
-    from slam3r.models.registry import load_models, resolve_device
+    from slam3r.models.registry import configure_threads, load_models, resolve_device
     from slam3r.recon.streaming import StreamingReconstructor
     from slam3r.service.worker import Service
 
     dev = resolve_device(device)
     i2p, l2w = load_models(weights, dev)
+    configure_threads(i2p, dev)
     log = logging.getLogger("slam3r.serve")
     log.info("models loaded (%s) on %s; input %dx%d", weights, dev, *i2p.cfg.img_size)
 
