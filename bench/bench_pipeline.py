@@ -30,7 +30,29 @@ DEMO = dict(keyframe_stride=3, win_r=5, initial_winsize=5, conf_thres_i2p=1.5, n
             buffer_strategy="reservoir")
 
 
-def run(i2p, l2w, frames, cfg, mode: str, device) -> tuple[list, list[float], dict]:
+# The engine's discrete choices. Near-tied scores (flat confidences of random weights) can flip them between two
+# numerically equivalent paths, so the naive run replays the fast run's choices (still computing them, so the timing
+# is fair) and the outputs can be compared frame by frame.
+DECISIONS = ("_choose_init_window", "_retrieve", "_choose_keyframe")
+
+
+def hook_decisions(engine, log: dict, replay: bool) -> None:
+    for name in DECISIONS:
+        original = getattr(engine, name)
+        calls = log.setdefault(name, [])
+        pending = iter(list(calls)) if replay else None
+
+        def hooked(*args, _original=original, _calls=calls, _pending=pending):
+            result = _original(*args)
+            if _pending is not None:
+                return next(_pending)
+            _calls.append(result)
+            return result
+
+        setattr(engine, name, hooked)
+
+
+def run(i2p, l2w, frames, cfg, mode: str, device, log: dict, replay: bool) -> tuple[list, list[float], dict]:
     """Returns results, the wall time at which each frame was delivered, and the engine timings."""
     stamps: list[float] = []
     results = []
@@ -38,11 +60,13 @@ def run(i2p, l2w, frames, cfg, mode: str, device) -> tuple[list, list[float], di
     with torch.no_grad():
         if mode == "offline":
             engine, it = run_offline(i2p, l2w, frames, cfg, device=device)
+            hook_decisions(engine, log, replay)
             for r in it:
                 results.append(r)
                 stamps.append(time.perf_counter() - t0)
         else:
             rec = StreamingReconstructor(i2p, l2w, cfg, device)
+            hook_decisions(rec._engine(frames[0].shape), log, replay)
             for f in frames:
                 for r in rec.push(f):
                     results.append(r)
@@ -90,7 +114,8 @@ def main() -> None:
         params = dict(DEMO)
     cfg = ReconConfig(**params, precision=args.precision)
     rows = []
-    fast, fast_t, fast_tm = run(i2p, l2w, frames, cfg, args.mode, device)
+    decisions: dict = {}
+    fast, fast_t, fast_tm = run(i2p, l2w, frames, cfg, args.mode, device, decisions, replay=False)
     fast_pf = steady_per_frame(fast_tm, len(fast))
     rows.append({"path": "slam3r", "s/frame": round(fast_pf, 4), "fps": round(1 / fast_pf, 2),
                  "wall_s": round(fast_t[-1], 1),
@@ -100,7 +125,8 @@ def main() -> None:
              "fast_s_per_frame": fast_pf}
     if not args.no_naive:
         ref_cfg = ReconConfig(**params, precision="fp32")
-        naive, naive_t, naive_tm = run(NaiveI2P(i2p), NaiveL2W(l2w), frames, ref_cfg, args.mode, device)
+        naive, naive_t, naive_tm = run(NaiveI2P(i2p), NaiveL2W(l2w), frames, ref_cfg, args.mode, device, decisions,
+                                       replay=True)
         naive_pf = steady_per_frame(naive_tm, len(naive))
         rows.append({"path": "naive reference", "s/frame": round(naive_pf, 4), "fps": round(1 / naive_pf, 2),
                      "wall_s": round(naive_t[-1], 1),

@@ -217,20 +217,8 @@ class Engine:
         if w < 2:
             raise ValueError(f"not enough frames to initialise: {self.n} frame(s) with keyframe stride {s} "
                              f"(need at least {s + 1})")
+        w, best_ref = self._choose_init_window([i * s for i in range(w)])
         ids = [i * s for i in range(w)]
-        while True:
-            tokens = self._tokens(ids[:w])
-            best, best_ref = -1.0, 0
-            with self._timed("init"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
-                for r in range(w):
-                    mean_conf = self.i2p(tokens, r).conf.float().mean().item()
-                    if mean_conf > best:
-                        best, best_ref = mean_conf, r
-            if w > 3 and best < self.cfg.init_conf_thres:
-                w -= 1
-                continue
-            break
-        ids = ids[:w]
         with torch.no_grad(), autocast_context(self.device, self.cfg.precision):
             out = self.i2p(self._tokens(ids), best_ref)
         pts, conf = out.pts3d[:, 0].float(), out.conf[:, 0].float()
@@ -246,6 +234,30 @@ class Engine:
         self.initialized = True
         self.next_id = self.milestone = (w - 1) * s + 1
         return True
+
+    def _choose_init_window(self, ids: list[int]) -> tuple[int, int]:
+        """Initial window size and reference: each frame of ``ids`` tried as the reference, the highest mean
+        confidence wins; the window shrinks (down to 3) while that confidence is below ``init_conf_thres``."""
+        w = len(ids)
+        while True:
+            tokens = self._tokens(ids[:w])
+            best, best_ref = -1.0, 0
+            with self._timed("init"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
+                for r in range(w):
+                    mean_conf = self.i2p(tokens, r).conf.float().mean().item()
+                    if mean_conf > best:
+                        best, best_ref = mean_conf, r
+            if w > 3 and best < self.cfg.init_conf_thres:
+                w -= 1
+                continue
+            return w, best_ref
+
+    def _choose_keyframe(self, cands: list[int]) -> int:
+        """The frame of a stride segment that enters the buffer: highest product of (c-1)/c of its mean L2W and
+        I2P confidences."""
+        lc = np.array([self.l2w_mean[i] for i in cands])
+        ic = np.array([self.local_mean[i] for i in cands])
+        return cands[int(np.argmax((lc - 1) / lc * (ic - 1) / ic))]
 
     def _finish_initial_span(self) -> list[int] | None:
         """I2P for the initial span and L2W pre-registration of its non-keyframes; ids to emit, or ``None`` while
@@ -277,9 +289,7 @@ class Engine:
             offset = max(0, self.buffer[-1] + s * 3 // 4 - self.milestone)
             cands = list(range(self.milestone + offset, self.milestone + s))
             if insert and cands:
-                lc = np.array([self.l2w_mean[i] for i in cands])
-                ic = np.array([self.local_mean[i] for i in cands])
-                chosen = cands[int(np.argmax((lc - 1) / lc * (ic - 1) / ic))]
+                chosen = self._choose_keyframe(cands)
                 self.buffer.append(chosen)
                 self.keyframes.append(chosen)
                 if full:
