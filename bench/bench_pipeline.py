@@ -30,10 +30,12 @@ DEMO = dict(keyframe_stride=3, win_r=5, initial_winsize=5, conf_thres_i2p=1.5, n
             buffer_strategy="reservoir")
 
 
-# The engine's discrete choices. Near-tied scores (flat confidences of random weights) can flip them between two
-# numerically equivalent paths, so the naive run replays the fast run's choices (still computing them, so the timing
-# is fair) and the outputs can be compared frame by frame.
-DECISIONS = ("_choose_init_window", "_retrieve", "_choose_keyframe")
+# The engine's discrete choices: initial window, retrieved scene frames, buffered keyframes and the I2P validity
+# masks (one pixel whose confidence sits within float noise of the threshold changes a frame's normalisation).
+# Near-ties (flat confidences of random weights) can flip them between two numerically equivalent paths, so the
+# naive run replays the fast run's choices (still computing them, so the timing is fair) and the outputs can be
+# compared frame by frame.
+DECISIONS = ("_choose_init_window", "_retrieve", "_choose_keyframe", "_valid")
 
 
 def hook_decisions(engine, log: dict, replay: bool) -> None:

@@ -160,7 +160,6 @@ class Engine:
                 win = self.window(v)
                 assert win is not None, f"window of frame {v} not ready"
                 groups[len(win)].append((v, win))
-        thr = self.cfg.conf_thres_i2p
         for items in groups.values():
             tokens = torch.stack([self._tokens(win)[:, 0] for _, win in items], dim=1)  # (V, B, S, C)
             with self._timed("i2p"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
@@ -168,7 +167,7 @@ class Engine:
             for b, (v, _) in enumerate(items):
                 f = self.frames[v]
                 f.local, f.conf_i2p = out.pts3d[0, b].float(), out.conf[0, b].float()
-                f.pts_cam, _ = normalize_pointmaps(f.local, f.conf_i2p > thr)
+                f.pts_cam, _ = normalize_pointmaps(f.local, self._valid(f.conf_i2p))
                 self.local_mean[v] = f.conf_i2p.mean().item()
 
     def _l2w(self, scene_ids: Sequence[int], batches: Sequence[Sequence[int]]) -> None:
@@ -222,7 +221,7 @@ class Engine:
         with torch.no_grad(), autocast_context(self.device, self.cfg.precision):
             out = self.i2p(self._tokens(ids), best_ref)
         pts, conf = out.pts3d[:, 0].float(), out.conf[:, 0].float()
-        world, _ = normalize_pointmaps(pts, conf > self.cfg.conf_thres_i2p)
+        world, _ = normalize_pointmaps(pts, self._valid(conf))
         for j, v in enumerate(ids):
             f = self.frames[v]
             f.world, f.conf_l2w = world[j], conf[j]
@@ -251,6 +250,10 @@ class Engine:
                 w -= 1
                 continue
             return w, best_ref
+
+    def _valid(self, conf_i2p: Tensor) -> Tensor:
+        """Pixels whose I2P points feed L2W: confidence above ``conf_thres_i2p`` (same shape, bool)."""
+        return conf_i2p > self.cfg.conf_thres_i2p
 
     def _choose_keyframe(self, cands: list[int]) -> int:
         """The frame of a stride segment that enters the buffer: highest product of (c-1)/c of its mean L2W and
