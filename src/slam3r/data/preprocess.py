@@ -3,7 +3,6 @@ shrinking, BICUBIC when enlarging), centre-crop ``size x size``, scale to [-1, 1
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,15 +20,6 @@ def resize_crop(image: Image.Image | np.ndarray, size: int = 224) -> np.ndarray:
     interp = Image.LANCZOS if max(img.size) > max(g.resized_w, g.resized_h) else Image.BICUBIC
     box = (g.left, g.top, g.left + g.size, g.top + g.size)
     return np.array(img.resize((g.resized_w, g.resized_h), interp).crop(box))
-
-
-def load_image(path: str | Path, size: int = 224) -> np.ndarray:
-    """Read an image file -> ``(size, size, 3)`` uint8 network-resolution RGB."""
-    try:
-        with Image.open(path) as img:
-            return resize_crop(img, size)
-    except (OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
 
 
 def to_tensor(rgb: np.ndarray | Tensor) -> Tensor:
