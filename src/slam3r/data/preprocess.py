@@ -3,7 +3,6 @@ shrinking, BICUBIC when enlarging), centre-crop ``size x size``, scale to [-1, 1
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from PIL import Image
