@@ -152,3 +152,20 @@ def test_crop_resize_intrinsics_maps_pixel_centres():
     uv_c, _ = project_points(X, Kc)
     assert uv_c[0] == pytest.approx((uv[0] + 0.5) * g.scale_x - 0.5 - g.left)
     assert uv_c[1] == pytest.approx((uv[1] + 0.5) * g.scale_y - 0.5 - g.top)
+
+
+def test_similarity_fit_recovers_a_similarity_and_ignores_zero_weights():
+    from slam3r.recon.camera import similarity_fit
+
+    rng = np.random.default_rng(7)
+    src = torch.from_numpy(rng.normal(size=(8, 9, 3)))
+    rot = torch.from_numpy(Rotation.random(random_state=3).as_matrix())
+    dst = 2.5 * src @ rot.T + torch.tensor([0.3, -1.0, 4.0], dtype=torch.float64)
+    weights = torch.ones(8, 9, dtype=torch.float64)
+    dst[0, :4] += 100.0  # outliers with zero weight
+    weights[0, :4] = 0
+    s, r, t = similarity_fit(src, dst, weights)
+    assert abs(s.item() - 2.5) < 1e-9
+    assert torch.allclose(r, rot, atol=1e-9)
+    assert torch.allclose(t, torch.tensor([0.3, -1.0, 4.0], dtype=torch.float64), atol=1e-9)
+    assert torch.linalg.det(r).item() > 0

@@ -136,6 +136,16 @@ def test_offline_oracle(scene, stride, buffer_size, strategy):
     assert len(set(engine.buffer)) == len(engine.buffer)
 
 
+@pytest.mark.parametrize("norm_input", [False, True])
+def test_offline_oracle_anchor_frame(scene, norm_input):
+    """Feeding L2W the scene frames in the latest scene frame's camera frame (and mapping its output back) keeps
+    the reconstruction exact."""
+    cfg = ReconConfig(keyframe_stride=2, win_r=2, num_scene_frame=3, buffer_size=4, buffer_strategy="fifo",
+                      l2w_frame="anchor", norm_input=norm_input, conf_thres_l2w=3)
+    engine, it = run_offline(OracleI2P(scene), OracleL2W(scene), list(scene.rgb), cfg, chunk=7)
+    check(list(it), scene)
+
+
 def test_offline_oracle_auto_stride(scene):
     engine, it = run_offline(OracleI2P(scene), OracleL2W(scene), list(scene.rgb),
                              ReconConfig(win_r=2, num_scene_frame=4, buffer_size=10))

@@ -88,3 +88,21 @@ def normalize_pointmaps(pts: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     count = valid.sum().clamp(min=1)
     scale = ((dist * valid).sum() / count).clamp(min=1e-8)
     return torch.where(valid[..., None], pts / scale, torch.zeros_like(pts)), scale
+
+
+def similarity_fit(src: Tensor, dst: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Weighted similarity ``dst ~= s * src @ R.T + t`` (Umeyama) between pointmaps ``(..., 3)`` with per-point
+    ``weights`` ``(...)`` (0 = ignore), on the points' device. Returns ``s`` (scalar), ``R`` ``(3, 3)``, ``t`` ``(3,)``."""
+    w = weights.reshape(-1, 1).to(src.dtype)
+    a, b = src.reshape(-1, 3), dst.reshape(-1, 3)
+    total = w.sum().clamp(min=1e-12)
+    ma, mb = (w * a).sum(0) / total, (w * b).sum(0) / total
+    a0, b0 = a - ma, b - mb
+    cov = (w * b0).T @ a0 / total
+    u, sig, vt = torch.linalg.svd(cov)
+    d = torch.ones(3, dtype=src.dtype, device=src.device)
+    d[2] = torch.sign(torch.linalg.det(u @ vt))
+    r = u @ torch.diag(d) @ vt
+    var = (w * a0.square()).sum() / total
+    scale = (sig * d).sum() / var.clamp(min=1e-12)
+    return scale, r, mb - scale * (r @ ma)

@@ -39,6 +39,11 @@ class ReconConfig:
     retrieval_depth: int = 2
     norm_input: bool = False
     """Normalise the scene frames' world points before L2W (outputs are scaled back)."""
+    l2w_frame: Literal["world", "anchor"] = "world"
+    """Frame of the points L2W sees: ``world`` (the reference) feeds scene frames' world points as they are;
+    ``anchor`` first maps them into the camera frame of the latest scene frame (a similarity fit of its camera
+    points to its world points) and maps the outputs back, so the origin sits at a nearby camera as in L2W
+    training, however far the camera has travelled from the first keyframe."""
     seed: int = 42
     online_stride: int = 3
     """Stride used by the causal (streaming) driver when ``keyframe_stride`` is -1 (the later release's default)."""

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from slam3r.data.preprocess import to_tensor
 from slam3r.models import Image2PointsModel, Local2WorldModel
-from slam3r.recon.camera import estimate_focal, normalize_pointmaps, pose_from_pnp, pose_from_pointmaps
+from slam3r.recon.camera import (estimate_focal, normalize_pointmaps, pose_from_pnp, pose_from_pointmaps,
+                                 similarity_fit)
 from slam3r.recon.config import ReconConfig
 from slam3r.recon.types import FrameResult
 
@@ -176,6 +177,12 @@ class Engine:
         nr = len(scene_ids)
         tok_scene = self._tokens(scene_ids)
         world = torch.stack([self.frames[i].world for i in scene_ids])
+        anchor = None
+        if self.cfg.l2w_frame == "anchor":
+            a = self.frames[max(scene_ids)]
+            anchor = similarity_fit(a.pts_cam, a.world, a.conf_l2w * (a.pts_cam.norm(dim=-1) > 0))
+            sa, ra, ta = anchor
+            world = torch.where(world.norm(dim=-1, keepdim=True) > 0, (world - ta) @ ra / sa, world)
         scale = None
         if self.cfg.norm_input:
             world, scale = normalize_pointmaps(world, world.norm(dim=-1) > 0)
@@ -190,6 +197,8 @@ class Engine:
             for j, v in enumerate(group):
                 f = self.frames[v]
                 f.world = out.pts3d[j, bi].float() * (scale if scale is not None else 1.0)
+                if anchor is not None:
+                    f.world = anchor[0] * f.world @ anchor[1].T + anchor[2]
                 f.conf_l2w = out.conf[j, bi].float()
                 self.l2w_mean[v] = f.conf_l2w.mean().item()
 

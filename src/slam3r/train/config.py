@@ -41,10 +41,12 @@ class DataConfig:
     frame (the reference: 6 + 6 + 1)."""
     l2w_span: tuple[int, int] = (12, 40)
     """L2W: the loaded views are drawn from a run of this many consecutive frames."""
-    l2w_order: Literal["random", "keyframes_last"] = "random"
+    l2w_order: Literal["random", "keyframes_last", "anchor"] = "random"
     """L2W: ``random`` mixes scene frames and keyframes anywhere in the run (the reference); ``keyframes_last``
     sorts the run in time (either direction) and makes its last ``num_keyframes`` frames the keyframes, as the
-    pipeline gives them: it registers a new keyframe against scene frames from the buffer of earlier ones."""
+    pipeline gives them: it registers a new keyframe against scene frames from the buffer of earlier ones.
+    ``anchor`` orders views like ``keyframes_last`` but loads no extra view: the world frame is the camera frame
+    of the latest scene frame, as the pipeline feeds L2W with ``l2w_frame: anchor``."""
     flip: bool = True
     """Random horizontal mirroring of whole samples (images flipped, x of every camera frame negated)."""
 

@@ -128,11 +128,18 @@ class Sampler:
         """One L2W sample: 1 + num_scene + num_keyframes distinct frames of a random run; the first defines the
         world frame and is dropped. Returns, for the other views, rgb, world points (in the dropped view's camera
         frame) and camera-frame points (metres), and the valid mask. With ``l2w_order`` ``keyframes_last`` the
-        keyframes are the run's latest frames and the frame-defining view one of the earlier ones."""
+        keyframes are the run's latest frames and the frame-defining view one of the earlier ones; with ``anchor``
+        the frame-defining view is a copy of the latest scene frame."""
         ns, nk = self.cfg.num_scene, self.cfg.num_keyframes
         span = int(rng.integers(self.cfg.l2w_span[0], self.cfg.l2w_span[1] + 1))
         seq, start = self._pick(rng, span)
-        ids = start + rng.choice(span, 1 + ns + nk, replace=False)
+        if self.cfg.l2w_order == "anchor":
+            ids = np.sort(start + rng.choice(span, ns + nk, replace=False))
+            if rng.random() < 0.5:
+                ids = ids[::-1]
+            ids = np.concatenate([ids[ns - 1:ns], ids])  # view 0 (dropped below) defines the world frame
+        else:
+            ids = start + rng.choice(span, 1 + ns + nk, replace=False)
         if self.cfg.l2w_order == "keyframes_last":
             ids = np.sort(ids)
             if rng.random() < 0.5:

@@ -8,6 +8,7 @@ and cached on disk as ``.npz``), and Replica / 7-Scenes folders read with :mod:`
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence as Seq
@@ -92,7 +93,7 @@ class SynthSequences:
             else:
                 seq = synth_sequence(seed, self.size, self.num_frames, self.loop_frames, self.fov_deg)
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp.npz")
+                tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # concurrent runs may render the same seed
                 np.savez(tmp, rgb=seq.rgb, depth=seq.depth, K=seq.K, c2w=seq.c2w)
                 tmp.replace(path)
             self._mem[seed] = seq
