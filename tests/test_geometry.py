@@ -169,3 +169,10 @@ def test_similarity_fit_recovers_a_similarity_and_ignores_zero_weights():
     assert torch.allclose(r, rot, atol=1e-9)
     assert torch.allclose(t, torch.tensor([0.3, -1.0, 4.0], dtype=torch.float64), atol=1e-9)
     assert torch.linalg.det(r).item() > 0
+
+
+def test_rotation_angle_deg():
+    from slam3r.geometry import rotation_angle_deg
+
+    rots = Rotation.from_rotvec([[0, 0, 0], [0, 0.3, 0], [np.pi, 0, 0], [0.1, -0.2, 0.4]]).as_matrix()
+    np.testing.assert_allclose(rotation_angle_deg(rots), np.degrees([0, 0.3, np.pi, np.sqrt(0.21)]), atol=1e-6)

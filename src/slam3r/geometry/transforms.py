@@ -114,6 +114,13 @@ def umeyama(
     return s, R, t
 
 
+def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
+    """Geodesic angle (degrees) of rotation matrices ``(..., 3, 3)``: ``(...)``, in [0, 180]."""
+    R = np.asarray(R, dtype=np.float64)
+    cos = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
 def quat_to_rotmat(q: np.ndarray) -> np.ndarray:
     """Quaternions (..., 4) as (x, y, z, w), any norm > 0 -> rotation matrices (..., 3, 3)."""
     q = np.asarray(q, dtype=np.float64)

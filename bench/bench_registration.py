@@ -1,0 +1,110 @@
+"""Does a model register frames? Relative rotations recovered by I2P and by the full pipeline vs ground truth.
+
+    python bench/bench_registration.py [--weights default] [--seeds 1000001 ...] [--stride 3] [--set KEY=VALUE ...]
+
+A fast check (about a minute per scene with the bundled model on CPU) of the ability the quality benchmark
+(``bench_quality.py``) needs first: recovering how the camera turns between keyframes. Per held-out scene:
+
+* I2P: for keyframes ``k`` with windows ``[k, k -+ s, k -+ 2s]``, the rotation between the previous keyframe's own
+  pointmap and its points as predicted in ``k``'s frame (a similarity fit), against the GT relative rotation;
+* pipeline: the camera rotations of ``slam3r.demo.DEMO_RECON`` (plus ``--set`` overrides) between consecutive
+  frames and over the whole sequence, against GT.
+
+``recovered`` is the mean predicted angle over the mean GT angle: about 0 for a rotation-blind model, 1 for one
+that turns as much as the camera does; ``error`` is the mean geodesic angle between predicted and GT relative
+rotations. Prints a table and a ``BENCH {json}`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from slam3r.data.preprocess import to_tensor
+from slam3r.geometry import rotation_angle_deg, umeyama
+
+SEEDS = (1_000_001, 1_000_002, 1_000_003)
+
+
+def i2p_relative_rotations(i2p, rgb: np.ndarray, c2w: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and GT rotations ``(K, 3, 3)`` taking keyframe ``k - stride``'s camera frame to keyframe ``k``'s."""
+    n, s = len(rgb), stride
+    keys = list(range(2 * s, n - 2 * s, s))
+    with torch.no_grad():
+        tokens = i2p.encode(to_tensor(rgb))
+        own, prev_in_k = {}, {}
+        for k in keys:
+            out = i2p(tokens[[k, k - 2 * s, k - s, k + s, k + 2 * s]][:, None], 0)
+            own[k], prev_in_k[k] = out.pts3d[0, 0].reshape(-1, 3).numpy(), out.pts3d[2, 0].reshape(-1, 3).numpy()
+    pairs = [k for k in keys if k - s in own]
+    pred = np.stack([umeyama(own[k - s], prev_in_k[k])[1] for k in pairs])
+    gt = np.stack([c2w[k, :3, :3].T @ c2w[k - s, :3, :3] for k in pairs])
+    return pred, gt
+
+
+def pipeline_rotations(i2p, l2w, rgb: np.ndarray, overrides: dict) -> np.ndarray:
+    """Camera-to-world rotations ``(N, 3, 3)`` estimated by the offline pipeline with the demo parameters."""
+    import tempfile
+
+    from slam3r.config import from_dict
+    from slam3r.demo import DEMO_RECON
+    from slam3r.recon.config import ReconConfig
+    from slam3r.recon.run import reconstruct
+
+    results = []
+    with tempfile.TemporaryDirectory() as out:
+        reconstruct([(i, im, None) for i, im in enumerate(rgb)], i2p, l2w,
+                    from_dict(ReconConfig, {**DEMO_RECON, **overrides}), out, progress=False,
+                    on_result=results.append)
+    return np.stack([r.pose_c2w[:3, :3] for r in results])
+
+
+def compare(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """Recovered fraction and mean error (degrees) of relative rotations ``(K, 3, 3)``."""
+    gt_deg = rotation_angle_deg(gt)
+    return {"gt_deg": float(gt_deg.mean()), "pred_deg": float(rotation_angle_deg(pred).mean()),
+            "recovered": float(rotation_angle_deg(pred).mean() / max(gt_deg.mean(), 1e-9)),
+            "error_deg": float(rotation_angle_deg(np.swapaxes(pred, -1, -2) @ gt).mean())}
+
+
+def main() -> None:
+    import yaml
+
+    from slam3r.demo import DEMO_FRAMES, render_heldout
+    from slam3r.models.registry import configure_threads, load_models
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default="default")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--frames", type=int, default=DEMO_FRAMES)
+    parser.add_argument("--stride", type=int, default=3, help="keyframe stride of the I2P check")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="pipeline overrides (ReconConfig)")
+    args = parser.parse_args()
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+
+    i2p, l2w = load_models(args.weights)
+    configure_threads(i2p, torch.device("cpu"))
+    rows = []
+    for seed in args.seeds:
+        seq = render_heldout(seed, args.frames, i2p.cfg.img_size[0])
+        i2p_stats = compare(*i2p_relative_rotations(i2p, seq.rgb, seq.c2w, args.stride))
+        rot = pipeline_rotations(i2p, l2w, seq.rgb, overrides)
+        gt = seq.c2w[:, :3, :3]
+        step = compare(np.swapaxes(rot[:-1], -1, -2) @ rot[1:], np.swapaxes(gt[:-1], -1, -2) @ gt[1:])
+        total = compare(rot[:1].swapaxes(-1, -2) @ rot[-1:], gt[:1].swapaxes(-1, -2) @ gt[-1:])
+        rows.append({"seed": seed, "i2p": i2p_stats, "pipeline_step": step, "pipeline_total": total})
+    print(f"{'scene':>9} | {'I2P keyframe pairs':^30} | {'pipeline, frame to frame':^30} | {'pipeline, first to last':^30}")
+    print(f"{'':>9} | " + " | ".join(f"{'GT deg':>7}{'pred deg':>9}{'recovered':>10}{'err':>4}" for _ in range(3)))
+    for r in rows:
+        cells = [r[k] for k in ("i2p", "pipeline_step", "pipeline_total")]
+        print(f"{r['seed']:>9} | " + " | ".join(f"{c['gt_deg']:7.1f}{c['pred_deg']:9.1f}{c['recovered']:10.2f}"
+                                                 f"{c['error_deg']:4.0f}" for c in cells))
+    print("BENCH " + json.dumps({"bench": "registration", "weights": args.weights, "overrides": overrides,
+                                 "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
