@@ -96,18 +96,17 @@ class ImageListSource(FrameSource):
         self.expected_frames = len(self.paths)
 
     def __iter__(self) -> Iterator[Frame]:
-        import cv2
+        from slam3r.data.rgbd import read_rgb
 
         yielded = 0
         for i, p in enumerate(self.paths):
-            img = None
-            if p.is_file():
-                img = cv2.imdecode(np.fromfile(str(p), dtype=np.uint8), cv2.IMREAD_COLOR)
-            if img is None:
+            try:
+                rgb = read_rgb(p)
+            except (FileNotFoundError, ValueError):
                 self._skip(str(p))
                 continue
             yielded += 1
-            yield i, _to_rgb(img), None
+            yield i, rgb, None
         if yielded == 0:
             raise ValueError(f"no readable images in {self.name} ({self.skipped} unreadable)")
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 
-def pixel_grid(h: int, w: int, device: torch.device | str | None = None) -> Tensor:
+def centred_pixel_grid(h: int, w: int, device: torch.device | str | None = None) -> Tensor:
     """Pixel centres (u, v) relative to the image centre: ``(H, W, 2)`` float32, pixels."""
     v, u = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
                           torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
@@ -22,7 +22,7 @@ def estimate_focal(pts_cam: Tensor, weights: Tensor, iters: int = 10) -> Tensor:
     ``pts_cam`` ``(..., H, W, 3)`` camera-frame points; ``weights`` ``(..., H, W)`` (0 = ignore). Returns ``(...)``.
     """
     h, w = pts_cam.shape[-3:-1]
-    uv = pixel_grid(h, w, pts_cam.device)
+    uv = centred_pixel_grid(h, w, pts_cam.device)
     z = pts_cam[..., 2:3]
     ok = (z[..., 0] > 1e-6) & (weights > 0)
     xy = torch.where(ok[..., None], pts_cam[..., :2] / z.clamp(min=1e-6), torch.zeros_like(pts_cam[..., :2]))
