@@ -143,6 +143,25 @@ def test_l2w_keyframes_last_order(cache_dir: Path) -> None:
     assert directions == {True, False}
 
 
+def test_l2w_anchor_order(cache_dir: Path) -> None:
+    """``anchor``: the world frame is the latest scene frame's camera frame, and keyframes come after it in time."""
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in TINY_DATA.items()}
+    cfg = DataConfig(cache_dir=str(cache_dir), **{**data, "l2w_order": "anchor", "flip": False})
+    seqs = SynthSequences(range(cfg.num_sequences), 64, cfg.frames_per_sequence, cache_dir)
+    loaded: list[np.ndarray] = []
+    sampler = Sampler([_Recording(seqs[i], loaded) for i in range(len(seqs))], cfg, seed=0)
+    rng = sampler.rng(0)
+    ns, nk = cfg.num_scene, cfg.num_keyframes
+    for _ in range(8):
+        rgb, world, cam, valid = sampler.l2w_sample(rng)
+        ids = loaded[-1]  # [frame-defining view = copy of the latest scene frame, scene frames..., keyframes...]
+        assert ids[0] == ids[ns] and len(set(ids[1:].tolist())) == ns + nk
+        order = np.sign(np.diff(ids[1:]))
+        assert np.all(order == order[0])  # one time direction, keyframes last
+        assert np.allclose(world[ns - 1][valid[ns - 1]], cam[ns - 1][valid[ns - 1]], atol=1e-4)
+        assert not np.allclose(world[ns][valid[ns]], cam[ns][valid[ns]], atol=1e-2)
+
+
 # ------------------------------------------------------------------------------------------------------ training
 def test_one_step_decreases_loss(cache_dir: Path, tmp_path: Path) -> None:
     trainer = Trainer("i2p", tiny_config(cache_dir), tmp_path, log=lambda _: None)
