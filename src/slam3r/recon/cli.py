@@ -21,7 +21,8 @@ HELP = {
     "buffer_size": "buffering-set size (-1 = unbounded)",
     "buffer_strategy": "buffer replacement policy",
     "norm_input": "normalise the L2W scene-frame inputs",
-    "l2w_frame": "frame of the points L2W sees: world (reference) or anchor (the latest scene frame's camera frame, as in L2W training; outputs mapped back)",
+    "l2w_frame": "frame of the points L2W sees: world (reference) or anchor (the latest scene frame's camera "
+                 "frame, as in L2W training; outputs mapped back)",
     "precision": "autocast precision (auto = bf16/fp16 on CUDA, fp32 on CPU)",
     "online_stride": "stride of the streaming driver when keyframe_stride is -1",
 }
