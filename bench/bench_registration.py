@@ -2,7 +2,7 @@
 
     python bench/bench_registration.py [--weights default] [--seeds 1000001 ...] [--stride 3] [--set KEY=VALUE ...]
 
-A fast check (about a minute per scene with the bundled model on CPU) of the ability the quality benchmark
+A fast check (about 15 s per scene with the bundled model on CPU) of the ability the quality benchmark
 (``bench_quality.py``) needs first: recovering how the camera turns between keyframes. Per held-out scene:
 
 * I2P: for keyframes ``k`` with windows ``[k, k -+ s, k -+ 2s]``, the rotation between the previous keyframe's own
@@ -45,36 +45,31 @@ def i2p_relative_rotations(i2p, rgb: np.ndarray, c2w: np.ndarray, stride: int) -
     return pred, gt
 
 
-def pipeline_rotations(i2p, l2w, rgb: np.ndarray, overrides: dict) -> np.ndarray:
-    """Camera-to-world rotations ``(N, 3, 3)`` estimated by the offline pipeline with the demo parameters."""
+def pipeline_rotations(i2p, l2w, rgb: np.ndarray, cfg) -> np.ndarray:
+    """Camera-to-world rotations ``(N, 3, 3)`` estimated by the offline pipeline with ``cfg`` (a ReconConfig)."""
     import tempfile
 
-    from slam3r.config import from_dict
-    from slam3r.demo import DEMO_RECON
-    from slam3r.recon.config import ReconConfig
     from slam3r.recon.run import reconstruct
 
     results = []
     with tempfile.TemporaryDirectory() as out:
-        reconstruct([(i, im, None) for i, im in enumerate(rgb)], i2p, l2w,
-                    from_dict(ReconConfig, {**DEMO_RECON, **overrides}), out, progress=False,
+        reconstruct([(i, im, None) for i, im in enumerate(rgb)], i2p, l2w, cfg, out, progress=False,
                     on_result=results.append)
     return np.stack([r.pose_c2w[:3, :3] for r in results])
 
 
 def compare(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """Recovered fraction and mean error (degrees) of relative rotations ``(K, 3, 3)``."""
-    gt_deg = rotation_angle_deg(gt)
-    return {"gt_deg": float(gt_deg.mean()), "pred_deg": float(rotation_angle_deg(pred).mean()),
-            "recovered": float(rotation_angle_deg(pred).mean() / max(gt_deg.mean(), 1e-9)),
+    gt_deg, pred_deg = rotation_angle_deg(gt).mean(), rotation_angle_deg(pred).mean()
+    return {"gt_deg": float(gt_deg), "pred_deg": float(pred_deg), "recovered": float(pred_deg / max(gt_deg, 1e-9)),
             "error_deg": float(rotation_angle_deg(np.swapaxes(pred, -1, -2) @ gt).mean())}
 
 
 def main() -> None:
-    import yaml
-
-    from slam3r.demo import DEMO_FRAMES, render_heldout
+    from slam3r.config import apply_overrides, from_dict
+    from slam3r.demo import DEMO_FRAMES, DEMO_RECON, render_heldout
     from slam3r.models.registry import configure_threads, load_models
+    from slam3r.recon.config import ReconConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="default")
@@ -83,7 +78,7 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=3, help="keyframe stride of the I2P check")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="pipeline overrides (ReconConfig)")
     args = parser.parse_args()
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    cfg = apply_overrides(from_dict(ReconConfig, DEMO_RECON), args.set)
 
     i2p, l2w = load_models(args.weights)
     configure_threads(i2p, torch.device("cpu"))
@@ -91,7 +86,7 @@ def main() -> None:
     for seed in args.seeds:
         seq = render_heldout(seed, args.frames, i2p.cfg.img_size[0])
         i2p_stats = compare(*i2p_relative_rotations(i2p, seq.rgb, seq.c2w, args.stride))
-        rot = pipeline_rotations(i2p, l2w, seq.rgb, overrides)
+        rot = pipeline_rotations(i2p, l2w, seq.rgb, cfg)
         gt = seq.c2w[:, :3, :3]
         step = compare(np.swapaxes(rot[:-1], -1, -2) @ rot[1:], np.swapaxes(gt[:-1], -1, -2) @ gt[1:])
         total = compare(rot[:1].swapaxes(-1, -2) @ rot[-1:], gt[:1].swapaxes(-1, -2) @ gt[-1:])
@@ -102,7 +97,7 @@ def main() -> None:
         cells = [r[k] for k in ("i2p", "pipeline_step", "pipeline_total")]
         print(f"{r['seed']:>9} | " + " | ".join(f"{c['gt_deg']:7.1f}{c['pred_deg']:9.1f}{c['recovered']:10.2f}"
                                                  f"{c['error_deg']:4.0f}" for c in cells))
-    print("BENCH " + json.dumps({"bench": "registration", "weights": args.weights, "overrides": overrides,
+    print("BENCH " + json.dumps({"bench": "registration", "weights": args.weights, "overrides": args.set,
                                  "rows": rows}))
 
 

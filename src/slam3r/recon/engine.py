@@ -178,9 +178,9 @@ class Engine:
         tok_scene = self._tokens(scene_ids)
         world = torch.stack([self.frames[i].world for i in scene_ids])
         anchor = None
-        if self.cfg.l2w_frame == "anchor":
+        if self.cfg.l2w_frame == "anchor":  # world -> the latest scene frame's (normalised) camera frame
             a = self.frames[max(scene_ids)]
-            anchor = similarity_fit(a.pts_cam, a.world, a.conf_l2w * (a.pts_cam.norm(dim=-1) > 0))
+            anchor = similarity_fit(a.pts_cam, a.world, a.conf_l2w * self._valid(a.conf_i2p))
             sa, ra, ta = anchor
             world = torch.where(world.norm(dim=-1, keepdim=True) > 0, (world - ta) @ ra / sa, world)
         scale = None
@@ -193,12 +193,13 @@ class Engine:
                          torch.stack([torch.stack([self.frames[i].pts_cam for i in g]) for g in batches], dim=1)])
         with self._timed("l2w"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
             out = self.l2w(tokens, pts, list(range(nr)), sources_only=True)
+        registered = out.pts3d.float() * (scale if scale is not None else 1.0)
+        if anchor is not None:
+            registered = sa * registered @ ra.T + ta
         for bi, group in enumerate(batches):
             for j, v in enumerate(group):
                 f = self.frames[v]
-                f.world = out.pts3d[j, bi].float() * (scale if scale is not None else 1.0)
-                if anchor is not None:
-                    f.world = anchor[0] * f.world @ anchor[1].T + anchor[2]
+                f.world = registered[j, bi]
                 f.conf_l2w = out.conf[j, bi].float()
                 self.l2w_mean[v] = f.conf_l2w.mean().item()
 
