@@ -25,6 +25,15 @@ def frames(fixtures_dir):
     return load_file(fixtures_dir / "tiny_frames_and_tokens.safetensors")
 
 
+@pytest.fixture(params=[None, 1], ids=["chunks-default", "chunks-1-view"], autouse=True)
+def chunking(request, monkeypatch):
+    """Run every reference comparison twice: with the default work chunks, and one view / one memory per chunk
+    (the split-and-max-combine path that large inputs take)."""
+    from slam3r.models import blocks
+    if request.param is not None:
+        monkeypatch.setattr(blocks, "TOKENS_PER_CHUNK", request.param)
+
+
 def close(a, b, tol):
     torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slam3r.models.blocks import EncoderBlock, MultiviewDecoderBlock, Rope, layer_norm
+from slam3r.models.blocks import EncoderBlock, MultiviewDecoderBlock, Rope, layer_norm, views_per_chunk
 from slam3r.models.config import ModelConfig
 from slam3r.models.rope import patch_positions, rope_tables
 
@@ -103,7 +103,8 @@ class MultiViewTransformer(nn.Module):
     # ----------------------------------------------------------------------------------------------- encoder
     def encode(self, images: Tensor) -> Tensor:
         """Encoder tokens WITHOUT ``enc_norm`` (the cacheable per-frame quantity): ``(N, 3, H, W)`` in [-1, 1]
-        -> ``(N, S, enc_dim)``. Runs in minibatches of ``cfg.enc_minibatch`` frames."""
+        -> ``(N, S, enc_dim)``. Runs in minibatches of at most ``cfg.enc_minibatch`` frames and
+        ``blocks.TOKENS_PER_CHUNK`` tokens."""
         if not self.cfg.need_encoder:
             raise RuntimeError("this network has no encoder (need_encoder=False); encode with the I2P model")
         h, w = self.cfg.img_size
@@ -111,7 +112,8 @@ class MultiViewTransformer(nn.Module):
             raise ValueError(f"images must be (N, 3, {h}, {w}), got {tuple(images.shape)}")
         rope = self.rope(self.cfg.enc_embed_dim // self.cfg.enc_num_heads, images.device)
         out = []
-        for chunk in images.split(self.cfg.enc_minibatch):
+        s = (h // self.cfg.patch_size) * (w // self.cfg.patch_size)
+        for chunk in images.split(min(self.cfg.enc_minibatch, views_per_chunk(len(images), s))):
             x = self.patch_embed(chunk)
             for blk in self.enc_blocks:
                 x = blk(x, rope)

@@ -44,6 +44,18 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, n, h * d)
 
 
+# Most tokens one chunk of per-token work (linear layers, GELU, residuals) handles at once. Bigger chunks buy no
+# matmul speed on a CPU, and tensors above 32 MB are mmap-ed afresh by glibc on every allocation: the page faults
+# then cost more than the arithmetic (bench/bench_networks.py).
+TOKENS_PER_CHUNK = 1536
+
+
+def views_per_chunk(views: int, tokens_per_view: int) -> int:
+    """Views per chunk so that ``views`` split into equal chunks of at most ``TOKENS_PER_CHUNK`` tokens (>= 1)."""
+    chunks = -(-views * tokens_per_view // TOKENS_PER_CHUNK)
+    return max(1, -(-views // max(1, chunks)))
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -91,7 +103,7 @@ class MultiviewDecoderBlock(nn.Module):
 
     For views ``x`` ``(V, B, N, C)`` of this stream and memories ``y`` ``(M, B, N, C)`` of the other:
     ``x += selfattn(norm1 x)``; ``x += max_m proj(attn(projq norm2 x, projk/projv norm_y y_m))``;
-    ``x += mlp(norm3 x)``. All V*M cross-attentions run as one batched SDPA call.
+    ``x += mlp(norm3 x)``. Views and memories are processed in chunks of at most ``TOKENS_PER_CHUNK`` tokens.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
@@ -109,17 +121,35 @@ class MultiviewDecoderBlock(nn.Module):
         v, b, n, c = x.shape
         m = y.shape[0]
         h, d = self.num_heads, c // self.num_heads
+        ca = self.cross_attn
+        k, val = [], []
+        for yc in y.split(views_per_chunk(m, b * y.shape[2])):  # memory keys / values, once per view
+            ym = self.norm_y(yc.reshape(-1, yc.shape[2], c))
+            k.append(apply_rope(split_heads(ca.projk(ym), h), *rope).view(yc.shape[0], b, h, -1, d))
+            val.append(split_heads(ca.projv(ym), h).view(yc.shape[0], b, h, -1, d))
+        k, val = torch.cat(k), torch.cat(val)
+        return torch.cat([self._update(xc, k, val, rope) for xc in x.split(views_per_chunk(v, b * n))])
+
+    def _update(self, x: Tensor, k: Tensor, val: Tensor, rope: Rope) -> Tensor:
+        """One chunk of views ``(v, B, N, C)`` against all memories' keys / values ``(M, B, heads, N_y, d)``.
+
+        The cross-attention of every view to one memory is a single attention call over the views' concatenated
+        queries (softmax is per query, so this is exact); memories are taken a chunk at a time, max-combined.
+        """
+        v, b, n, c = x.shape
+        h, d = self.num_heads, c // self.num_heads
+        ca = self.cross_attn
         flat = x.reshape(v * b, n, c)
         flat = flat + self.attn(self.norm1(flat), rope)
-        ca = self.cross_attn
-        q = apply_rope(split_heads(ca.projq(self.norm2(flat)), h), *rope).view(v, 1, b, h, n, d)
-        ym = self.norm_y(y.reshape(m * b, -1, c))
-        k = apply_rope(split_heads(ca.projk(ym), h), *rope).view(1, m, b, h, -1, d)
-        val = split_heads(ca.projv(ym), h).view(1, m, b, h, -1, d)
-        q, k, val = q.expand(v, m, -1, -1, -1, -1), k.expand(v, m, -1, -1, -1, -1), val.expand(v, m, -1, -1, -1, -1)
-        att = F.scaled_dot_product_attention(q.reshape(v * m * b, h, n, d), k.reshape(v * m * b, h, -1, d),
-                                             val.reshape(v * m * b, h, -1, d))
-        cross = ca.proj(merge_heads(att)).view(v, m, b, n, c).amax(dim=1)
-        flat = flat + cross.reshape(v * b, n, c)
+        q = apply_rope(split_heads(ca.projq(self.norm2(flat)), h), *rope)  # (v*B, h, N, d)
+        q = q.view(v, b, h, n, d).permute(1, 2, 0, 3, 4).reshape(1, b, h, v * n, d)
+        cross = None
+        for kc, vc in zip(*(t.split(views_per_chunk(k.shape[0], b * v * n)) for t in (k, val))):
+            mc = kc.shape[0]
+            att = F.scaled_dot_product_attention(q.expand(mc, -1, -1, -1, -1).reshape(mc * b, h, v * n, d),
+                                                 kc.reshape(mc * b, h, -1, d), vc.reshape(mc * b, h, -1, d))
+            out = ca.proj(merge_heads(att)).view(mc, b, v, n, c).amax(dim=0)
+            cross = out if cross is None else torch.maximum(cross, out)
+        flat = flat + cross.transpose(0, 1).reshape(v * b, n, c)
         flat = flat + self.mlp(self.norm3(flat))
         return flat.view(v, b, n, c)
