@@ -169,6 +169,11 @@ def test_similarity_fit_recovers_a_similarity_and_ignores_zero_weights():
     assert torch.allclose(r, rot, atol=1e-9)
     assert torch.allclose(t, torch.tensor([0.3, -1.0, 4.0], dtype=torch.float64), atol=1e-9)
     assert torch.linalg.det(r).item() > 0
+    # two weighted points cannot fix a similarity: the identity, not an exception mid-reconstruction
+    weights[:] = 0
+    weights[1, :2] = 1
+    s, r, t = similarity_fit(src, dst, weights)
+    assert s.item() == 1.0 and torch.equal(r, torch.eye(3, dtype=torch.float64)) and not t.any()
 
 
 def test_rotation_angle_deg():

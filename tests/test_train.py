@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from slam3r.config import from_dict
+from slam3r.config import ConfigError, apply_overrides, from_dict
 from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.models.config import ModelConfig
 from slam3r.train.config import DataConfig, OptimConfig, TrainConfig
@@ -218,3 +218,17 @@ def test_retrieval_and_l2w_stages(cache_dir: Path, tmp_path: Path) -> None:
     assert not l2w.model.ponit_embedder.weight.any() and not l2w.model.ponit_embedder.bias.any()
     model = Local2WorldModel.from_pretrained(l2w.run())
     assert np.isfinite(sum(p.sum().item() for p in model.parameters()))
+
+
+def test_dotted_overrides_reach_sections() -> None:
+    cfg = apply_overrides(TrainConfig(), ["optim.steps=7", "data.l2w_order=anchor", "preset=tiny"])
+    assert (cfg.optim.steps, cfg.data.l2w_order, cfg.preset) == (7, "anchor", "tiny")
+    assert cfg.data.num_views == TrainConfig().data.num_views  # untouched keys keep their values
+    with pytest.raises(ConfigError, match="'optimizer' is not a section"):
+        apply_overrides(cfg, ["optimizer.steps=3"])
+    with pytest.raises(ConfigError, match="unknown keys"):
+        apply_overrides(cfg, ["optim.stepz=3"])
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        apply_overrides(cfg, ["optim.steps"])
+    with pytest.raises(ConfigError, match="expected an integer"):
+        apply_overrides(cfg, ["optim.steps=many"])

@@ -118,16 +118,23 @@ def replace(cfg: T, **changes: Any) -> T:
 
 
 def apply_overrides(cfg: T, overrides: typing.Iterable[str]) -> T:
-    """Apply ``key=value`` strings (values parsed as YAML scalars) to a dataclass config."""
+    """Apply ``key=value`` strings (values parsed as YAML scalars) to a dataclass config; dotted keys reach into
+    nested sections (``optim.steps=500``). Unknown keys and sections raise ``ConfigError``."""
     import yaml
 
-    changes: dict[str, Any] = {}
+    data = to_dict(cfg)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value")
-        k, v = item.split("=", 1)
-        changes[k.strip()] = yaml.safe_load(v)
-    return replace(cfg, **changes)
+        key, value = (part.strip() for part in item.split("=", 1))
+        *sections, leaf = key.split(".")
+        node = data
+        for name in sections:
+            node = node.get(name)
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {name!r} is not a section of {type(cfg).__name__}")
+        node[leaf] = yaml.safe_load(value)
+    return from_dict(type(cfg), data)
 
 
 def load_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:

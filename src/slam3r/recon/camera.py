@@ -91,18 +91,16 @@ def normalize_pointmaps(pts: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def similarity_fit(src: Tensor, dst: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Weighted similarity ``dst ~= s * src @ R.T + t`` (Umeyama) between pointmaps ``(..., 3)`` with per-point
-    ``weights`` ``(...)`` (0 = ignore), on the points' device. Returns ``s`` (scalar), ``R`` ``(3, 3)``, ``t`` ``(3,)``."""
-    w = weights.reshape(-1, 1).to(src.dtype)
-    a, b = src.reshape(-1, 3), dst.reshape(-1, 3)
-    total = w.sum().clamp(min=1e-12)
-    ma, mb = (w * a).sum(0) / total, (w * b).sum(0) / total
-    a0, b0 = a - ma, b - mb
-    cov = (w * b0).T @ a0 / total
-    u, sig, vt = torch.linalg.svd(cov)
-    d = torch.ones(3, dtype=src.dtype, device=src.device)
-    d[2] = torch.sign(torch.linalg.det(u @ vt))
-    r = u @ torch.diag(d) @ vt
-    var = (w * a0.square()).sum() / total
-    scale = (sig * d).sum() / var.clamp(min=1e-12)
-    return scale, r, mb - scale * (r @ ma)
+    """Weighted similarity ``dst ~= s * src @ R.T + t`` between pointmaps ``(..., 3)`` with per-point ``weights``
+    ``(...)`` (0 = ignore): ``geometry.umeyama`` on tensors. Returns ``s`` (scalar), ``R`` ``(3, 3)``, ``t`` ``(3,)``
+    on ``src``'s device and dtype; the identity when the weighted points cannot fix a similarity."""
+    from slam3r.geometry.transforms import umeyama
+
+    w = weights.detach().reshape(-1).double().cpu().numpy()
+    a, b = (x.detach().reshape(-1, 3).double().cpu().numpy() for x in (src, dst))
+    keep = w > 0
+    try:
+        s, r, t = umeyama(a[keep], b[keep], w[keep])
+    except ValueError:  # fewer than 3 weighted points, or all of them identical
+        s, r, t = 1.0, np.eye(3), np.zeros(3)
+    return tuple(torch.as_tensor(x, dtype=src.dtype, device=src.device) for x in (s, r, t))

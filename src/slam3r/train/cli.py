@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 STAGE_HELP = "i2p: the image-to-points network; retrieval: its scene-frame scoring head; l2w: local-to-world"
 
@@ -17,39 +16,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override config values, dotted for sections (e.g. optim.steps=500 data.num_views=7)")
 
 
-def override(data: dict[str, Any], items: list[str]) -> dict[str, Any]:
-    """Apply dotted ``key=value`` overrides (values parsed as YAML) to a nested config dict."""
-    import yaml
-
-    from slam3r.config import ConfigError
-
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value")
-        key, value = item.split("=", 1)
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key}: {p} is not a section")
-        node[leaf] = yaml.safe_load(value)
-    return data
-
-
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import yaml
 
-    from slam3r.config import ConfigError, from_dict
+    from slam3r.config import ConfigError, apply_overrides, from_dict
     from slam3r.train.config import TrainConfig
     from slam3r.train.trainer import Trainer
 
     try:
         data = yaml.safe_load(Path(args.config).read_text()) or {}
         data.pop("stage", None)  # present in the config.yaml a run writes
-        cfg = from_dict(TrainConfig, override(data, args.set))
+        cfg = apply_overrides(from_dict(TrainConfig, data), args.set)
         trainer = Trainer(args.stage, cfg, args.out, resume=args.resume)
     except (OSError, ConfigError, yaml.YAMLError) as exc:
         print(f"slam3r train: {exc}")
