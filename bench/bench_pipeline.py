@@ -76,7 +76,7 @@ def hook_steps(engine, steps: dict) -> None:
         setattr(engine, name, timed)
 
 
-def steady_state(steps: dict, timings: dict, n: int, cfg: ReconConfig, stride: int) -> tuple[float, int]:
+def steady_state(steps: dict, timings: dict, n: int, cfg: ReconConfig, stride: int) -> tuple[float | None, int]:
     """Seconds per frame once the pipeline does its full per-frame work: registration steps whose frames all have
     a full I2P window (``win_r`` keyframe strides on both sides) and whose L2W call used ``num_scene_frame`` scene
     frames, plus the per-frame encoder and pose time. Returns (s/frame, frames counted)."""
@@ -85,7 +85,7 @@ def steady_state(steps: dict, timings: dict, n: int, cfg: ReconConfig, stride: i
             if lo <= k and k + st["frames"] <= hi and st.get("scene") == cfg.num_scene_frame]
     frames = sum(st["frames"] for _, st in full)
     if not frames:
-        return float("nan"), 0
+        return None, 0
     return (timings["encode"] + timings.get("pose", 0.0)) / n + sum(st["s"] for _, st in full) / frames, frames
 
 
@@ -133,6 +133,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--precision", default="fp32", choices=["auto", "fp32", "fp16", "bf16"])
+    ap.add_argument("--compile", action="store_true", help="torch.compile the fast path's network blocks")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive reference path")
     ap.add_argument("--params", choices=["reference", "bundled"], default="reference",
                     help="pipeline parameters: the reference demo's, or those `slam3r demo` uses for the bundled model")
@@ -153,7 +154,7 @@ def main() -> None:
         params = dict(DEMO_RECON)
     else:
         params = dict(DEMO)
-    cfg = ReconConfig(**params, precision=args.precision)
+    cfg = ReconConfig(**params, precision=args.precision, compile=args.compile)
     rows = []
     decisions: dict = {}
 
@@ -161,7 +162,7 @@ def main() -> None:
         res, stamps, tm, steps, engine = run(*nets, frames, run_cfg, args.mode, device, decisions, replay=replay)
         pf = steady_per_frame(tm, len(res))
         steady, counted = steady_state(steps, tm, len(res), run_cfg, engine.s)
-        rows.append({"path": name, "s/frame": round(pf, 4), "steady s/frame": round(steady, 4),
+        rows.append({"path": name, "s/frame": round(pf, 4), "steady s/frame": None if steady is None else round(steady, 4),
                      "steady frames": counted, "fps": round(1 / pf, 2), "wall_s": round(stamps[-1], 1),
                      **{k: round(v, 2) for k, v in tm.items()}})
         return res, pf, steady
@@ -176,12 +177,14 @@ def main() -> None:
         scale = max(float(np.abs(b.pts3d_world).max()) for b in naive)
         cdiff = max(float(np.abs(a.conf - b.conf).max() / max(1.0, float(np.abs(b.conf).max())))
                     for a, b in zip(fast, naive))
+        steady_speedup = naive_steady / fast_steady if fast_steady and naive_steady else None
         extra.update(naive_s_per_frame=naive_pf, speedup=naive_pf / fast_pf, naive_steady_s_per_frame=naive_steady,
-                     steady_speedup=naive_steady / fast_steady, max_abs_diff_world=diff, world_scale=scale,
+                     steady_speedup=steady_speedup, max_abs_diff_world=diff, world_scale=scale,
                      max_rel_diff_conf=cdiff)
     report(f"pipeline {args.mode} — {args.weights or args.size} — {device_name(device)}", rows, extra)
     if "speedup" in extra:
-        print(f"speedup {extra['speedup']:.2f}x (steady state {extra['steady_speedup']:.2f}x); max |world diff| {extra['max_abs_diff_world']:.2e} "
+        steady = "n/a: too few frames" if steady_speedup is None else f"{steady_speedup:.2f}x"
+        print(f"speedup {extra['speedup']:.2f}x (steady state {steady}); max |world diff| {extra['max_abs_diff_world']:.2e} "
               f"(values up to {extra['world_scale']:.2f}); max relative conf diff {extra['max_rel_diff_conf']:.2e}")
 
 

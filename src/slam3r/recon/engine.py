@@ -24,6 +24,7 @@ from torch import Tensor
 
 from slam3r.data.preprocess import to_tensor
 from slam3r.models import Image2PointsModel, Local2WorldModel
+from slam3r.models.registry import compile_blocks
 from slam3r.recon.camera import (estimate_focal, normalize_pointmaps, pose_from_pnp, pose_from_pointmaps,
                                  similarity_fit)
 from slam3r.recon.config import ReconConfig
@@ -79,6 +80,9 @@ class Engine:
         if tuple(i2p.cfg.img_size) != tuple(l2w.cfg.img_size):
             raise ValueError(f"I2P ({i2p.cfg.img_size}) and L2W ({l2w.cfg.img_size}) image sizes differ")
         self.i2p, self.l2w, self.cfg = i2p, l2w, cfg
+        if cfg.compile:
+            for net in (i2p, l2w):
+                compile_blocks(net)
         self.s = stride
         self.causal = causal
         self.device = torch.device(device)
