@@ -1,6 +1,7 @@
 """Network-level speed, fast path vs naive reference path on the same weights and inputs, outputs compared:
 encoder tokens/s, one I2P window (11 views, keyframe output), retrieval (2 queries x N candidates), one L2W call
-(10 scene frames + K keyframes).
+(10 scene frames + K keyframes). Each path's floating-point work is counted too (torch's FlopCounterMode: matmuls
+and attention), so a speedup splits into work saved (GFLOP ratio) and speed of doing it (GFLOP/s).
 
     python bench/bench_networks.py --size released
 """
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, make_models, report, timeit  # noqa: E402
@@ -41,13 +43,21 @@ def main() -> None:
     imgs = (torch.rand(11, 3, h, w, generator=g) * 2 - 1).to(device)
     rows = []
 
+    def gflop(fn) -> float:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops() / 1e9
+
     def row(name: str, fast, naive, units: float, unit: str, check) -> None:
         with torch.no_grad():
             tf = timeit(fast, device, args.repeat)
             tn = timeit(naive, device, args.repeat)
             diff = check()
+            gf, gn = gflop(fast), gflop(naive)
         rows.append({"op": name, "fast_ms": round(tf * 1e3, 2), "naive_ms": round(tn * 1e3, 2),
-                     "speedup": round(tn / tf, 2), "fast_rate": f"{units / tf:.1f} {unit}", "max_diff": f"{diff:.1e}"})
+                     "speedup": round(tn / tf, 2), "fast_rate": f"{units / tf:.1f} {unit}",
+                     "fast_GFLOP": round(gf, 3), "naive_GFLOP": round(gn, 3), "fast_GFLOP/s": round(gf / tf, 1),
+                     "naive_GFLOP/s": round(gn / tn, 1), "max_diff": f"{diff:.1e}"})
 
     with torch.no_grad():
         tokens = i2p.encode(imgs)
