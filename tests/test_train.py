@@ -199,6 +199,17 @@ def test_resume_is_exact_and_model_loads(cache_dir: Path, tmp_path: Path) -> Non
         assert torch.equal(a, b), name
     with pytest.raises(FileExistsError):
         Trainer("i2p", cfg, tmp_path / "full", log=lambda _: None)
+    # a wall-time budget stops after the step that exhausts it, with a checkpoint and no final model
+    logs: list[str] = []
+    timed = Trainer("i2p", cfg, tmp_path / "timed", log=logs.append)
+    timed.run(max_seconds=0)
+    assert timed.step == 1 and not (tmp_path / "timed" / "model").exists()
+    assert "time budget of 0 s reached at step 1 of 6" in logs[-1]
+    again = Trainer("i2p", cfg, tmp_path / "timed", resume=True, log=lambda _: None)
+    assert again.step == 1
+    again.run()
+    for (name, a), b in zip(full.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_retrieval_and_l2w_stages(cache_dir: Path, tmp_path: Path) -> None:

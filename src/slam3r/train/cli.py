@@ -12,6 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML training configuration (slam3r.train.config)")
     parser.add_argument("--out", required=True, help="run directory: checkpoint/, model/, log.csv")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                        help="stop after M minutes of wall time with a checkpoint saved (continue with --resume), "
+                             "e.g. to fit a run into time-limited jobs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override config values, dotted for sections (e.g. optim.steps=500 data.num_views=7)")
 
@@ -29,9 +32,11 @@ def run(args: argparse.Namespace) -> int:
         data = yaml.safe_load(Path(args.config).read_text()) or {}
         data.pop("stage", None)  # present in the config.yaml a run writes
         cfg = apply_overrides(from_dict(TrainConfig, data), args.set)
+        if args.max_minutes is not None and args.max_minutes <= 0:
+            raise ConfigError(f"--max-minutes must be positive, got {args.max_minutes}")
         trainer = Trainer(args.stage, cfg, args.out, resume=args.resume)
     except (OSError, ConfigError, yaml.YAMLError) as exc:
         print(f"slam3r train: {exc}")
         return 2
-    trainer.run()
+    trainer.run(max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     return 0

@@ -233,8 +233,10 @@ class Trainer:
             save_checkpoint(self.out / "checkpoint", self.model, self.optimizer, self.step,
                             {"stage": self.stage, "elapsed_s": self.elapsed, "config": to_dict(self.cfg)})
 
-    def run(self, max_steps: int | None = None) -> Path:
-        """Train until ``optim.steps`` (or ``max_steps`` more steps, for tests); returns ``OUT/model``."""
+    def run(self, max_steps: int | None = None, max_seconds: float | None = None) -> Path:
+        """Train until ``optim.steps``, or ``max_steps`` more steps, or until ``max_seconds`` of wall time have
+        passed (checked after each step; the checkpoint is then saved, and ``--resume`` continues the exact
+        schedule). Returns ``OUT/model``, written only once the run has reached ``optim.steps``."""
         import yaml
 
         self.out.mkdir(parents=True, exist_ok=True)
@@ -243,6 +245,7 @@ class Trainer:
                                                                  sort_keys=False))
         writer, fh = self._csv() if self.rank == 0 else (None, None)
         end = self.cfg.optim.steps if max_steps is None else min(self.cfg.optim.steps, self.step + max_steps)
+        started = time.perf_counter()
         try:
             t_last, n_last = time.perf_counter(), 0
             while self.step < end:
@@ -250,7 +253,8 @@ class Trainer:
                 row = self.train_step()
                 self.elapsed += time.perf_counter() - t0
                 n_last += 1
-                last = self.step == end
+                out_of_time = max_seconds is not None and time.perf_counter() - started >= max_seconds
+                last = self.step == end or out_of_time
                 if self.rank == 0 and (row["step"] % self.cfg.log_every == 0 or last):
                     now = time.perf_counter()
                     row.update(sec_per_step=(now - t_last) / n_last, elapsed_s=self.elapsed)
@@ -260,6 +264,10 @@ class Trainer:
                     self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
                 if self.step % self.cfg.save_every == 0 or last:
                     self.save()
+                if out_of_time:
+                    self.log(f"time budget of {max_seconds:.0f} s reached at step {self.step} of "
+                             f"{self.cfg.optim.steps}; checkpoint saved, continue with --resume")
+                    break
         finally:
             if fh is not None:
                 fh.close()
