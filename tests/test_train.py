@@ -167,12 +167,12 @@ def test_one_step_decreases_loss(cache_dir: Path, tmp_path: Path) -> None:
     trainer = Trainer("i2p", tiny_config(cache_dir), tmp_path, log=lambda _: None)
     for g in trainer.optimizer.param_groups:
         g["lr"] = 1e-3
-    before = trainer.loss_i2p(0)[0]  # the batch of step 0, every time
+    before = trainer.loss_i2p(trainer.draw(0))[0]  # the batch of step 0, every time
     trainer.optimizer.zero_grad()
     before.backward()
     trainer.optimizer.step()
     with torch.no_grad():
-        after = trainer.loss_i2p(0)[0]
+        after = trainer.loss_i2p(trainer.draw(0))[0]
     assert after.item() < before.item()
 
 
@@ -210,6 +210,18 @@ def test_resume_is_exact_and_model_loads(cache_dir: Path, tmp_path: Path) -> Non
     again.run()
     for (name, a), b in zip(full.model.state_dict().items(), again.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_batch_workers_do_not_change_the_run(cache_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(cache_dir, steps=3)
+    serial = Trainer("i2p", cfg, tmp_path / "serial", log=lambda _: None)
+    serial.run()
+    parallel = Trainer("i2p", apply_overrides(cfg, ["data.workers=2"]), tmp_path / "parallel", log=lambda _: None)
+    parallel.run()
+    for (name, a), b in zip(serial.model.state_dict().items(), parallel.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ConfigError, match="data.workers must be >= 0"):
+        apply_overrides(cfg, ["data.workers=-1"])
 
 
 def test_retrieval_and_l2w_stages(cache_dir: Path, tmp_path: Path) -> None:

@@ -49,6 +49,9 @@ class DataConfig:
     of the latest scene frame, as the pipeline feeds L2W with ``l2w_frame: anchor``."""
     flip: bool = True
     """Random horizontal mirroring of whole samples (images flipped, x of every camera frame negated)."""
+    workers: int = 0
+    """Processes drawing (and, on first use, rendering) batches ahead of the training step; 0 = in the training
+    process. A batch depends only on (seed, step, rank), so the run is identical for any number of workers."""
 
     def validate(self) -> None:
         if self.source != "synth" and not self.root:
@@ -57,6 +60,8 @@ class DataConfig:
             raise ConfigError("synthetic training seeds must lie in 0..99,999 (>= 1,000,000 are held out)")
         if self.num_views < 2 or self.num_scene < 1 or self.num_keyframes < 1:
             raise ConfigError("need num_views >= 2, num_scene >= 1, num_keyframes >= 1")
+        if self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
         if not 1 <= self.stride[0] <= self.stride[1]:
             raise ConfigError("stride must be (lo, hi) with 1 <= lo <= hi")
         need = max((self.num_views - 1) * self.stride[1] + 1, 1 + self.num_scene + self.num_keyframes,

@@ -11,11 +11,12 @@ Output directory: ``checkpoint/`` (latest resumable state), ``model/`` (final we
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ from slam3r.train.checkpoint import load_checkpoint, save_checkpoint
 from slam3r.train.config import DataConfig, TrainConfig
 from slam3r.train.losses import conf_regression_loss, i2p_loss, retrieval_loss
 from slam3r.train.optim import build_optimizer, lr_at, set_lr
-from slam3r.train.samples import Sampler
+from slam3r.train.samples import I2PBatch, L2WBatch, Sampler
 from slam3r.train.sequences import SynthSequences, replica_sequences, seven_scenes_sequences
 
 STAGES = ("i2p", "retrieval", "l2w")
@@ -59,6 +60,23 @@ def init_matching(model: nn.Module, source: str) -> tuple[list[str], list[str]]:
 
 def _is_model_dir(source: str) -> bool:
     return bool(source) and (Path(source) / "config.json").is_file()
+
+
+def draw_batch(sampler: Sampler, stage: str, batch_size: int, step: int) -> Any:
+    """The batch of ``step`` for ``stage`` (a pure function of the sampler's seed, the step and the rank)."""
+    if stage == "l2w":
+        return sampler.batch_l2w(step, batch_size)
+    return sampler.batch_i2p(step, batch_size, retrieval=stage == "retrieval")
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Map-style view of ``draw(step)``, so that ``DataLoader`` workers can draw the coming steps' batches."""
+
+    def __init__(self, draw: Callable[[int], Any]) -> None:
+        self.draw = draw
+
+    def __getitem__(self, step: int) -> Any:
+        return self.draw(step)
 
 
 def init_distributed() -> tuple[int, int, int]:
@@ -99,6 +117,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.sampler = Sampler(build_sequences(cfg.data, self.model.cfg.img_size[0]), cfg.data, cfg.seed, self.rank)
+        self.draw = functools.partial(draw_batch, self.sampler, stage, cfg.optim.batch_size)
         self.step, self.elapsed = 0, 0.0
         ckpt = self.out / "checkpoint"
         if resume:
@@ -160,8 +179,7 @@ class Trainer:
         with torch.set_grad_enabled(grad):
             return net.encode(images.flatten(0, 1).to(self.device)).unflatten(0, (v, b))
 
-    def loss_i2p(self, step: int) -> tuple[Tensor, dict[str, float]]:
-        batch = self.sampler.batch_i2p(step, self.cfg.optim.batch_size)
+    def loss_i2p(self, batch: I2PBatch) -> tuple[Tensor, dict[str, float]]:
         tokens = self._encode(self.model, batch.images, grad=not self.cfg.freeze_encoder)
         out = self.model(tokens, batch.ref_id)
         loss, err = i2p_loss(out.pts3d, out.conf, batch.pts.to(self.device), batch.valid.to(self.device),
@@ -170,16 +188,14 @@ class Trainer:
         return loss, {"err_ref": err[batch.ref_id].item(), "err_src": src.mean().item(),
                       "conf": out.conf.detach().mean().item()}
 
-    def loss_retrieval(self, step: int) -> tuple[Tensor, dict[str, float]]:
-        batch = self.sampler.batch_i2p(step, self.cfg.optim.batch_size, retrieval=True)
+    def loss_retrieval(self, batch: I2PBatch) -> tuple[Tensor, dict[str, float]]:
         tokens = self._encode(self.model, batch.images, grad=False)
         with torch.no_grad():
             conf = self.model(tokens, 0).conf[1:]
         loss = retrieval_loss(self.model.corr_logits(tokens[0], tokens[1:]), conf)
         return loss, {"target": (conf - 1).mean().item()}
 
-    def loss_l2w(self, step: int) -> tuple[Tensor, dict[str, float]]:
-        batch = self.sampler.batch_l2w(step, self.cfg.optim.batch_size)
+    def loss_l2w(self, batch: L2WBatch) -> tuple[Tensor, dict[str, float]]:
         tokens = self._encode(self.encoder, batch.images, grad=False)
         ns = batch.num_scene
         out = self.model(tokens, batch.inputs.to(self.device), list(range(ns)))
@@ -196,12 +212,21 @@ class Trainer:
                 dist.all_reduce(p.grad)
                 p.grad /= self.world
 
-    def train_step(self) -> dict[str, float]:
-        """One optimiser step at ``self.step``; returns the logged row."""
+    def batches(self, end: int) -> Iterator[Any]:
+        """The batches of steps ``self.step .. end - 1`` in order, drawn ahead by ``data.workers`` processes."""
+        steps = range(self.step, end)
+        workers = self.cfg.data.workers
+        if workers == 0:
+            return map(self.draw, steps)
+        return iter(torch.utils.data.DataLoader(StepBatches(self.draw), batch_size=None, sampler=steps,
+                                                num_workers=workers, prefetch_factor=4))
+
+    def train_step(self, batch: Any) -> dict[str, float]:
+        """One optimiser step at ``self.step`` on ``batch`` (that step's); returns the logged row."""
         step, oc = self.step, self.cfg.optim
         lr = lr_at(step, oc)
         set_lr(self.optimizer, lr)
-        loss, metrics = self.loss_fn(step)
+        loss, metrics = self.loss_fn(batch)
         self.optimizer.zero_grad(set_to_none=True)
         if math.isfinite(loss.item()):
             loss.backward()
@@ -246,11 +271,12 @@ class Trainer:
         writer, fh = self._csv() if self.rank == 0 else (None, None)
         end = self.cfg.optim.steps if max_steps is None else min(self.cfg.optim.steps, self.step + max_steps)
         started = time.perf_counter()
+        batches = self.batches(end)
         try:
             t_last, n_last = time.perf_counter(), 0
             while self.step < end:
                 t0 = time.perf_counter()
-                row = self.train_step()
+                row = self.train_step(next(batches))
                 self.elapsed += time.perf_counter() - t0
                 n_last += 1
                 out_of_time = max_seconds is not None and time.perf_counter() - started >= max_seconds
