@@ -107,6 +107,8 @@ class Trainer:
             self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
         else:
             self.device = torch.device(cfg.device)
+        if self.device.type == "cuda":  # TF32 matmuls: several times faster on Ampere and later, ample for training
+            torch.set_float32_matmul_precision("high")
         torch.manual_seed(cfg.seed)
         self.model, self.encoder = self._build_models()
         self.model.to(self.device).train()
