@@ -89,7 +89,8 @@ def steady_state(steps: dict, timings: dict, n: int, cfg: ReconConfig, stride: i
     return (timings["encode"] + timings.get("pose", 0.0)) / n + sum(st["s"] for _, st in full) / frames, frames
 
 
-def run(i2p, l2w, frames, cfg, mode: str, device, log: dict, replay: bool) -> tuple[list, list[float], dict, dict]:
+def run(i2p, l2w, frames, cfg, mode: str, device, log: dict, replay: bool) -> tuple[list, list[float], dict, dict,
+                                                                                 object]:
     """Returns results, the wall time at which each frame was delivered, the engine timings, per-step timings and
     the engine."""
     stamps: list[float] = []
@@ -106,8 +107,9 @@ def run(i2p, l2w, frames, cfg, mode: str, device, log: dict, replay: bool) -> tu
                 stamps.append(time.perf_counter() - t0)
         else:
             rec = StreamingReconstructor(i2p, l2w, cfg, device)
-            hook_decisions(rec._engine(frames[0].shape), log, replay)
-            hook_steps(rec._engine(frames[0].shape), steps)
+            engine = rec._engine(frames[0].shape)
+            hook_decisions(engine, log, replay)
+            hook_steps(engine, steps)
             for f in frames:
                 for r in rec.push(f):
                     results.append(r)
@@ -115,11 +117,10 @@ def run(i2p, l2w, frames, cfg, mode: str, device, log: dict, replay: bool) -> tu
             for r in rec.flush():
                 results.append(r)
                 stamps.append(time.perf_counter() - t0)
-            engine = rec.engine
     return results, stamps, dict(engine.timings), steps, engine
 
 
-def steady_per_frame(timings: dict, frames: int) -> float:
+def run_per_frame(timings: dict, frames: int) -> float:
     """Seconds of network + pose work per frame, excluding the one-off initial-window search (``init``); measured
     stage by stage inside the engine, so it is not distorted by results arriving in bursts."""
     return sum(v for k, v in timings.items() if k != "init") / frames
@@ -160,10 +161,10 @@ def main() -> None:
 
     def measure(name: str, nets, run_cfg, replay: bool):
         res, stamps, tm, steps, engine = run(*nets, frames, run_cfg, args.mode, device, decisions, replay=replay)
-        pf = steady_per_frame(tm, len(res))
+        pf = run_per_frame(tm, len(res))
         steady, counted = steady_state(steps, tm, len(res), run_cfg, engine.s)
-        rows.append({"path": name, "s/frame": round(pf, 4), "steady s/frame": None if steady is None else round(steady, 4),
-                     "steady frames": counted, "fps": round(1 / pf, 2), "wall_s": round(stamps[-1], 1),
+        rows.append({"path": name, "s/frame": round(pf, 4),
+                     "steady s/frame": None if steady is None else round(steady, 4), "steady frames": counted, "fps": round(1 / pf, 2), "wall_s": round(stamps[-1], 1),
                      **{k: round(v, 2) for k, v in tm.items()}})
         return res, pf, steady
 
@@ -184,8 +185,8 @@ def main() -> None:
     report(f"pipeline {args.mode} — {args.weights or args.size} — {device_name(device)}", rows, extra)
     if "speedup" in extra:
         steady = "n/a: too few frames" if steady_speedup is None else f"{steady_speedup:.2f}x"
-        print(f"speedup {extra['speedup']:.2f}x (steady state {steady}); max |world diff| {extra['max_abs_diff_world']:.2e} "
-              f"(values up to {extra['world_scale']:.2f}); max relative conf diff {extra['max_rel_diff_conf']:.2e}")
+        print(f"speedup {extra['speedup']:.2f}x (steady state {steady}); "
+              f"max |world diff| {extra['max_abs_diff_world']:.2e} (values up to {extra['world_scale']:.2f}); max relative conf diff {extra['max_rel_diff_conf']:.2e}")
 
 
 if __name__ == "__main__":

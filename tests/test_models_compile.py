@@ -26,6 +26,8 @@ def test_compiled_blocks_reproduce_reference(fixtures_dir):
     i2p, l2w = _tiny(fixtures_dir)
     assert compile_blocks(i2p) and compile_blocks(l2w)
     assert i2p.enc_blocks[0]._compiled_call_impl is not None and l2w.mv_dec_blocks2[-1]._compiled_call_impl is not None
+    wrapper = i2p.enc_blocks[0]._compiled_call_impl
+    assert compile_blocks(i2p) and i2p.enc_blocks[0]._compiled_call_impl is wrapper  # a second engine: no re-wrap
     frames = load_file(fixtures_dir / "tiny_frames_and_tokens.safetensors")
     fx = load_file(fixtures_dir / "fixture_i2p_window.safetensors")
     tokens = i2p.encode(frames["img"][fx["window_frame_ids"], 0])[:, None]

@@ -112,8 +112,8 @@ class MultiViewTransformer(nn.Module):
             raise ValueError(f"images must be (N, 3, {h}, {w}), got {tuple(images.shape)}")
         rope = self.rope(self.cfg.enc_embed_dim // self.cfg.enc_num_heads, images.device)
         out = []
-        s = (h // self.cfg.patch_size) * (w // self.cfg.patch_size)
-        for chunk in images.split(min(self.cfg.enc_minibatch, views_per_chunk(len(images), s))):
+        tokens_per_frame = self.cfg.grid[0] * self.cfg.grid[1]
+        for chunk in images.split(min(self.cfg.enc_minibatch, views_per_chunk(len(images), tokens_per_frame))):
             x = self.patch_embed(chunk)
             for blk in self.enc_blocks:
                 x = blk(x, rope)

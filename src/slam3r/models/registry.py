@@ -96,8 +96,9 @@ def configure_threads(model: Image2PointsModel, device: torch.device, threads: i
 def compile_blocks(model: MultiViewTransformer) -> bool:
     """``torch.compile`` (inductor) every encoder and decoder block of ``model`` in place: fused element-wise work,
     about 5-10% faster per network call on a 2-core CPU once compiled, but each new input shape costs minutes of
-    compilation there. Returns ``False`` and leaves the model eager where inductor has no toolchain (a C++
-    compiler for CPU, Triton for CUDA); a block that fails to compile at run time falls back to eager."""
+    compilation there. Blocks already compiled (by an earlier engine on the same networks) are left as they are.
+    Returns ``False`` and leaves the model eager where inductor has no toolchain (a C++ compiler for CPU, Triton for
+    CUDA); a block that fails to compile at run time falls back to eager."""
     import importlib.util
     import shutil
     import warnings
@@ -115,5 +116,6 @@ def compile_blocks(model: MultiViewTransformer) -> bool:
         return False
     torch._dynamo.config.suppress_errors = True  # compilation errors -> eager, not a crash mid-reconstruction
     for blk in [*getattr(model, "enc_blocks", []), *model.mv_dec_blocks1, *model.mv_dec_blocks2]:
-        blk.compile()
+        if blk._compiled_call_impl is None:
+            blk.compile()
     return True
