@@ -181,3 +181,49 @@ def test_rotation_angle_deg():
 
     rots = Rotation.from_rotvec([[0, 0, 0], [0, 0.3, 0], [np.pi, 0, 0], [0.1, -0.2, 0.4]]).as_matrix()
     np.testing.assert_allclose(rotation_angle_deg(rots), np.degrees([0, 0.3, np.pi, np.sqrt(0.21)]), atol=1e-6)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_umeyama_torch_batched_matches_scipy(device, dtype):
+    """Batched fits on any device and dtype recover known similarities; rotations equal scipy's weighted Kabsch."""
+    from slam3r.geometry.align import umeyama_torch
+
+    sims = [random_sim3(seed) for seed in range(4)]
+    rng = np.random.default_rng(11)
+    src = rng.normal(size=(4, 60, 3))
+    dst = np.stack([apply_sim3(s, R, t, p) + rng.normal(0, 0.01, p.shape) for (s, R, t), p in zip(sims, src)])
+    w = rng.uniform(0.1, 2.0, size=(4, 60))
+    as_t = lambda x: torch.as_tensor(x, dtype=dtype, device=device)  # noqa: E731
+    s, rot, t, ok = umeyama_torch(as_t(src), as_t(dst), as_t(w))
+    assert s.dtype == rot.dtype == t.dtype == dtype and s.device.type == device and bool(ok.all())
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    for i, (s0, r0, _) in enumerate(sims):
+        assert float(s[i]) == pytest.approx(s0, rel=0.01)
+        mu_s, mu_d = np.average(src[i], 0, w[i]), np.average(dst[i], 0, w[i])
+        ref, _ = Rotation.align_vectors(dst[i] - mu_d, src[i] - mu_s, weights=w[i])
+        np.testing.assert_allclose(rot[i].cpu().double().numpy(), ref.as_matrix(), atol=tol)
+        s_np, r_np, t_np = umeyama(src[i], dst[i], w[i])  # the numpy face gives the same fit
+        np.testing.assert_allclose(t[i].cpu().double().numpy(), t_np, atol=100 * tol)
+        assert float(s[i]) == pytest.approx(s_np, rel=100 * tol)
+
+
+def test_umeyama_torch_degenerate_elements_are_identity():
+    from slam3r.geometry.align import umeyama_torch
+
+    src = torch.randn(3, 10, 3, dtype=torch.float64)
+    w = torch.ones(3, 10, dtype=torch.float64)
+    w[1, 2:] = 0  # two weighted pairs only
+    src[2] = 1.5  # all source points identical: no scale
+    dst = 2 * src + 1
+    s, rot, t, ok = umeyama_torch(src, dst, w)
+    assert ok.tolist() == [True, False, False]
+    assert float(s[0]) == pytest.approx(2.0) and torch.allclose(t[0], torch.ones(3, dtype=torch.float64))
+    for i in (1, 2):
+        assert float(s[i]) == 1.0 and torch.equal(rot[i], torch.eye(3, dtype=torch.float64))
+        assert torch.equal(t[i], torch.zeros(3, dtype=torch.float64))
+    _, _, _, ok_rigid = umeyama_torch(src, dst, w, with_scale=False)
+    assert ok_rigid.tolist() == [True, False, True]  # a rigid fit needs no spread for the scale

@@ -78,40 +78,31 @@ def umeyama(
         weights: optional non-negative per-pair weights (N,); minimises ``sum w_i |dst_i - (s R src_i + t)|^2``.
         with_scale: estimate ``s``; otherwise ``s = 1`` (rigid fit).
     Returns:
-        ``(s, R (3, 3), t (3,))`` as float64.
+        ``(s, R (3, 3), t (3,))`` as float64. The numpy face of ``geometry.align.umeyama_torch`` (batched, any
+        device), which raises ``ValueError`` where that one reports a degenerate fit.
     """
+    import torch
+
+    from slam3r.geometry.align import umeyama_torch
+
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3:
         raise ValueError(f"umeyama needs two (N, 3) arrays of equal shape, got {src.shape} and {dst.shape}")
     if src.shape[0] < 3:
         raise ValueError(f"umeyama needs at least 3 point pairs, got {src.shape[0]}")
-    if weights is None:
-        w = np.full(src.shape[0], 1.0 / src.shape[0])
-    else:
+    w = None
+    if weights is not None:
         w = np.asarray(weights, dtype=np.float64).reshape(-1)
         if w.shape[0] != src.shape[0] or np.any(w < 0) or w.sum() <= 0:
             raise ValueError("weights must be (N,), non-negative, with a positive sum")
-        w = w / w.sum()
-    mu_s = w @ src
-    mu_d = w @ dst
-    xs = src - mu_s
-    xd = dst - mu_d
-    cov = (xd * w[:, None]).T @ xs
-    U, D, Vt = np.linalg.svd(cov)
-    S = np.ones(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        S[2] = -1.0
-    R = (U * S) @ Vt
-    if with_scale:
-        var_s = float(w @ np.sum(xs * xs, axis=1))
-        if var_s <= 0:
-            raise ValueError("umeyama: source points are all identical, scale is undefined")
-        s = float(np.sum(D * S) / var_s)
-    else:
-        s = 1.0
-    t = mu_d - s * (R @ mu_s)
-    return s, R, t
+        if np.count_nonzero(w) < 3:
+            raise ValueError(f"umeyama needs at least 3 point pairs with positive weight, got {np.count_nonzero(w)}")
+        w = torch.from_numpy(w)
+    s, R, t, ok = umeyama_torch(torch.from_numpy(src), torch.from_numpy(dst), w, with_scale=with_scale)
+    if not bool(ok):
+        raise ValueError("umeyama: source points are all identical, scale is undefined")
+    return float(s), R.numpy(), t.numpy()
 
 
 def rotation_angle_deg(R: np.ndarray) -> np.ndarray:

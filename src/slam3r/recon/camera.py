@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from slam3r.geometry.align import umeyama_torch
+
 
 def centred_pixel_grid(h: int, w: int, device: torch.device | str | None = None) -> Tensor:
     """Pixel centres (u, v) relative to the image centre: ``(H, W, 2)`` float32, pixels."""
@@ -92,15 +94,8 @@ def normalize_pointmaps(pts: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
 
 def similarity_fit(src: Tensor, dst: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Weighted similarity ``dst ~= s * src @ R.T + t`` between pointmaps ``(..., 3)`` with per-point ``weights``
-    ``(...)`` (0 = ignore): ``geometry.umeyama`` on tensors. Returns ``s`` (scalar), ``R`` ``(3, 3)``, ``t`` ``(3,)``
-    on ``src``'s device and dtype; the identity when the weighted points cannot fix a similarity."""
-    from slam3r.geometry.transforms import umeyama
-
-    w = weights.detach().reshape(-1).double().cpu().numpy()
-    a, b = (x.detach().reshape(-1, 3).double().cpu().numpy() for x in (src, dst))
-    keep = w > 0
-    try:
-        s, r, t = umeyama(a[keep], b[keep], w[keep])
-    except ValueError:  # fewer than 3 weighted points, or all of them identical
-        s, r, t = 1.0, np.eye(3), np.zeros(3)
-    return tuple(torch.as_tensor(x, dtype=src.dtype, device=src.device) for x in (s, r, t))
+    ``(...)`` (0 = ignore), on ``src``'s device (no host copy). Returns ``s`` (scalar), ``R`` ``(3, 3)``, ``t``
+    ``(3,)`` in ``src``'s dtype; the identity when the weighted points cannot fix a similarity."""
+    s, r, t, _ = umeyama_torch(src.detach().reshape(-1, 3), dst.detach().reshape(-1, 3),
+                               weights.detach().reshape(-1))
+    return s, r, t
