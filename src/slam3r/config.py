@@ -192,7 +192,7 @@ def read_sections(path: str | Path, allowed: Sequence[str]) -> dict[str, dict[st
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: not a readable YAML file ({exc})") from None
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
     if not isinstance(data, dict) or set(data) - set(allowed):
         raise ConfigError(f"{p}: expected top-level sections among {list(allowed)}, got "
                           f"{list(data) if isinstance(data, dict) else type(data).__name__}")

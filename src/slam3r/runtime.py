@@ -83,14 +83,14 @@ class Settings(Generic[T]):
         return {k: v for k, v in self.sources.items() if v != "default"}
 
 
-def resolve_settings(cls: type[T], section: str, *, weights: str = "default", config: str | None = None,
+def resolve_settings(cls: type[T], section: str, *, weights: str | None = "default", config: str | None = None,
                      env: Mapping[str, Any] | None = None, flags: Mapping[str, Any] | None = None,
                      overrides: Sequence[str] = (), widgets: Mapping[str, Any] | None = None) -> Settings[T]:
     """Resolve dataclass ``cls`` (``ReconConfig`` for section ``recon``, ``EvalConfig`` for ``eval``) through every
-    layer: defaults < ``weights``' settings file < ``config`` file < ``env`` values < ``flags`` (explicitly given
+    layer: defaults < ``weights``' settings file (none for ``None``) < ``config`` file < ``env`` values < ``flags`` (explicitly given
     command-line values; ``None`` values are ignored) < ``--set`` ``overrides`` < ``widgets``."""
     layers: list[tuple[str, Mapping[str, Any]]] = []
-    wfile = weights_settings_file(weights)
+    wfile = weights_settings_file(weights) if weights is not None else None
     if wfile is not None:
         layers.append((f"weights: {wfile}", read_sections(wfile, SECTIONS)[section]))
     if config:
@@ -132,22 +132,29 @@ def field_default_text(cls: type, section: str, name: str) -> str:
     return f"(default: {default})"
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser, *, models: bool = True) -> None:
-    """Declare the shared options: ``--weights``, ``--config``, ``--set`` and, when the command runs the networks
-    (``models``), ``--device``, ``--threads``, ``--precision``."""
+SET_HELP = {
+    "recon": "override a pipeline parameter (a ReconConfig field: slam3r recon --help lists them), e.g. --set "
+             "conf_thres_l2w=2 win_r=5",
+    "eval": "override an evaluation setting (an EvalConfig field, e.g. --set conf_thresh=2 num_samples=50000)",
+}
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, *, models: bool = True, section: str = "recon",
+                          weights_default: str | None = "default") -> None:
+    """Declare the shared options: ``--weights``, ``--config``, ``--set`` (fields of ``section``) and, when the
+    command runs the networks (``models``), ``--device``, ``--threads``, ``--precision``."""
     from slam3r.models.registry import WEIGHTS_HELP
     from slam3r.recon.config import ReconConfig
 
     g = parser.add_argument_group("weights, settings and runtime")
-    g.add_argument("--weights", default="default",
+    default_text = weights_default or "the weights recorded in the prediction's summary.json, else default"
+    g.add_argument("--weights", default=weights_default,
                    help=f"{WEIGHTS_HELP}; a weights directory may carry {SETTINGS_FILE} with the settings tuned for "
-                        "its networks (default: default)")
+                        f"its networks (default: {default_text})")
     g.add_argument("--config", metavar="FILE", default=None,
                    help="YAML settings file with recon: / eval: / service: sections (e.g. configs/wild.yaml); "
                         "overrides the weights' defaults, the environment and command line override it")
-    g.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override a setting (a ReconConfig field: slam3r recon --help lists them), "
-                        "e.g. --set conf_thres_l2w=2 win_r=5")
+    g.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=SET_HELP[section])
     if not models:
         return
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda if available)")
