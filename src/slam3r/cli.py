@@ -77,8 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     except (Slam3rError, OSError) as exc:
         if args.debug or not isinstance(exc, Slam3rError) and not _is_user_path_error(exc):
             raise
-        print(f"slam3r {args.command}: error: {exc}", file=sys.stderr)
+        print(f"slam3r {args.command}: error: {_describe(exc)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _describe(exc: Exception) -> str:
+    """One line for the user: an OS error with a path names it and says what to check."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror.lower()} (check the path and its permissions)"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _is_user_path_error(exc: OSError) -> bool:

@@ -30,14 +30,21 @@ DEMO_LOOP_FRAMES = 150
 DEMO_FOV_DEG = 65.0
 
 
-def render_heldout(seed: int, num_frames: int, size: int, loop_frames: int = DEMO_LOOP_FRAMES,
-                   fov_deg: float = DEMO_FOV_DEG):
-    """Held-out sequence rendered at ``size x size`` (:class:`slam3r.data.synth.Sequence`); refuses training seeds."""
-    from slam3r.data.synth import is_eval_seed, render_sequence
+def check_heldout(seed: int) -> None:
+    """Refuse a seed of the training range (held-out scenes use seeds >= 1,000,000)."""
+    from slam3r.data.synth import is_eval_seed
     from slam3r.errors import InputError
 
     if not is_eval_seed(seed):
-        raise InputError(f"seed {seed} is in the training range; held-out scenes use seeds >= 1,000,000")
+        raise InputError(f"--seed {seed} is in the training range; held-out scenes use seeds >= 1,000,000")
+
+
+def render_heldout(seed: int, num_frames: int, size: int, loop_frames: int = DEMO_LOOP_FRAMES,
+                   fov_deg: float = DEMO_FOV_DEG):
+    """Held-out sequence rendered at ``size x size`` (:class:`slam3r.data.synth.Sequence`); refuses training seeds."""
+    from slam3r.data.synth import render_sequence
+
+    check_heldout(seed)
     return render_sequence(seed, num_frames, size, size, hfov_deg=fov_deg, loops=1.25 * num_frames / loop_frames)
 
 
@@ -137,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from slam3r.runtime import recon_settings, resolve_settings, runtime_from_args
 
     t0 = time.perf_counter()
+    check_heldout(args.seed)  # before anything is loaded
     settings = recon_settings(args)
     ev = resolve_settings(EvalConfig, "eval", weights=args.weights, config=args.config,
                           flags={"conf_thresh": args.eval_conf}).value

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.service.enable_mesh and importlib.util.find_spec("open3d") is None:
             raise ConfigError("ENABLE_MESH_GENERATION needs Open3D: pip install open3d-cpu (or open3d)")
     except ConfigError as exc:
-        print(f"slam3r serve: invalid configuration: {exc}", file=sys.stderr)
+        print(f"slam3r serve: error: invalid configuration: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("slam3r.serve").info("configuration: %s", describe(cfg))
     if args.workers > 1:
