@@ -137,8 +137,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the fast path's network blocks")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive reference path")
     ap.add_argument("--params", choices=["reference", "bundled"], default="reference",
-                    help="pipeline parameters: the reference demo's, or the bundled model's recon.yaml (what `slam3r demo` "
-                         "uses)")
+                    help="pipeline parameters: the reference demo's, or the bundled model's recon.yaml")
     ap.add_argument("--weights", default=None, help="load real weights (e.g. default) instead of random ones")
     args = ap.parse_args()
     if args.threads:

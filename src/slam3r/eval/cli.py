@@ -72,31 +72,62 @@ def _print_summary(report: dict) -> None:
         print(f"{name:<24} {value:.4f}" if isinstance(value, float) else f"{name:<24} {value}")
 
 
+def load_pointmaps(pred_path: Path, n_gt: int):
+    """Predicted ``pts3d (N, S, S, 3)``, ``conf (N, S, S)`` and the GT frame index of each, from a recon output
+    directory (``preds/``) or an ``.npz``; malformed input raises ``ValueError`` naming the problem."""
+    import numpy as np
+
+    preds_dir = pred_path / "preds"
+    data = np.load(pred_path) if not pred_path.is_dir() else {
+        "pts3d": np.load(preds_dir / "registered_pcds.npy", mmap_mode="r"),
+        "conf": np.load(preds_dir / "registered_confs.npy", mmap_mode="r")}
+    for key in ("pts3d", "conf"):
+        if key not in data:
+            raise ValueError(f"{pred_path}: missing array {key!r} (has {sorted(data)})")
+    pts, conf = data["pts3d"], data["conf"]
+    if pts.ndim != 4 or pts.shape[-1] != 3 or pts.shape[1] != pts.shape[2] or conf.shape != pts.shape[:3]:
+        raise ValueError(f"{pred_path}: expected pts3d (N, S, S, 3) and conf (N, S, S), got "
+                         f"{pts.shape} and {conf.shape}")
+    if "frame_ids" in data:
+        ids = data["frame_ids"].astype(int)
+        if len(ids) != len(pts) or ids.min() < 0 or ids.max() >= n_gt:
+            raise ValueError(f"{pred_path}: frame_ids must be {len(pts)} indices into the {n_gt} GT frames")
+    elif len(pts) != n_gt:
+        raise ValueError(f"mismatched frame counts: {pred_path} has {len(pts)} pointmaps but the GT has "
+                         f"{n_gt} frames (store frame_ids in the npz to score a subset)")
+    else:
+        ids = np.arange(n_gt)
+    return pts, conf, ids
+
+
+def _check_pred(args: argparse.Namespace, pred_path: Path) -> None:
+    """Refuse a missing prediction; a recon directory brings its trajectory.txt when --traj is not given."""
+    if pred_path.is_dir():  # a `slam3r recon` output directory
+        if not (pred_path / "preds" / "registered_pcds.npy").is_file():
+            raise FileNotFoundError(f"{pred_path} is not a reconstruction directory with predictions "
+                                    "(preds/registered_pcds.npy missing; run slam3r recon without --no-preds)")
+        if args.traj is None and (pred_path / "trajectory.txt").is_file():
+            args.traj = str(pred_path / "trajectory.txt")
+    elif not pred_path.is_file():
+        raise FileNotFoundError(f"prediction file not found: {pred_path}")
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from slam3r.data import jsonio
-    from slam3r.errors import InputError
-
     from slam3r.data.datasets import read_rgbd
     from slam3r.data.ply import read_ply
     from slam3r.data.pointmaps import sequence_gt_pointmaps
     from slam3r.data.trajectory_io import read_tum_trajectory
+    from slam3r.errors import InputError
     from slam3r.eval.recon import evaluate_pointcloud, evaluate_pointmaps
     from slam3r.eval.trajectory import evaluate_trajectory
 
     try:
         seq = read_rgbd(args.gt)
         pred_path = Path(args.pred)
-        preds_dir = pred_path / "preds"
-        if pred_path.is_dir():  # a `slam3r recon` output directory
-            if not (preds_dir / "registered_pcds.npy").is_file():
-                raise FileNotFoundError(f"{pred_path} is not a reconstruction directory with predictions "
-                                        "(preds/registered_pcds.npy missing; run slam3r recon without --no-preds)")
-            if args.traj is None and (pred_path / "trajectory.txt").is_file():
-                args.traj = str(pred_path / "trajectory.txt")
-        elif not pred_path.is_file():
-            raise FileNotFoundError(f"prediction file not found: {pred_path}")
+        _check_pred(args, pred_path)
         settings = eval_settings(args, pred_path)
         cfg = settings.value
         report: dict = {"pred": str(pred_path), "gt": str(args.gt), "gt_frames": len(seq), **settings.record()}
@@ -106,28 +137,8 @@ def run(args: argparse.Namespace) -> int:
             t_gt = seq.timestamps if seq.timestamps is not None else np.arange(len(seq), dtype=np.float64)
             traj = evaluate_trajectory(t_pred, c2w_pred, t_gt, seq.poses)
             report["trajectory"] = traj.to_dict()
-
         if pred_path.is_dir() or pred_path.suffix.lower() == ".npz":
-            data = np.load(pred_path) if not pred_path.is_dir() else {
-                "pts3d": np.load(preds_dir / "registered_pcds.npy", mmap_mode="r"),
-                "conf": np.load(preds_dir / "registered_confs.npy", mmap_mode="r")}
-            for key in ("pts3d", "conf"):
-                if key not in data:
-                    raise ValueError(f"{pred_path}: missing array {key!r} (has {sorted(data)})")
-            pts, conf = data["pts3d"], data["conf"]
-            if pts.ndim != 4 or pts.shape[-1] != 3 or pts.shape[1] != pts.shape[2] or conf.shape != pts.shape[:3]:
-                raise ValueError(f"{pred_path}: expected pts3d (N, S, S, 3) and conf (N, S, S), got "
-                                 f"{pts.shape} and {conf.shape}")
-            if "frame_ids" in data:
-                ids = data["frame_ids"].astype(int)
-                if len(ids) != len(pts) or ids.min() < 0 or ids.max() >= len(seq):
-                    raise ValueError(f"{pred_path}: frame_ids must be {len(pts)} indices into the "
-                                     f"{len(seq)} GT frames")
-            elif len(pts) != len(seq):
-                raise ValueError(f"mismatched frame counts: {pred_path} has {len(pts)} pointmaps but {args.gt} has "
-                                 f"{len(seq)} frames (store frame_ids in the npz to score a subset)")
-            else:
-                ids = np.arange(len(seq))
+            pts, conf, ids = load_pointmaps(pred_path, len(seq))
             gt_pts, gt_valid = sequence_gt_pointmaps(seq, ids, size=pts.shape[1])
             recon = evaluate_pointmaps(pts, conf, gt_pts, gt_valid, cfg, args.heatmaps)
         elif pred_path.suffix.lower() == ".ply":
