@@ -7,8 +7,8 @@ A fast check (about 15 s per scene with the bundled model on CPU) of the ability
 
 * I2P: for keyframes ``k`` with windows ``[k, k -+ s, k -+ 2s]``, the rotation between the previous keyframe's own
   pointmap and its points as predicted in ``k``'s frame (a similarity fit), against the GT relative rotation;
-* pipeline: the camera rotations with the weights' settings (their recon.yaml, plus ``--config`` / ``--set``) between consecutive
-  frames and over the whole sequence, against GT.
+* pipeline: the camera rotations with the weights' settings (their recon.yaml, ``--config``, ``--set``) between
+  consecutive frames and over the whole sequence, against GT.
 
 ``recovered`` is the mean predicted angle over the mean GT angle: about 0 for a rotation-blind model, 1 for one
 that turns as much as the camera does; ``error`` is the mean geodesic angle between predicted and GT relative

@@ -267,8 +267,13 @@ def test_bad_paths_exit_2(weights, frames_dir, tmp_path, capsys, monkeypatch):
 
 
 def test_other_commands_share_the_boundary(tmp_path, capsys):
-    cases = [(["eval", "--pred", str(tmp_path), "--gt", str(tmp_path), "--conf-thresh", "nan"], "eval", None),
-             (["eval", "--pred", str(tmp_path / "nope.npz"), "--gt", str(tmp_path)], "eval", None),
+    npz = tmp_path / "pred.npz"
+    np.savez(npz, pts3d=np.zeros((1, 4, 4, 3)), conf=np.ones((1, 4, 4)))
+    cases = [(["eval", "--pred", str(npz), "--gt", str(tmp_path), "--conf-thresh", "nan"], "eval",
+              "conf_thresh must be a finite number"),
+             (["eval", "--pred", str(npz), "--gt", str(tmp_path), "--set", "conf_thresh=.inf"], "eval", "finite"),
+             (["eval", "--pred", str(tmp_path / "nope.npz"), "--gt", str(tmp_path)], "eval", "not found"),
+             (["eval", "--pred", str(npz), "--gt", str(tmp_path / "nogt")], "eval", None),
              (["demo", "--seed", "5", "--out", str(tmp_path / "d")], "demo", "training range"),
              (["demo", "--frames", "0"], "demo", "--frames"),
              (["serve", "--threads", "0"], "serve", "--threads"),

@@ -141,7 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slam3r.eval.recon import EvalConfig
-    from slam3r.runtime import recon_settings, resolve_settings, runtime_from_args
+    from slam3r.runtime import recon_settings, resolve_settings, runtime_from_args, weights_record
 
     t0 = time.perf_counter()
     check_heldout(args.seed)  # before anything is loaded
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     rt = runtime_from_args(args)
     report = evaluate_scene(rt.i2p, rt.l2w, args.seed, args.frames, args.out, settings.value, ev.conf_thresh,
                             device=str(rt.device), progress=True,
-                            settings={"weights": args.weights, "config_sources": settings.sources})
+                            settings={"weights": weights_record(args.weights), "config_sources": settings.sources})
     print(format_report(report))
     print(f"outputs in {args.out}/ (report.json, synth_{args.seed}_recon.ply/.glb, trajectory.txt); "
           f"total {time.perf_counter() - t0:.0f} s")

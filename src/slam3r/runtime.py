@@ -49,8 +49,9 @@ def positive_int(text: str) -> int:
 
 
 def weights_settings_file(weights: str) -> Path | None:
-    """The ``recon.yaml`` that comes with a ``--weights`` choice: the bundled model's for ``default``, ``DIR/recon.yaml``
-    for a weights directory, none for ``released``, hub ids or ``I2P,L2W`` pairs (reference defaults)."""
+    """The ``recon.yaml`` that comes with a ``--weights`` choice: the bundled model's for ``default``,
+    ``DIR/recon.yaml`` for a weights directory, none for ``released``, hub ids or ``I2P,L2W`` pairs (reference
+    defaults)."""
     from slam3r.models.registry import bundled_dir
 
     root = bundled_dir() if weights == "default" else Path(weights)
@@ -66,6 +67,14 @@ def weights_defaults(weights: str, section: str = "recon") -> dict[str, Any]:
     return read_sections(path, SECTIONS)[section] if path else {}
 
 
+def weights_record(weights: str) -> str:
+    """``--weights`` as recorded in summary.json: keywords and hub ids as given, a directory as an absolute path (so
+    ``slam3r eval`` finds its settings from any working directory)."""
+    if weights in ("default", "released") or "," in weights or not Path(weights).is_dir():
+        return weights
+    return str(Path(weights).resolve())
+
+
 @dataclass(frozen=True)
 class Settings(Generic[T]):
     """A resolved config and, for each field, the layer that set it (``default``, ``weights: FILE``, ``--config
@@ -78,17 +87,14 @@ class Settings(Generic[T]):
         """Values and sources, for summary.json."""
         return {"config": to_dict(self.value), "config_sources": dict(self.sources)}
 
-    def changed(self) -> dict[str, str]:
-        """The sources of the fields not at their dataclass default."""
-        return {k: v for k, v in self.sources.items() if v != "default"}
 
 
 def resolve_settings(cls: type[T], section: str, *, weights: str | None = "default", config: str | None = None,
                      env: Mapping[str, Any] | None = None, flags: Mapping[str, Any] | None = None,
                      overrides: Sequence[str] = (), widgets: Mapping[str, Any] | None = None) -> Settings[T]:
     """Resolve dataclass ``cls`` (``ReconConfig`` for section ``recon``, ``EvalConfig`` for ``eval``) through every
-    layer: defaults < ``weights``' settings file (none for ``None``) < ``config`` file < ``env`` values < ``flags`` (explicitly given
-    command-line values; ``None`` values are ignored) < ``--set`` ``overrides`` < ``widgets``."""
+    layer: defaults < ``weights``' settings file (none for ``None``) < ``config`` file < ``env`` values < ``flags``
+    (explicitly given command-line values; ``None`` values are ignored) < ``--set`` ``overrides`` < ``widgets``."""
     layers: list[tuple[str, Mapping[str, Any]]] = []
     wfile = weights_settings_file(weights) if weights is not None else None
     if wfile is not None:

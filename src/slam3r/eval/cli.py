@@ -125,10 +125,10 @@ def run(args: argparse.Namespace) -> int:
     from slam3r.eval.trajectory import evaluate_trajectory
 
     try:
-        seq = read_rgbd(args.gt)
         pred_path = Path(args.pred)
         _check_pred(args, pred_path)
         settings = eval_settings(args, pred_path)
+        seq = read_rgbd(args.gt)
         cfg = settings.value
         report: dict = {"pred": str(pred_path), "gt": str(args.gt), "gt_frames": len(seq), **settings.record()}
         traj = None

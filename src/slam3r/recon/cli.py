@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from slam3r.data.sources import open_source
     from slam3r.errors import InputError
     from slam3r.recon.run import reconstruct
-    from slam3r.runtime import recon_settings, runtime_from_args
+    from slam3r.runtime import recon_settings, runtime_from_args, weights_record
 
     settings = recon_settings(args, config_flags(args))
     name = scene_name(args.scene, args.input)
@@ -144,6 +144,6 @@ def run(args: argparse.Namespace) -> int:
         summary = reconstruct(frames, rt.i2p, rt.l2w, settings.value, out, online=args.online, device=rt.device,
                               scene=name, keep_preds=not args.no_preds, frame_plys=args.frame_plys,
                               progress=not args.quiet,
-                              settings={"weights": args.weights, "config_sources": settings.sources})
+                              settings={"weights": weights_record(args.weights), "config_sources": settings.sources})
     print_summary(summary, out, name, getattr(source, "skipped", 0))
     return 0

@@ -2,8 +2,8 @@
 
 Precedence (lowest first): dataclass defaults < (recon only) the weights' ``recon.yaml`` < the ``service:`` /
 ``recon:`` sections of the YAML file given with ``--config`` < environment variables < (recon only) command-line
-flags; the ``recon`` section is resolved by :func:`slam3r.runtime.resolve_settings`. The deployed service's variable names are honoured (see :data:`ENV_NAMES`);
-every other service field can be set as ``SLAM3R_<FIELD IN CAPITALS>`` (e.g. ``SLAM3R_ENCODING=msgpack``).
+flags; the ``recon`` section is resolved by :func:`slam3r.runtime.resolve_settings`. The deployed service's variable
+names are honoured (see :data:`ENV_NAMES`); every other service field can be set as ``SLAM3R_<FIELD IN CAPITALS>`` (e.g. ``SLAM3R_ENCODING=msgpack``).
 """
 
 from __future__ import annotations
