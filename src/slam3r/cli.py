@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     err = getattr(args, "_import_error", None)
     if err is not None:
-        print(f"slam3r {args.command}: missing dependency {err.name!r} ({err}); "
+        print(f"slam3r {args.command}: error: missing dependency {err.name!r} ({err}); "
               f"install it with `pip install {err.name}`", file=sys.stderr)
         return 1
     mod = importlib.import_module(args._module)
