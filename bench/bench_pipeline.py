@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the fast path's network blocks")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive reference path")
     ap.add_argument("--params", choices=["reference", "bundled"], default="reference",
-                    help="pipeline parameters: the reference demo's, or those `slam3r demo` uses for the bundled model")
+                    help="pipeline parameters: the reference demo's, or the bundled model's recon.yaml")
     ap.add_argument("--weights", default=None, help="load real weights (e.g. default) instead of random ones")
     args = ap.parse_args()
     if args.threads:
@@ -151,8 +151,8 @@ def main() -> None:
     size = i2p.cfg.img_size[0]
     frames = synthetic_frames(args.frames, size)
     if args.params == "bundled":
-        from slam3r.demo import DEMO_RECON
-        params = dict(DEMO_RECON)
+        from slam3r.runtime import weights_defaults
+        params = weights_defaults("default")  # the bundled model's recon.yaml
     else:
         params = dict(DEMO)
     cfg = ReconConfig(**params, precision=args.precision, compile=args.compile)

@@ -2,8 +2,8 @@
 
     python bench/bench_quality.py [--seeds 1000001 1000002 ...] [--frames 60] [--weights default] [--out DIR]
 
-Each scene is rendered, reconstructed with the demo's pipeline parameters (``slam3r.demo.DEMO_RECON``) and scored
-with the published protocol exactly as ``slam3r demo`` does; the demo scene (seed 1,000,000) is left out by
+Each scene is rendered, reconstructed with the weights' settings (for the bundled model its recon.yaml) and
+scored with the published protocol exactly as ``slam3r demo`` does; the demo scene (seed 1,000,000) is left out by
 default, so these scenes were used neither for training nor for tuning. Prints a Markdown table and writes
 ``summary.json`` beside the per-scene outputs.
 """
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from slam3r.demo import DEMO_FRAMES, evaluate_scene
-from slam3r.models.registry import load_models
+from slam3r.eval.recon import EvalConfig
+from slam3r.runtime import add_runtime_arguments, load_runtime, recon_settings, resolve_settings
 
 SEEDS = (1_000_001, 1_000_002, 1_000_003, 1_000_004, 1_000_005)
 
@@ -26,14 +27,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--frames", type=int, default=DEMO_FRAMES)
-    parser.add_argument("--weights", default="default")
     parser.add_argument("--out", default="outputs/bench_quality")
+    add_runtime_arguments(parser)
     args = parser.parse_args()
-
-    i2p, l2w = load_models(args.weights)
+    cfg = recon_settings(args).value
+    eval_conf = resolve_settings(EvalConfig, "eval", weights=args.weights, config=args.config).value.conf_thresh
+    rt = load_runtime(args.weights, "cpu", args.threads)
+    i2p, l2w = rt.i2p, rt.l2w
     rows = []
     for seed in args.seeds:
-        r = evaluate_scene(i2p, l2w, seed, args.frames, Path(args.out) / str(seed))
+        r = evaluate_scene(i2p, l2w, seed, args.frames, Path(args.out) / str(seed), cfg, eval_conf)
         m, b = r["model"], r["baseline"]
         rows.append({"seed": seed, "acc": m["accuracy_cm"], "comp": m["completion_cm"], "ate": m["ate_cm"],
                      "fps": m["fps"], "stride": m["stride"], "base_acc": b["accuracy_cm"],

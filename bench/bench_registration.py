@@ -7,8 +7,8 @@ A fast check (about 15 s per scene with the bundled model on CPU) of the ability
 
 * I2P: for keyframes ``k`` with windows ``[k, k -+ s, k -+ 2s]``, the rotation between the previous keyframe's own
   pointmap and its points as predicted in ``k``'s frame (a similarity fit), against the GT relative rotation;
-* pipeline: the camera rotations of ``slam3r.demo.DEMO_RECON`` (plus ``--set`` overrides) between consecutive
-  frames and over the whole sequence, against GT.
+* pipeline: the camera rotations with the weights' settings (their recon.yaml, ``--config``, ``--set``) between
+  consecutive frames and over the whole sequence, against GT.
 
 ``recovered`` is the mean predicted angle over the mean GT angle: about 0 for a rotation-blind model, 1 for one
 that turns as much as the camera does; ``error`` is the mean geodesic angle between predicted and GT relative
@@ -66,22 +66,18 @@ def compare(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 
 def main() -> None:
-    from slam3r.config import apply_overrides, from_dict
-    from slam3r.demo import DEMO_FRAMES, DEMO_RECON, render_heldout
-    from slam3r.models.registry import configure_threads, load_models
-    from slam3r.recon.config import ReconConfig
+    from slam3r.demo import DEMO_FRAMES, render_heldout
+    from slam3r.runtime import add_runtime_arguments, load_runtime, recon_settings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="default")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--frames", type=int, default=DEMO_FRAMES)
     parser.add_argument("--stride", type=int, default=3, help="keyframe stride of the I2P check")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="pipeline overrides (ReconConfig)")
+    add_runtime_arguments(parser)
     args = parser.parse_args()
-    cfg = apply_overrides(from_dict(ReconConfig, DEMO_RECON), args.set)
-
-    i2p, l2w = load_models(args.weights)
-    configure_threads(i2p, torch.device("cpu"))
+    cfg = recon_settings(args).value
+    rt = load_runtime(args.weights, "cpu", args.threads)
+    i2p, l2w = rt.i2p, rt.l2w
     rows = []
     for seed in args.seeds:
         seq = render_heldout(seed, args.frames, i2p.cfg.img_size[0])

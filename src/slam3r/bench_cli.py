@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     script = BENCH_DIR / f"bench_{args.name}.py"
     if not script.is_file():
-        print(f"slam3r bench: unknown benchmark {args.name!r}; available: {', '.join(available()) or 'none'} "
+        print(f"slam3r bench: error: unknown benchmark {args.name!r}; available: {', '.join(available()) or 'none'} "
               f"(benchmarks live in the source checkout's bench/ folder)", file=sys.stderr)
         return 2
     sys.argv = [str(script), *args.args]

@@ -2,13 +2,21 @@
 
 A sub-command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only when used, so
 ``slam3r --help`` stays fast and a heavy optional dependency of one command never breaks the others.
+
+:func:`main` is the error boundary of every command: errors caused by the user's input (a
+:class:`~slam3r.errors.Slam3rError`, or an ``OSError`` on a path they gave) print one line
+``slam3r CMD: error: ...`` on stderr and exit 2; anything else is a bug and keeps its traceback. ``--debug`` shows
+the traceback of every error.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
+
+from slam3r.errors import EXIT_USAGE, Slam3rError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,10 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="slam3r",
         description="Dense 3D reconstruction from monocular RGB video, no calibration needed.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of any error")
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -57,11 +68,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     err = getattr(args, "_import_error", None)
     if err is not None:
-        print(f"slam3r {args.command}: missing dependency {err.name!r} ({err}); "
+        print(f"slam3r {args.command}: error: missing dependency {err.name!r} ({err}); "
               f"install it with `pip install {err.name}`", file=sys.stderr)
         return 1
     mod = importlib.import_module(args._module)
-    return int(mod.run(args) or 0)
+    try:
+        return int(mod.run(args) or 0)
+    except (Slam3rError, OSError) as exc:
+        if args.debug or not isinstance(exc, Slam3rError) and not _is_user_path_error(exc):
+            raise
+        print(f"slam3r {args.command}: error: {_describe(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _describe(exc: Exception) -> str:
+    """One line for the user: an OS error with a path names it and says what to check."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror.lower()} (check the path and its permissions)"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _is_user_path_error(exc: OSError) -> bool:
+    """A file-system error about a path (not found, permission denied, not a directory, read-only...), as opposed
+    to e.g. a broken pipe or an out-of-memory mapping, which stay tracebacks."""
+    return isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError,
+                            FileExistsError)) or exc.errno in (errno.EROFS, errno.ENOSPC, errno.ENAMETOOLONG)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,15 @@
 
 The scene (seed >= 1,000,000, a range never used for training) is rendered directly at the network resolution,
 reconstructed by the offline pipeline, and scored with the published protocol (:mod:`slam3r.eval.recon`:
-confidence > 3, RANSAC + ICP alignment, accuracy / completion in cm) and ATE of the estimated camera centres. A
+RANSAC + ICP alignment, accuracy / completion in cm) and ATE of the estimated camera centres. A
 trivial baseline is scored the same way so the gain is visible: every frame is a fronto-parallel plane at the
 median GT depth of the scene, placed with the GT camera poses.
+
+Pipeline and evaluation settings come from the settings resolver (:mod:`slam3r.runtime`). For the bundled model
+they are its ``recon.yaml``, chosen on the demo scene only: its confidences are low and nearly uninformative, so
+every point is exported and scored (``eval.conf_thresh: 1``; the published protocol's 3 is calibrated on the
+released model, and the bundled one has almost no L2W confidence above 3). The baseline is always scored on exactly
+the pixels selected for the model.
 
 Outputs (``--out``, default ``outputs/demo/``): the reconstruction (``<scene>_recon.ply`` / ``.glb``,
 ``trajectory.txt``, ``cameras.json``, ``summary.json``), ``trajectory_gt.txt`` and ``report.json``.
@@ -23,38 +29,22 @@ DEMO_LOOP_FRAMES = 150
 """The demo camera covers ``DEMO_FRAMES`` frames of a path whose full loop would take this many (0.4 loops)."""
 DEMO_FOV_DEG = 65.0
 
-DEMO_RECON: dict[str, Any] = {
-    "keyframe_stride": -1,  # automatic stride
-    "keyframe_adapt_max": 4,
-    "win_r": 2,  # 5-view I2P windows, as the small model was trained
-    "initial_winsize": 5,
-    "init_conf_thres": 1.5,
-    "conf_thres_i2p": 1.0,  # keep every keyframe pixel as L2W input, as in its training (its I2P conf is flat)
-    "norm_input": True,  # scene-frame world points normalised, as in L2W training
-    "num_scene_frame": 5,
-    "buffer_size": 5,
-    "buffer_strategy": "fifo",  # scene frames = the 5 latest keyframes (its retrieval head is uninformative)
-    "conf_thres_l2w": 1.0,  # export every point: its L2W confidence of new keyframes stays close to 1
-}
-"""Pipeline parameters for the bundled small model (everything else: the reference defaults), chosen on the demo
-scene only. The small model (about 45 CPU-minutes of training, see its MODEL_CARD.md) has low, nearly
-uninformative confidences, so the L2W threshold keeps everything, and scene frames are the most recent keyframes,
-matching how its L2W was fine-tuned."""
 
-DEMO_EVAL_CONF = 1.0
-"""Confidence threshold of the evaluation. The published protocol keeps pixels with confidence > 3, a value
-calibrated on the released model; the small model has almost no L2W confidence above 3, so the demo scores every
-predicted pixel (threshold 1) and says so in its report. The baseline is always scored on exactly the pixels
-selected for the model."""
+def check_heldout(seed: int) -> None:
+    """Refuse a seed of the training range (held-out scenes use seeds >= 1,000,000)."""
+    from slam3r.data.synth import is_eval_seed
+    from slam3r.errors import InputError
+
+    if not is_eval_seed(seed):
+        raise InputError(f"--seed {seed} is in the training range; held-out scenes use seeds >= 1,000,000")
 
 
 def render_heldout(seed: int, num_frames: int, size: int, loop_frames: int = DEMO_LOOP_FRAMES,
                    fov_deg: float = DEMO_FOV_DEG):
     """Held-out sequence rendered at ``size x size`` (:class:`slam3r.data.synth.Sequence`); refuses training seeds."""
-    from slam3r.data.synth import is_eval_seed, render_sequence
+    from slam3r.data.synth import render_sequence
 
-    if not is_eval_seed(seed):
-        raise ValueError(f"seed {seed} is in the training range; held-out scenes use seeds >= 1,000,000")
+    check_heldout(seed)
     return render_sequence(seed, num_frames, size, size, hfov_deg=fov_deg, loops=1.25 * num_frames / loop_frames)
 
 
@@ -70,20 +60,20 @@ def plane_baseline(depth, K, c2w):
     return depth_to_world(np.full(depth.shape, d, np.float32), K, c2w).astype(np.float32)
 
 
-def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, recon: dict[str, Any] | None = None,
-                   eval_conf: float = DEMO_EVAL_CONF, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
-    """Render, reconstruct and score one held-out scene (and the plane baseline on the same pixels); returns the
-    report dict (also written to ``out_dir/report.json``). Lengths in cm; FPS of the reconstruction alone."""
-    import json
-
+def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, cfg: Any, eval_conf: float,
+                   device: str = "cpu", progress: bool = False, settings: dict | None = None) -> dict[str, Any]:
+    """Render, reconstruct with ``cfg`` (a :class:`~slam3r.recon.config.ReconConfig`) and score one held-out scene
+    at confidence > ``eval_conf`` (and the plane baseline on the same pixels); returns the report dict (also
+    written to ``out_dir/report.json``; ``settings`` goes into the run's summary.json). Lengths in cm; FPS of the
+    reconstruction alone."""
     import numpy as np
 
-    from slam3r.config import from_dict
+    from slam3r.config import to_dict
+    from slam3r.data import jsonio
     from slam3r.data.pointmaps import gt_pointmaps
     from slam3r.data.trajectory_io import write_tum_trajectory
     from slam3r.eval.recon import EvalConfig, evaluate_pointmaps
     from slam3r.eval.trajectory import ate
-    from slam3r.recon.config import ReconConfig
     from slam3r.recon.run import reconstruct
 
     out = Path(out_dir)
@@ -92,11 +82,10 @@ def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, re
     seq = render_heldout(seed, num_frames, size)
     t_render = time.perf_counter() - t0
     gt_pts, gt_valid = gt_pointmaps(seq.depth, seq.K, seq.c2w, size)
-    cfg = from_dict(ReconConfig, {**DEMO_RECON, **(recon or {})})
     results = []
     frames = [(i, rgb, None) for i, rgb in enumerate(seq.rgb)]
     summary = reconstruct(frames, i2p, l2w, cfg, out, device=device, scene=f"synth_{seed}", progress=progress,
-                          on_result=results.append)
+                          on_result=results.append, settings=settings)
     write_tum_trajectory(out / "trajectory_gt.txt", np.arange(num_frames, dtype=float), seq.c2w)
     pred = np.stack([r.pts3d_world for r in results])
     conf = np.stack([r.conf for r in results])
@@ -107,7 +96,7 @@ def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, re
     base = evaluate_pointmaps(plane_baseline(seq.depth, seq.K, seq.c2w), conf, gt_pts, gt_valid, ecfg)
     t_eval = time.perf_counter() - t0
     report = {
-        "seed": seed, "frames": num_frames, "image_size": size, "recon_config": {**DEMO_RECON, **(recon or {})},
+        "seed": seed, "frames": num_frames, "image_size": size, "recon_config": to_dict(cfg),
         "eval_conf_thresh": eval_conf,
         "model": {"accuracy_cm": model.metrics.accuracy_cm, "completion_cm": model.metrics.completion_cm,
                   "ate_cm": 100 * traj.ate_rmse_m, "fps": summary["fps"], "stride": summary["metadata"]["kf_stride"],
@@ -118,7 +107,7 @@ def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, re
                      "details": base.to_dict()},
         "seconds": {"render": t_render, "reconstruct": summary["seconds"], "evaluate": t_eval},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    (out / "report.json").write_text(jsonio.dumps(report, indent=1))
     return report
 
 
@@ -139,29 +128,30 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from slam3r.runtime import add_runtime_arguments, positive_int
+
     parser.add_argument("--out", default="outputs/demo", help="output directory (default: outputs/demo)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help="held-out scene seed (>= 1,000,000)")
-    parser.add_argument("--frames", type=int, default=DEMO_FRAMES, help="frames to render and reconstruct")
-    parser.add_argument("--weights", default="default", help="default (bundled), released, or model directory")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--eval-conf", type=float, default=DEMO_EVAL_CONF,
-                        help="evaluation confidence threshold (the published protocol uses 3)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override pipeline parameters (ReconConfig), e.g. conf_thres_l2w=2")
+    parser.add_argument("--frames", type=positive_int, default=DEMO_FRAMES, help="frames to render and reconstruct")
+    parser.add_argument("--eval-conf", type=float, default=None,
+                        help="evaluation confidence threshold (default: eval.conf_thresh from the settings: 1 with "
+                             "the bundled model, the published protocol's 3 otherwise)")
+    add_runtime_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from slam3r.models.registry import configure_threads, load_models, resolve_device
+    from slam3r.eval.recon import EvalConfig
+    from slam3r.runtime import recon_settings, resolve_settings, runtime_from_args, weights_record
 
     t0 = time.perf_counter()
-    device = resolve_device(args.device)
-    i2p, l2w = load_models(args.weights, device)
-    configure_threads(i2p, device)
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-    report = evaluate_scene(i2p, l2w, args.seed, args.frames, args.out, overrides, args.eval_conf,
-                            device=str(device), progress=True)
+    check_heldout(args.seed)  # before anything is loaded
+    settings = recon_settings(args)
+    ev = resolve_settings(EvalConfig, "eval", weights=args.weights, config=args.config,
+                          flags={"conf_thresh": args.eval_conf}).value
+    rt = runtime_from_args(args)
+    report = evaluate_scene(rt.i2p, rt.l2w, args.seed, args.frames, args.out, settings.value, ev.conf_thresh,
+                            device=str(rt.device), progress=True,
+                            settings={"weights": weights_record(args.weights), "config_sources": settings.sources})
     print(format_report(report))
     print(f"outputs in {args.out}/ (report.json, synth_{args.seed}_recon.ply/.glb, trajectory.txt); "
           f"total {time.perf_counter() - t0:.0f} s")

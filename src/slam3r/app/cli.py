@@ -6,13 +6,11 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from slam3r.models.registry import WEIGHTS_HELP
+    from slam3r.runtime import add_runtime_arguments
 
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all; default: "
                         "127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--weights", default="default", help=WEIGHTS_HELP)
     parser.add_argument("--work-dir", default=None,
                         help="where runs are written (default: a temporary folder removed on exit)")
     parser.add_argument("--max-upload-mb", type=float, default=500.0, help="upload size limit (default: 500)")
@@ -22,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default frames per second taken from uploaded videos (reference app: 5)")
     parser.add_argument("--preview-every", type=int, default=10,
                         help="update the 3D preview every this many registered frames (default: 10)")
+    add_runtime_arguments(parser)  # the widgets start at the resolved pipeline settings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,22 +39,17 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     from slam3r.app.inputs import UploadLimits
-    from slam3r.models import CheckpointError
-    from slam3r.models.registry import configure_threads, load_models, resolve_device
+    from slam3r.runtime import recon_settings, runtime_from_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        device = resolve_device(args.device)
-        i2p, l2w = load_models(args.weights, device)
-        configure_threads(i2p, device)
-    except (CheckpointError, RuntimeError, ValueError, FileNotFoundError) as exc:
-        print(f"slam3r app: error: {exc}", file=sys.stderr)
-        return 2
+    defaults = recon_settings(args).value
+    rt = runtime_from_args(args)
+    i2p, l2w, device = rt.i2p, rt.l2w, rt.device
     temporary = args.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="slam3r-app-") if temporary else args.work_dir).resolve()
     options = AppOptions(work_dir=work, limits=UploadLimits(args.max_upload_mb, args.max_frames),
-                         video_fps=args.video_fps, preview_every=args.preview_every)
+                         video_fps=args.video_fps, preview_every=args.preview_every, defaults=defaults)
     page = ReconApp(i2p, l2w, device, options).build()
     page.queue(default_concurrency_limit=1)
     try:

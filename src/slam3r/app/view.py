@@ -12,6 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from slam3r.config import to_dict
+from slam3r.recon.config import ReconConfig
+from slam3r.runtime import resolve_settings
+
 
 @dataclass
 class SavedReconstruction:
@@ -46,7 +50,8 @@ def load_reconstruction(result_dir: str | Path) -> SavedReconstruction:
                                 "predictions (do not use --no-preds)")
     cameras: list[dict[str, Any]] = json.loads((root / "cameras.json").read_text())
     summary = json.loads((root / "summary.json").read_text()) if (root / "summary.json").is_file() else {}
-    config = summary.get("config", {})
+    config = {**to_dict(resolve_settings(ReconConfig, "recon", weights=summary.get("weights")).value),
+              **summary.get("config", {})}  # the values the run recorded; the resolver's for older results
     export = summary.get("export", {})
     return SavedReconstruction(
         scene=scene_name(root),
@@ -56,9 +61,9 @@ def load_reconstruction(result_dir: str | Path) -> SavedReconstruction:
         poses_c2w=np.array([c["pose_c2w"] for c in cameras], np.float64).reshape(-1, 4, 4),
         focals=np.array([c["focal"] for c in cameras], np.float64),
         keyframes=np.array([bool(c.get("is_keyframe")) for c in cameras]),
-        conf_thres=float(export.get("conf_thres_l2w", config.get("conf_thres_l2w", 12.0))),
-        num_points=int(export.get("num_points_save", config.get("num_points_save", 2_000_000))),
-        seed=int(config.get("seed", 42)),
+        conf_thres=float(export.get("conf_thres_l2w", config["conf_thres_l2w"])),
+        num_points=int(export.get("num_points_save", config["num_points_save"])),
+        seed=int(config["seed"]),
     )
 
 

@@ -22,6 +22,7 @@ protocol) re-fits the similarity with Umeyama on the RANSAC inliers (residual <=
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from slam3r.config import ConfigError
 from slam3r.eval.align import icp, ransac_similarity, voxel_downsample
 from slam3r.eval.heatmap import write_error_ply
 from slam3r.eval.metrics import CloudMetrics, cloud_metrics
@@ -52,6 +54,12 @@ class EvalConfig:
     fail_cm: float = 10.0
     heatmap_max: float = 0.05
     refine_inliers: bool = False
+
+    def validate(self) -> None:
+        if not math.isfinite(self.conf_thresh):
+            raise ConfigError(f"conf_thresh must be a finite number, got {self.conf_thresh}")
+        if self.num_samples < 1:
+            raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
 
 
 @dataclass

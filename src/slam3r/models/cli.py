@@ -16,8 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     conv.add_argument("--kind", choices=["i2p", "l2w"], required=True)
     conv.add_argument("--preset", default="released", help="model size preset of the checkpoint (default: released)")
     smoke = sub.add_parser("smoke", help="run both networks once on random input and report output shapes")
-    smoke.add_argument("--weights", default="default")
-    smoke.add_argument("--device", default="auto")
+    smoke.add_argument("--weights", default="default", help="default, released, DIR or I2P,L2W (default: default)")
+    smoke.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     from slam3r.models import CheckpointError, Image2PointsModel, Local2WorldModel, preset
     from slam3r.models.hub import load_weights, read_torch_checkpoint
-    from slam3r.models.registry import load_models, resolve_device
+    from slam3r.runtime import load_runtime
 
     cls = {"i2p": Image2PointsModel, "l2w": Local2WorldModel}
     try:
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
             model = load_weights(model.to_empty(device="cpu"), state)
             print(f"wrote {model.save_pretrained(args.out)}")
         else:
-            device = resolve_device(args.device)
-            i2p, l2w = load_models(args.weights, device)
+            rt = load_runtime(args.weights, args.device)
+            i2p, l2w, device = rt.i2p, rt.l2w, rt.device
             h, w = i2p.cfg.img_size
             with torch.no_grad():
                 tokens = i2p.encode(torch.rand(3, 3, h, w, device=device) * 2 - 1)[:, None]

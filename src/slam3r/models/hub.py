@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from slam3r.errors import Slam3rError
 from slam3r.models.config import OFFICIAL_REPOS, ModelConfig
 
 M = TypeVar("M", bound=nn.Module)
@@ -24,7 +25,7 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(Slam3rError, RuntimeError):
     """A checkpoint is missing, unreadable, or does not match the network; the message says exactly how."""
 
 

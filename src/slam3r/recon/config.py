@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,25 +19,39 @@ class ReconConfig:
     keyframe_stride: int = -1
     """Stride s between the frames of an I2P window; -1 = choose automatically (offline) / ``online_stride``."""
     keyframe_adapt_min: int = 1
+    """Smallest stride tried when choosing it automatically."""
     keyframe_adapt_max: int = 20
+    """Largest stride tried when choosing it automatically."""
     keyframe_adapt_stride: int = 1
+    """Step between the strides tried when choosing it automatically."""
     auto_stride_windows: int = 10
     """Random windows per candidate stride when choosing it automatically."""
     initial_winsize: int = 5
+    """Frames in the initialisation window."""
     init_conf_thres: float = 5.0
     """Shrink the initial window while its best mean confidence is below this (and it has more than 3 frames)."""
     win_r: int = 3
     """I2P window radius: window = [v] + v -+ i*s, i = 1..win_r (causal mode: only v - i*s)."""
     conf_thres_i2p: float = 1.5
+    """I2P confidence threshold of the points L2W is given."""
     num_scene_frame: int = 10
+    """Scene frames retrieved from the buffer for each L2W registration."""
     max_num_register: int = 10
+    """Most frames registered per L2W call."""
     conf_thres_l2w: float = 12.0
+    """Export threshold: points with L2W confidence above it go into the cloud (PLY / GLB, service messages)."""
     num_points_save: int = 2_000_000
+    """The exported cloud is randomly reduced to at most this many points."""
+    low_conf_frame_thresh: float = 10.0
+    """A frame whose mean L2W confidence is below this is listed in summary.json's low_confidence_frames."""
     update_buffer_intv: int = 1
+    """Update the buffering set every stride * intv frames."""
     buffer_size: int = 100
     """Buffering-set size; -1 = unbounded."""
     buffer_strategy: Literal["reservoir", "fifo"] = "reservoir"
+    """Buffering-set replacement policy: reservoir sampling (the reference) or the latest keyframes."""
     retrieval_depth: int = 2
+    """Decoder blocks the retrieval head runs to score candidate scene frames."""
     norm_input: bool = False
     """Normalise the scene frames' world points before L2W (outputs are scaled back)."""
     l2w_frame: Literal["world", "anchor"] = "world"
@@ -45,6 +60,7 @@ class ReconConfig:
     points to its world points) and maps the outputs back, so the origin sits at a nearby camera as in L2W
     training, however far the camera has travelled from the first keyframe."""
     seed: int = 42
+    """Seed of the random choices (automatic-stride windows, reservoir buffer, point subsampling)."""
     online_stride: int = 3
     """Stride used by the causal (streaming) driver when ``keyframe_stride`` is -1 (the later release's default)."""
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
@@ -70,8 +86,14 @@ class ReconConfig:
              "buffer_size must be -1 (unbounded) or >= initial_winsize"),
             (self.retrieval_depth >= 1, "retrieval_depth must be >= 1"),
             (self.online_stride >= 1, "online_stride must be >= 1"),
-            (self.conf_thres_i2p >= 1 and self.conf_thres_l2w >= 1 and self.init_conf_thres >= 1,
-             "confidence thresholds are >= 1 (confidences are 1 + exp(c))"),
+            (self.conf_thres_i2p >= 1 and self.conf_thres_l2w >= 1 and self.init_conf_thres >= 1
+             and self.low_conf_frame_thresh >= 1, "confidence thresholds are >= 1 (confidences are 1 + exp(c))"),
+            (all(math.isfinite(v) for v in (self.conf_thres_i2p, self.conf_thres_l2w, self.init_conf_thres,
+                                            self.low_conf_frame_thresh)),
+             "confidence thresholds must be finite numbers"),
+            (self.intrinsics is None or (all(math.isfinite(v) for v in self.intrinsics)
+                                         and self.intrinsics[0] > 0 and self.intrinsics[1] > 0),
+             f"intrinsics (fx, fy, cx, cy) must be finite with fx, fy > 0, got {self.intrinsics}"),
         ]
         for ok, msg in checks:
             if not ok:

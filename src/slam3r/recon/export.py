@@ -8,7 +8,9 @@ Layout of ``OUT/``::
     <scene>_recon.glb        the same cloud as a glTF binary (POINTS primitive, vertex colours)
     trajectory.txt           TUM: timestamp tx ty tz qx qy qz qw (camera-to-world, world = initial keyframe)
     cameras.json             per-frame focal length (pixels at network resolution) and pose matrices
-    summary.json             frames, stride, timings, FPS, points, low-confidence frames, parameters
+    summary.json             frames, stride, timings, FPS, points, low-confidence frames, the resolved settings
+                             and where each came from, export_check (confidence percentiles; a warning and the
+                             flag that keeps points when < 1% of the pixels pass the threshold)
     preds/local_pcds.npy     (V, S, S, 3) float32  I2P points, camera frame
     preds/registered_pcds.npy (V, S, S, 3) float32 world points
     preds/local_confs.npy    (V, S, S) float32
@@ -27,8 +29,10 @@ from typing import IO, Any
 
 import numpy as np
 
+from slam3r.data import jsonio
 from slam3r.data.ply import write_ply
 from slam3r.data.trajectory_io import write_tum_trajectory
+from slam3r.recon.diagnostics import export_check
 from slam3r.recon.types import FrameResult
 
 PRED_FILES = {
@@ -146,13 +150,14 @@ class ReconWriter:
 
     def __init__(self, out_dir: str | Path, scene: str = "scene", *, conf_thres_l2w: float = 12.0,
                  num_points_save: int = 2_000_000, keep_preds: bool = True, frame_plys: bool = False,
-                 seed: int = 42) -> None:
+                 seed: int = 42, low_conf_frame_thresh: float = 10.0) -> None:
         self.out = Path(out_dir)
         self.preds = self.out / "preds"
         self.preds.mkdir(parents=True, exist_ok=True)
         self.scene = scene
         self.conf_thres, self.num_points, self.keep_preds = conf_thres_l2w, num_points_save, keep_preds
         self.frame_plys, self.seed = frame_plys, seed
+        self.low_conf_frame_thresh = low_conf_frame_thresh
         self.files = {name: _NpyAppender(self.preds / f"{name}.npy", dt) for name, (_, dt) in PRED_FILES.items()}
         self.stamps: list[float] = []
         self.poses: list[np.ndarray] = []
@@ -181,17 +186,18 @@ class ReconWriter:
         for f in self.files.values():
             f.close()
         write_tum_trajectory(self.out / "trajectory.txt", np.array(self.stamps), np.array(self.poses).reshape(-1, 4, 4))
-        (self.preds / "metadata.json").write_text(json.dumps({"scene_id": self.scene, **metadata}))
-        (self.out / "cameras.json").write_text(json.dumps(self.cameras))
+        (self.preds / "metadata.json").write_text(jsonio.dumps({"scene_id": self.scene, **metadata}))
+        (self.out / "cameras.json").write_text(jsonio.dumps(self.cameras))
         arrays = [np.load(self.preds / f"{name}.npy", mmap_mode="r")
                   for name in ("registered_pcds", "registered_confs", "input_imgs")]
         cloud = select_points(*arrays, conf_thres=self.conf_thres, num_points=self.num_points, seed=self.seed)
         write_ply(self.out / f"{self.scene}_recon.ply", cloud.xyz, cloud.rgb, cloud.conf)
         write_glb(self.out / f"{self.scene}_recon.glb", cloud.xyz, cloud.rgb)
-        low = [i for i, c in enumerate(self.conf_means) if c < 10]
+        low = [i for i, c in enumerate(self.conf_means) if c < self.low_conf_frame_thresh]
         summary = {**summary, "frames": self.next_frame, "points": len(cloud),
-                   "low_confidence_frames": low, "metadata": metadata}
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+                   "low_confidence_frames": low, "metadata": metadata,
+                   "export_check": export_check(arrays[1], self.conf_thres)}
+        (self.out / "summary.json").write_text(jsonio.dumps(summary, indent=1))
         if not self.keep_preds:
             for name in PRED_FILES:
                 (self.preds / f"{name}.npy").unlink()

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from slam3r.data.preprocess import to_tensor
+from slam3r.errors import InputError
 from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.recon.config import ReconConfig
 from slam3r.recon.engine import Engine, autocast_context
@@ -49,7 +50,7 @@ def run_offline(i2p: Image2PointsModel, l2w: Local2WorldModel, frames: Sequence[
     device = torch.device(device)
     n = len(frames)
     if n < 2:
-        raise ValueError(f"need at least 2 frames to reconstruct, got {n}")
+        raise InputError(f"need at least 2 frames to reconstruct, got {n}")
     stride = cfg.keyframe_stride
     if stride == -1:
         stride, _ = choose_stride(i2p, frames, cfg, device)

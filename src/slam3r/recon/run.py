@@ -11,6 +11,7 @@ import torch
 
 from slam3r.config import to_dict
 from slam3r.data.preprocess import resize_crop
+from slam3r.errors import InputError
 from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.recon.config import ReconConfig
 from slam3r.recon.export import ReconWriter
@@ -24,18 +25,20 @@ Frame = tuple[int, np.ndarray, "int | None"]
 def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2WorldModel, cfg: ReconConfig,
                 out_dir: str | Path, *, online: bool = False, device: torch.device | str = "cpu",
                 scene: str = "scene", keep_preds: bool = True, frame_plys: bool = False,
-                progress: bool = True, on_result: Callable[[FrameResult], None] | None = None) -> dict:
+                progress: bool = True, on_result: Callable[[FrameResult], None] | None = None,
+                settings: dict | None = None) -> dict:
     """Reconstruct ``frames`` (``(index, rgb (H, W, 3) uint8, timestamp_ns | None)``) into ``out_dir``.
 
     Offline mode reads every frame first (network-resolution copies, 150 kB each at 224 px) and runs the reference
     algorithm; online mode registers frames causally as they are read. Returns the summary dict (also written to
-    ``summary.json``).
+    ``summary.json``; ``settings`` adds to it where the configuration came from: ``weights``, ``config_sources``).
     """
     from tqdm import tqdm
 
     size = i2p.cfg.img_size[0]
     writer = ReconWriter(out_dir, scene, conf_thres_l2w=cfg.conf_thres_l2w, num_points_save=cfg.num_points_save,
-                         keep_preds=keep_preds, frame_plys=frame_plys, seed=cfg.seed)
+                         keep_preds=keep_preds, frame_plys=frame_plys, seed=cfg.seed,
+                         low_conf_frame_thresh=cfg.low_conf_frame_thresh)
     t0 = time.perf_counter()
     bar = tqdm(desc="reconstructing", unit="frame", disable=not progress)
 
@@ -53,7 +56,7 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
             shape = shape or rgb.shape
             emit(rec.push(rgb, ts))
         if rec.frames_seen < 2:
-            raise ValueError(f"need at least 2 readable frames, got {rec.frames_seen}")
+            raise InputError(f"need at least 2 readable frames, got {rec.frames_seen}")
         emit(rec.flush())
         engine = rec.engine
     else:
@@ -77,5 +80,6 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
     summary = {"mode": "online" if online else "offline", "seconds": round(elapsed, 3),
                "fps": round(writer.next_frame / elapsed, 3) if elapsed > 0 else None,
                "timings": {k: round(v, 3) for k, v in engine.timings.items()},
-               "buffer_size": len(engine.buffer), "keyframes": engine.keyframes, "device": str(device), "config": to_dict(cfg)}
+               "buffer_size": len(engine.buffer), "keyframes": engine.keyframes, "device": str(device), "config": to_dict(cfg),
+               **(settings or {})}
     return writer.close(meta, summary)

@@ -9,27 +9,22 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None,
-                        help="YAML file with 'service:' and 'recon:' sections (e.g. configs/wild.yaml); "
-                             "environment variables (RABBITMQ_URL, SLAM3R_...) override it")
-    parser.add_argument("--weights", default="default",
-                        help="default (bundled small model), released (official SLAM3R weights from the hub), "
-                             "a directory with i2p/ and l2w/, or I2P,L2W")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    from slam3r.runtime import add_runtime_arguments
+
+    add_runtime_arguments(parser)  # --config: 'service:' and 'recon:' sections; RABBITMQ_URL, SLAM3R_... override it
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes; streams (stream_id header) are split between them (default: 1)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def serve(cfg: Any, weights: str, device: str) -> int:
+def serve(cfg: Any, weights: str, device: str, threads: int | None = None) -> int:
     """Load the networks and serve with ``cfg`` (:class:`~slam3r.service.config.ServeConfig`) until stopped."""
-    from slam3r.models.registry import configure_threads, load_models, resolve_device
     from slam3r.recon.streaming import StreamingReconstructor
+    from slam3r.runtime import load_runtime
     from slam3r.service.worker import Service
 
-    dev = resolve_device(device)
-    i2p, l2w = load_models(weights, dev)
-    configure_threads(i2p, dev)
+    rt = load_runtime(weights, device, threads)
+    i2p, l2w, dev = rt.i2p, rt.l2w, rt.device
     log = logging.getLogger("slam3r.serve")
     log.info("models loaded (%s) on %s; input %dx%d", weights, dev, *i2p.cfg.img_size)
 
@@ -39,10 +34,10 @@ def serve(cfg: Any, weights: str, device: str) -> int:
     return Service(cfg.service, make_engine, i2p.cfg.img_size[0], cfg.recon.conf_thres_l2w).run()
 
 
-def _worker_main(cfg: Any, weights: str, device: str, level: str) -> None:
+def _worker_main(cfg: Any, weights: str, device: str, level: str, threads: int | None) -> None:
     logging.basicConfig(level=level, format=f"%(asctime)s w{cfg.service.worker_index} %(name)s %(levelname)s "
                                             "%(message)s")
-    sys.exit(serve(cfg, weights, device))
+    sys.exit(serve(cfg, weights, device, threads))
 
 
 def _run_workers(cfg: Any, args: argparse.Namespace) -> int:
@@ -55,8 +50,9 @@ def _run_workers(cfg: Any, args: argparse.Namespace) -> int:
     procs = []
     for i in range(args.workers):
         svc = dataclasses.replace(cfg.service, worker_index=i, num_workers=args.workers)
-        p = ctx.Process(target=_worker_main, args=(dataclasses.replace(cfg, service=svc), args.weights,
-                                                   args.device, args.log_level), name=f"slam3r-worker-{i}")
+        p = ctx.Process(target=_worker_main, name=f"slam3r-worker-{i}",
+                        args=(dataclasses.replace(cfg, service=svc), args.weights, args.device, args.log_level,
+                              args.threads))
         p.start()
         procs.append(p)
 
@@ -80,15 +76,16 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, weights=args.weights, overrides=args.set,
+                          flags={"precision": args.precision})
         if args.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {args.workers}")
         if cfg.service.enable_mesh and importlib.util.find_spec("open3d") is None:
             raise ConfigError("ENABLE_MESH_GENERATION needs Open3D: pip install open3d-cpu (or open3d)")
     except ConfigError as exc:
-        print(f"slam3r serve: invalid configuration: {exc}", file=sys.stderr)
+        print(f"slam3r serve: error: invalid configuration: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("slam3r.serve").info("configuration: %s", describe(cfg))
     if args.workers > 1:
         return _run_workers(cfg, args)
-    return serve(cfg, args.weights, args.device)
+    return serve(cfg, args.weights, args.device, args.threads)

@@ -1,22 +1,24 @@
 """Settings of the RabbitMQ service: one validated dataclass loaded from YAML, then environment variables.
 
-Precedence (lowest first): dataclass defaults < the ``service:`` / ``recon:`` sections of the YAML file given with
-``--config`` < environment variables. The deployed service's variable names are honoured (see :data:`ENV_NAMES`);
-every other service field can be set as ``SLAM3R_<FIELD IN CAPITALS>`` (e.g. ``SLAM3R_ENCODING=msgpack``).
+Precedence (lowest first): dataclass defaults < (recon only) the weights' ``recon.yaml`` < the ``service:`` /
+``recon:`` sections of the YAML file given with ``--config`` < environment variables < (recon only) command-line
+flags; the ``recon`` section is resolved by :func:`slam3r.runtime.resolve_settings`. The deployed service's variable
+names are honoured (see :data:`ENV_NAMES`); every other service field can be set as ``SLAM3R_<FIELD IN CAPITALS>`` (e.g. ``SLAM3R_ENCODING=msgpack``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from slam3r.config import ConfigError, from_dict, to_dict
+from slam3r.config import ConfigError, from_dict, read_sections, to_dict
 from slam3r.recon.config import ReconConfig
+from slam3r.runtime import SECTIONS, resolve_settings
 
 
 @dataclass(frozen=True)
@@ -186,38 +188,29 @@ def load_intrinsics(path: str | Path) -> tuple[float, float, float, float]:
     return values[0], values[1], values[2], values[3]
 
 
-def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServeConfig:
-    """Build the validated :class:`ServeConfig` from an optional YAML file and the environment.
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None, *, weights: str | None = None,
+                overrides: Sequence[str] = (), flags: Mapping[str, Any] | None = None) -> ServeConfig:
+    """Build the validated :class:`ServeConfig` from an optional YAML file and the environment. The ``recon``
+    section goes through the settings resolver (:func:`slam3r.runtime.resolve_settings`): defaults < the
+    ``weights``' recon.yaml (when given) < the file < the environment < command-line ``flags`` < ``overrides``
+    (``--set KEY=VALUE``).
 
     Raises:
         ConfigError: unreadable YAML, unknown keys, wrong types, invalid values (the message names the setting).
     """
-    import yaml
-
     env = os.environ if env is None else env
-    data: dict[str, Any] = {"service": {}, "recon": {}}
+    data: dict[str, Any] = {"service": {}}
     base_dir = Path.cwd()                      # a relative intrinsics path from the YAML is relative to the YAML
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, OSError) as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from None
-        if not isinstance(loaded, dict) or set(loaded) - {"service", "recon"}:
-            raise ConfigError(f"{p}: expected top-level sections 'service' and/or 'recon'")
-        for section in ("service", "recon"):
-            part = loaded.get(section) or {}
-            if not isinstance(part, dict):
-                raise ConfigError(f"{p}: section {section!r} must be a mapping")
-            data[section].update(part)
-        base_dir = p.parent
-    overrides = _env_overrides(env)
-    if "camera_intrinsics_file" in overrides["service"]:
+        data["service"].update(read_sections(path, SECTIONS)["service"])
+        base_dir = Path(path).parent
+    env_values = _env_overrides(env)
+    if "camera_intrinsics_file" in env_values["service"]:
         base_dir = Path.cwd()                  # a path from the environment is relative to the working directory
-    for section, values in overrides.items():
-        data[section].update(values)
+    data["service"].update(env_values["service"])
+    recon = resolve_settings(ReconConfig, "recon", weights=weights, config=str(path) if path else None,
+                             env=env_values["recon"], flags=flags, overrides=overrides)
+    data["recon"] = to_dict(recon.value)
     cfg = from_dict(ServeConfig, data)
     intr_file = cfg.service.camera_intrinsics_file
     if intr_file:

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         source = open_source(args.source, fps=args.fps)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"slam3r publish: {exc}", file=sys.stderr)
+        print(f"slam3r publish: error: {exc}", file=sys.stderr)
         return 2
     fps = args.fps
     if fps is None:
@@ -136,11 +136,11 @@ def run(args: argparse.Namespace) -> int:
             n = publish_stream(pub, ((rgb, ts) for _, rgb, ts in source), segment, args.stream_id, fps,
                                args.quality, args.max_frames, not args.no_end_marker)
     except pika.exceptions.UnroutableError:
-        print(f"slam3r publish: no queue is bound to exchange {args.exchange!r} (is `slam3r serve` running?)",
+        print(f"slam3r publish: error: no queue is bound to exchange {args.exchange!r} (is `slam3r serve` running?)",
               file=sys.stderr)
         return 1
     except pika.exceptions.AMQPError as exc:
-        print(f"slam3r publish: broker error at {url}: {exc!r}", file=sys.stderr)
+        print(f"slam3r publish: error: broker error at {url}: {exc!r}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     import yaml
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--max-minutes must be positive, got {args.max_minutes}")
         trainer = Trainer(args.stage, cfg, args.out, resume=args.resume)
     except (OSError, ConfigError, yaml.YAMLError) as exc:
-        print(f"slam3r train: {exc}")
+        print(f"slam3r train: error: {exc}", file=sys.stderr)
         return 2
     trainer.run(max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     return 0
