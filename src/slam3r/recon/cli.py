@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from slam3r.data.sources import open_source
     from slam3r.models import CheckpointError
     from slam3r.models.registry import configure_threads, load_models, resolve_device
-    from slam3r.recon.run import reconstruct
+    from slam3r.recon.run import reconstruct, stop_on_signals
 
     try:
         cfg = config_from_args(args)
@@ -114,16 +114,21 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("outputs") / name)
     frames = itertools.islice(source, args.max_frames) if args.max_frames else source
     try:
-        with torch.no_grad():
+        with torch.no_grad(), stop_on_signals() as stop:  # Ctrl-C / SIGTERM: keep what was registered, 130 / 143
             summary = reconstruct(frames, i2p, l2w, cfg, out, online=args.online, device=device, scene=name,
                                   keep_preds=not args.no_preds, frame_plys=args.frame_plys,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, stop=stop, source=source)
     except ValueError as exc:
         print(f"slam3r recon: error: {exc}", file=sys.stderr)
-        return 2
-    skipped = getattr(source, "skipped", 0)
+        return stop.exit_code or 2
+    except KeyboardInterrupt:
+        print("slam3r recon: aborted, nothing written", file=sys.stderr)
+        return 130
     print(f"frames: {summary['frames']}  stride: {summary['metadata']['kf_stride']}  fps: {summary['fps']}  "
           f"points: {summary['points']}  low-confidence frames: {len(summary['low_confidence_frames'])}  "
-          f"skipped (unreadable) frames: {skipped}")
+          f"unregistered frames: {len(summary['unregistered_frames'])}  "
+          f"skipped (unreadable) frames: {summary['input']['skipped']}")
+    if summary["interrupted"]:
+        print(f"stopped early ({summary['stop_reason']}): outputs hold the {summary['frames']} frames registered")
     print(f"written to {out}/ ({name}_recon.ply, {name}_recon.glb, trajectory.txt, summary.json, preds/)")
-    return 0
+    return stop.exit_code
