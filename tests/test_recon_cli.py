@@ -32,7 +32,7 @@ def frames_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("frames")
     for i, im in enumerate(seq.rgb):
         cv2.imwrite(str(d / f"frame{i}.jpg"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
-    (d / "frame5_depth.png").write_bytes(b"ignored: names containing 'depth' are skipped")
+    (d / "depth5.png").write_bytes(b"a Replica-layout depth map (depthN beside frameN): not a frame")
     return d
 
 
