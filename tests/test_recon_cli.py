@@ -19,11 +19,8 @@ N = 60
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory, tiny_models) -> Path:
-    root = tmp_path_factory.mktemp("weights")
-    tiny_models[0].save_pretrained(root / "i2p")
-    tiny_models[1].save_pretrained(root / "l2w")
-    return root
+def weights(tiny_weights_dir) -> Path:
+    return tiny_weights_dir
 
 
 @pytest.fixture(scope="module")

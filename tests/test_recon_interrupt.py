@@ -4,6 +4,7 @@ existing --out; runs that fail before their first registered frame."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -30,11 +31,8 @@ S = 64  # tiny networks' resolution
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory, tiny_models) -> Path:
-    root = tmp_path_factory.mktemp("weights")
-    tiny_models[0].save_pretrained(root / "i2p")
-    tiny_models[1].save_pretrained(root / "l2w")
-    return root
+def weights(tiny_weights_dir) -> Path:
+    return tiny_weights_dir
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +41,10 @@ def jpegs() -> list[bytes]:
     return [cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes() for im in seq.rgb]
 
 
-@pytest.fixture()
-def mjpeg_url(jpegs):
-    """A live camera stand-in: an MJPEG-over-HTTP server on 127.0.0.1 looping the frames at ~50 frames/s."""
+@contextlib.contextmanager
+def serve_mjpeg(jpegs: list[bytes], limit: int | None = None):
+    """A live camera stand-in: an MJPEG-over-HTTP server on 127.0.0.1 looping ``jpegs`` at ~50 frames/s (and
+    closing the connection after ``limit`` frames, a camera that stops). Yields the stream URL."""
     stop = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -55,7 +54,7 @@ def mjpeg_url(jpegs):
             self.end_headers()
             i = 0
             try:
-                while not stop.is_set():
+                while not stop.is_set() and (limit is None or i < limit):
                     jpg = jpegs[i % len(jpegs)]
                     self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
                                      + jpg + b"\r\n")
@@ -69,12 +68,19 @@ def mjpeg_url(jpegs):
 
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
-    stop.set()
-    server.shutdown()
-    server.server_close()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture()
+def mjpeg_url(jpegs):
+    with serve_mjpeg(jpegs) as url:
+        yield url
 
 
 def _registered_frames(staged_preds: Path) -> int:
@@ -171,3 +177,16 @@ def test_runs_that_register_nothing_leave_nothing(weights, tmp_path, capsys):
     assert main(["recon", str(one), "--weights", str(weights), "--out", str(mine), "--quiet"]) == 2
     assert "holds no slam3r result" in capsys.readouterr().err
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_a_camera_that_stops_finishes_the_outputs(weights, jpegs, tmp_path, capsys):
+    out = tmp_path / "cam"
+    with serve_mjpeg(jpegs, limit=20) as url:
+        rc = main(["recon", url, "--online", "--weights", str(weights), "--device", "cpu", "--out", str(out),
+                   "--scene", "cam", "--quiet", "--conf-thres-l2w", "1.0"])
+    assert rc == 0
+    assert "stopped early" in capsys.readouterr().out
+    res = _load_all(out, "cam")
+    s = res["summary"]
+    assert s["interrupted"] is True and "stopped sending frames" in s["stop_reason"]
+    assert s["frames"] == 20 and res["preds"]["input_imgs"].shape[0] == 20 and len(res["cameras"]) == 20

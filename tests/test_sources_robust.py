@@ -110,19 +110,17 @@ def test_tum_sequence_folder_gives_timestamps_and_takes_fps(tmp_path):
         open_source(root / "depth")
 
 
-def test_fps_on_an_image_folder_is_refused(tmp_path, tiny_models, capsys):
+def test_fps_on_an_image_folder_is_refused(tmp_path, tiny_weights_dir, capsys):
     _images(tmp_path / "f", 3)
     with pytest.raises(ValueError, match="--fps needs the frames' capture times"):
         ImageFolderSource(tmp_path / "f", fps=5)
-    weights = tmp_path / "w"
-    tiny_models[0].save_pretrained(weights / "i2p")
-    tiny_models[1].save_pretrained(weights / "l2w")
+    weights = tiny_weights_dir
     assert main(["recon", str(tmp_path / "f"), "--fps", "5", "--weights", str(weights), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("slam3r recon: error: --fps needs the frames' capture times")
 
 
-def test_folder_with_empty_and_unreadable_images_reconstructs(tmp_path, tiny_models, monkeypatch, capsys):
+def test_folder_with_empty_and_unreadable_images_reconstructs(tmp_path, tiny_weights_dir, monkeypatch, capsys):
     _images(tmp_path / "f", 12, prefix="frame")
     (tmp_path / "f" / "frame3.png").write_bytes(b"")
     (tmp_path / "f" / "frame7.png").unlink()
@@ -139,9 +137,7 @@ def test_folder_with_empty_and_unreadable_images_reconstructs(tmp_path, tiny_mod
             return real_fromfile(path, *args, **kwargs)
 
         monkeypatch.setattr(np, "fromfile", fromfile)
-    weights = tmp_path / "w"
-    tiny_models[0].save_pretrained(weights / "i2p")
-    tiny_models[1].save_pretrained(weights / "l2w")
+    weights = tiny_weights_dir
     out = tmp_path / "out"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -118,11 +118,13 @@ class FrameSource:
 
     Attributes: ``skipped`` (unreadable frames skipped so far) and ``skipped_items`` (each named, with the
     reason), ``excluded`` (files that are not frames, e.g. depth maps of an RGB-D layout), ``name`` (what is being
-    read), ``expected_frames`` (number of frames the source expects to yield, None when unknown or live).
+    read), ``expected_frames`` (number of frames the source expects to yield, None when unknown or live),
+    ``end_reason`` (set when a live source ended on its own: a stream or camera that stopped).
     """
 
     name: str = ""
     expected_frames: int | None = None
+    end_reason: str | None = None
 
     def __init__(self) -> None:
         self.skipped = 0
@@ -363,9 +365,7 @@ class StreamSource(FrameSource):
         super().__init__()
         self.spec = spec
         self.name = f"camera {spec}" if isinstance(spec, int) else str(spec)
-        if fps is not None and fps <= 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
-        self.fps = fps
+        self.fps = _check_fps(fps)
         self.max_failures = max_failures
 
     def __iter__(self) -> Iterator[Frame]:
@@ -389,6 +389,7 @@ class StreamSource(FrameSource):
                     next_ns = now + period_ns
                     yield index, _to_rgb(img), now
                 index += 1
+            self.end_reason = f"{self.name} stopped sending frames ({failures} failed reads in a row)"
         finally:
             cap.release()
 

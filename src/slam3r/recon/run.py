@@ -1,8 +1,9 @@
 """High-level entry point: frames in, a reconstruction directory out (used by the CLI, the demo and the app).
 
-A run can end early and still keep its work: Ctrl-C / SIGTERM (with :func:`stop_on_signals`), the end of a live
-stream, or an input that fails part-way all finish the outputs for every frame registered so far, with
-``"interrupted": true`` and the ``stop_reason`` in ``summary.json``. A run that registers no frame writes nothing.
+A run can end early and still keep its work: Ctrl-C / SIGTERM (with :func:`stop_on_signals`), a live stream or
+camera that stops, or an input that fails part-way all finish the outputs for every frame registered so far, with
+``"interrupted": true`` and the ``stop_reason`` in ``summary.json`` ("end of input" and ``false`` for a file read to
+its end). A run that registers no frame writes nothing.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
             raise
         _finish(writer, None, time.perf_counter() - t0, f"failed: {type(exc).__name__}: {exc}", source, run)
         raise
-    reason = stop.reason or (f"input failed: {input_error}" if input_error else "end of input")
+    reason = stop.reason or (f"input failed: {input_error}" if input_error else None) \
+        or getattr(source, "end_reason", None) or "end of input"
     return _finish(writer, engine, time.perf_counter() - t0, reason, source, run)
 
 
