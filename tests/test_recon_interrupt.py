@@ -165,11 +165,16 @@ def test_runs_that_register_nothing_leave_nothing(weights, tmp_path, capsys):
     one = tmp_path / "one"
     one.mkdir()
     cv2.imwrite(str(one / "0.png"), np.full((72, 96, 3), 128, np.uint8))
+    # a staging directory left by a run that was killed (its process is gone) is cleaned up too
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1 if Path("/proc/sys/kernel/pid_max").is_file() \
+        else 2**22 + 1  # no process can have this id
+    (tmp_path / f".o.partial-{dead}" / "preds").mkdir(parents=True)
     for extra in ([], ["--online"]):
-        assert main(["recon", str(one), "--weights", str(weights), "--out", str(tmp_path / "o"), "--quiet",
+        assert main(["recon", str(one), "--weights", str(weights), "--out", str(tmp_path / "o" / "deep"), "--quiet",
                      *extra]) == 2
         assert "at least 2" in capsys.readouterr().err
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["one"]
+    assert main(["recon", str(one), "--weights", str(weights), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one"]
     # a directory holding other files is never replaced
     mine = tmp_path / "mine"
     mine.mkdir()

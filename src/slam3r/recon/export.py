@@ -187,7 +187,9 @@ class ReconWriter:
         self.out = Path(out_dir)
         check_out_dir(self.out)
         self.staging = staging_dir(self.out)
-        shutil.rmtree(self.staging, ignore_errors=True)
+        _remove_stale_staging(self.staging.parent, self.out.name)
+        missing = [d for d in self.staging.parents if not d.exists()]
+        self._created = missing[-1] if missing else self.staging  # removed again by discard()
         self.preds = self.staging / "preds"
         self.preds.mkdir(parents=True)
         self.scene = scene
@@ -226,7 +228,7 @@ class ReconWriter:
         """Drop everything written so far (the run produced nothing worth keeping)."""
         for f in self.files.values():
             f.fh.close()
-        shutil.rmtree(self.staging, ignore_errors=True)
+        shutil.rmtree(self._created, ignore_errors=True)
 
     def close(self, metadata: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         """Finish all files and swap them in as ``out_dir``; returns the summary (with point count, low-confidence
@@ -257,6 +259,20 @@ class ReconWriter:
                 (self.preds / f"{name}.npy").unlink()
         _swap_in(self.staging, self.out)
         return summary
+
+
+def _remove_stale_staging(parent: Path, name: str) -> None:
+    """Remove staging / replaced directories for ``name`` left by runs that were killed (their process is gone)."""
+    for d in parent.glob(f".{name}.*-*"):
+        kind, _, pid = d.name[len(name) + 2:].rpartition("-")
+        if kind not in ("partial", "old") or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            pass
 
 
 def staging_dir(out: Path) -> Path:
