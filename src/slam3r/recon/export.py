@@ -20,7 +20,7 @@ Nothing in ``OUT/`` is ever half-written: the writer builds the whole directory 
 ``.<OUT name>.partial-<pid>/`` and swaps it in when it closes, so an existing ``OUT/`` from an earlier run is replaced
 as a whole (never a mix of old and new files), and a run that ends before its first registered frame leaves nothing.
 Frames that could not be registered (no confident point to place them) are listed in ``summary.json``
-(``unregistered_frames``), have ``"registered": false`` and ``"pose_c2w": null`` in ``cameras.json``, a comment
+(``unregistered_frames``), have ``"registered": false`` and null ``pose_c2w`` / ``focal`` in ``cameras.json``, a comment
 line instead of a pose in ``trajectory.txt``, and no points in the cloud.
 """
 
@@ -214,7 +214,8 @@ class ReconWriter:
             self.poses.append(r.pose_c2w)
         else:
             self.unregistered.append(r.frame_id)
-        self.cameras.append({"frame_id": r.frame_id, "timestamp_ns": r.timestamp_ns, "focal": r.focal,
+        self.cameras.append({"frame_id": r.frame_id, "timestamp_ns": r.timestamp_ns,
+                             "focal": r.focal if r.registered else None,
                              "is_keyframe": r.is_keyframe, "registered": r.registered,
                              "pose_c2w": np.round(r.pose_c2w, 8).tolist() if r.registered else None})
         self.conf_means.append(float(r.conf.mean()))
