@@ -89,7 +89,11 @@ def scan_image_folder(folder: str | Path) -> FolderImages:
     if folder.name == "depth" and (folder.parent / "depth.txt").is_file():
         raise ValueError(f"{folder} holds the depth maps of a TUM RGB-D sequence: pass the sequence folder "
                          f"{folder.parent} or its rgb/ folder")
-    names = [p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")]
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:  # e.g. permission denied
+        raise ValueError(f"cannot list image folder {folder}: {exc.strerror or exc}") from None
+    names = [p.name for p in entries if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")]
     kept, depth = split_depth_maps(names)
     ordered = sort_image_names(kept)
     if not ordered:
