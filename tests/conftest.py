@@ -29,3 +29,12 @@ def tiny_models():
 
     torch.manual_seed(0)
     return Image2PointsModel(TINY).eval(), Local2WorldModel(preset("tiny", l2w=True)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_dir(tmp_path_factory, tiny_models) -> Path:
+    """The tiny networks saved as a weights directory (``--weights DIR``: ``i2p/`` and ``l2w/``)."""
+    root = tmp_path_factory.mktemp("tiny_weights")
+    tiny_models[0].save_pretrained(root / "i2p")
+    tiny_models[1].save_pretrained(root / "l2w")
+    return root

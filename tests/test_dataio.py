@@ -224,8 +224,13 @@ def test_ply_roundtrip_and_foreign_files(tmp_path):
 
 
 def test_reference_frame_order():
+    # a Replica results/ folder: depthN.png are depth maps; a name merely containing "depth" is an image
     names = ["frame10.jpg", "frame2.jpg", "depth1.png", "frame1.jpg", "frame_depth_3.png"]
-    assert sort_image_names(names) == ["frame1.jpg", "frame2.jpg", "frame10.jpg"]
+    assert sort_image_names(names) == ["frame1.jpg", "frame2.jpg", "frame_depth_3.png", "frame10.jpg"]
+    assert sort_image_names(["depth_of_field2.jpg", "depth_of_field1.jpg"]) == ["depth_of_field1.jpg",
+                                                                                "depth_of_field2.jpg"]
+    seven = ["frame-000001.color.png", "frame-000000.depth.png", "frame-000000.color.png", "frame-000001.depth.png"]
+    assert sort_image_names(seven) == ["frame-000000.color.png", "frame-000001.color.png"]
     assert sort_image_names(["b.png", "a10.png", "a2.png"]) == ["a2.png", "a10.png", "b.png"]  # natural fallback
     assert sort_image_names(["x_9.png", "y_10.png", "z_1.png"]) == ["z_1.png", "x_9.png", "y_10.png"]
 
@@ -236,7 +241,6 @@ def _write_frames(folder, n=5, size=(32, 24)):
     imgs = rng.integers(0, 256, (n, size[1], size[0], 3), dtype=np.uint8)
     for i, img in enumerate(imgs):
         cv2.imwrite(str(folder / f"img_{i * 5}.png"), img[..., ::-1])
-    cv2.imwrite(str(folder / "img_depth_0.png"), np.zeros((4, 4), np.uint16))
     return imgs
 
 

@@ -19,11 +19,8 @@ N = 60
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory, tiny_models) -> Path:
-    root = tmp_path_factory.mktemp("weights")
-    tiny_models[0].save_pretrained(root / "i2p")
-    tiny_models[1].save_pretrained(root / "l2w")
-    return root
+def weights(tiny_weights_dir) -> Path:
+    return tiny_weights_dir
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +29,7 @@ def frames_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("frames")
     for i, im in enumerate(seq.rgb):
         cv2.imwrite(str(d / f"frame{i}.jpg"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
-    (d / "frame5_depth.png").write_bytes(b"ignored: names containing 'depth' are skipped")
+    (d / "depth5.png").write_bytes(b"a Replica-layout depth map (depthN beside frameN): not a frame")
     return d
 
 

@@ -58,7 +58,8 @@ def load_reconstruction(result_dir: str | Path) -> SavedReconstruction:
         pts=np.load(preds / "registered_pcds.npy", mmap_mode="r"),
         confs=np.load(preds / "registered_confs.npy", mmap_mode="r"),
         imgs=np.load(preds / "input_imgs.npy", mmap_mode="r"),
-        poses_c2w=np.array([c["pose_c2w"] for c in cameras], np.float64).reshape(-1, 4, 4),
+        poses_c2w=np.array([c["pose_c2w"] if c["pose_c2w"] is not None else np.full((4, 4), np.nan)
+                            for c in cameras], np.float64).reshape(-1, 4, 4),  # NaN: frame not registered
         focals=np.array([c["focal"] for c in cameras], np.float64),
         keyframes=np.array([bool(c.get("is_keyframe")) for c in cameras]),
         conf_thres=float(export.get("conf_thres_l2w", config["conf_thres_l2w"])),
@@ -77,7 +78,8 @@ def start_viewer(rec: SavedReconstruction, host: str, port: int, max_points: int
 
     server = viser.ViserServer(host=host, port=port, verbose=False)
     server.scene.set_up_direction("-y")  # world = the first keyframe's OpenCV camera: y points down
-    centres = rec.poses_c2w[:, :3, 3]
+    registered = np.isfinite(rec.poses_c2w).all(axis=(1, 2))
+    centres = rec.poses_c2w[registered, :3, 3]
     span = float(np.ptp(centres, axis=0).max()) if len(centres) > 1 else 1.0
     scale = max(span, 1e-3) * 0.04
 
@@ -90,6 +92,8 @@ def start_viewer(rec: SavedReconstruction, host: str, port: int, max_points: int
     step = max(1, -(-len(rec.poses_c2w) // max_frusta))
     for i in range(0, len(rec.poses_c2w), step):
         pose = rec.poses_c2w[i]
+        if not registered[i]:
+            continue
         server.scene.add_camera_frustum(
             f"/cameras/{i:05d}", fov=float(2 * np.arctan(rec.size / 2 / rec.focals[i])), aspect=1.0, scale=scale,
             image=np.asarray(rec.imgs[i][::4, ::4]), wxyz=vtf.SO3.from_matrix(pose[:3, :3]).wxyz,

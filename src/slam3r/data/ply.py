@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,9 +62,11 @@ def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None,
     header.append("end_header")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    tmp = path.with_name(f".{path.name}.tmp")  # complete or absent: written aside, then renamed
+    with open(tmp, "wb") as f:
         f.write(("\n".join(header) + "\n").encode("ascii"))
         f.write(data.tobytes())
+    os.replace(tmp, path)
     return path
 
 

@@ -12,11 +12,21 @@ import numpy as np
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Image file -> RGB (H, W, 3) uint8. Raises FileNotFoundError (missing) or ValueError (undecodable)."""
+    """Image file -> RGB (H, W, 3) uint8. Raises FileNotFoundError (missing), another OSError (not a regular
+    file, permission denied, I/O error) or ValueError (empty or undecodable)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
-    img = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR)
+    if not path.is_file():
+        raise IsADirectoryError(21, "not a regular file", str(path)) if path.is_dir() else \
+            OSError(f"not a regular file: {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise ValueError(f"empty image file (0 bytes): {path}")
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ValueError(f"cannot decode image ({exc.err}): {path}") from None
     if img is None:
         raise ValueError(f"cannot decode image (corrupt or unsupported): {path}")
     return img[..., ::-1].copy()

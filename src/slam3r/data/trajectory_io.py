@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +37,10 @@ def read_tum_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return data[:, 0], poses
 
 
-def write_tum_trajectory(path: str | Path, timestamps: np.ndarray, c2w: np.ndarray) -> Path:
-    """Write timestamps (N,) seconds and camera-to-world poses (N, 4, 4) as a TUM trajectory file.
+def write_tum_trajectory(path: str | Path, timestamps: np.ndarray, c2w: np.ndarray, notes: Sequence[str] = ()) -> Path:
+    """Write timestamps (N,) seconds and camera-to-world poses (N, 4, 4) as a TUM trajectory file, with ``notes``
+    as comment lines after the header (e.g. frames that have no pose). The file appears complete or not at all
+    (written under a temporary name, then renamed).
 
     A pose whose 3x3 block carries a scale (a Sim(3) pose) is written with its rotation normalised.
     """
@@ -49,10 +53,13 @@ def write_tum_trajectory(path: str | Path, timestamps: np.ndarray, c2w: np.ndarr
     q = rotmat_to_quat(A / scale[:, None, None]) if len(A) else np.zeros((0, 4))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
         f.write("# timestamp tx ty tz qx qy qz qw\n")
+        f.writelines(f"# {note}\n" for note in notes)
         for t, p, qq in zip(timestamps, c2w[:, :3, 3], q):
             f.write(f"{t:.9f} " + " ".join(f"{v:.9g}" for v in (*p, *qq)) + "\n")
+    os.replace(tmp, path)
     return path
 
 

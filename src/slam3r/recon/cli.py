@@ -87,47 +87,32 @@ def scene_name(scene: str | None, source: str) -> str:
     return Path(str(source).rstrip("/")).stem or "scene"
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse an ``--out`` that cannot become a writable directory (a file, under a file, not writable), before any
-    work is done; creates nothing."""
-    import os
-
-    from slam3r.errors import InputError
-
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a directory (new or existing)")
-    probe = out
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise InputError(f"--out {out} is under the file {probe}; give a directory path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"--out {out}: {probe} is not writable; choose another output directory")
-
-
-def print_summary(summary: dict, out: Path, name: str, skipped: int) -> None:
+def print_summary(summary: dict, out: Path, name: str) -> None:
     """The closing lines of a run, and a warning on stderr when (almost) nothing passed the export threshold."""
     import sys
 
     print(f"frames: {summary['frames']}  stride: {summary['metadata']['kf_stride']}  fps: {summary['fps']}  "
           f"points: {summary['points']}  low-confidence frames: {len(summary['low_confidence_frames'])}  "
-          f"skipped (unreadable) frames: {skipped}")
+          f"unregistered frames: {len(summary['unregistered_frames'])}  "
+          f"skipped (unreadable) frames: {summary['input'].get('skipped', 0)}")
     warning = (summary.get("export_check") or {}).get("warning")
     if warning:
         print(f"slam3r recon: warning: {warning}", file=sys.stderr)
+    if summary["interrupted"]:
+        print(f"stopped early ({summary['stop_reason']}): outputs hold the {summary['frames']} frames registered")
     print(f"written to {out}/ ({name}_recon.ply, {name}_recon.glb, trajectory.txt, summary.json, preds/)")
 
 
 def run(args: argparse.Namespace) -> int:
     import itertools
+    import sys
 
     import torch
 
     from slam3r.data.sources import open_source
     from slam3r.errors import InputError
-    from slam3r.recon.run import reconstruct
+    from slam3r.recon.export import check_out_dir
+    from slam3r.recon.run import reconstruct, stop_on_signals
     from slam3r.runtime import recon_settings, runtime_from_args, weights_record
 
     settings = recon_settings(args, config_flags(args))
@@ -140,10 +125,22 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(str(exc)) from exc
     rt = runtime_from_args(args)
     frames = itertools.islice(source, args.max_frames) if args.max_frames else source
-    with torch.no_grad():
-        summary = reconstruct(frames, rt.i2p, rt.l2w, settings.value, out, online=args.online, device=rt.device,
-                              scene=name, keep_preds=not args.no_preds, frame_plys=args.frame_plys,
-                              progress=not args.quiet,
-                              settings={"weights": weights_record(args.weights), "config_sources": settings.sources})
-    print_summary(summary, out, name, getattr(source, "skipped", 0))
-    return 0
+    record = {"weights": weights_record(args.weights), "config_sources": settings.sources}
+    with torch.no_grad(), stop_on_signals() as stop:  # Ctrl-C / SIGTERM: keep what was registered, 130 / 143
+        try:
+            summary = reconstruct(frames, rt.i2p, rt.l2w, settings.value, out, online=args.online,
+                                  device=rt.device, scene=name, keep_preds=not args.no_preds,
+                                  frame_plys=args.frame_plys, progress=not args.quiet, stop=stop, source=source,
+                                  settings=record)
+        except ValueError as exc:
+            if isinstance(exc, InputError) and not stop.requested:
+                raise
+            if not stop.requested:
+                raise InputError(str(exc)) from exc
+            print(f"slam3r recon: error: {exc}", file=sys.stderr)
+            return stop.exit_code
+        except KeyboardInterrupt:
+            print("slam3r recon: aborted, nothing written", file=sys.stderr)
+            return 130
+    print_summary(summary, out, name)
+    return stop.exit_code

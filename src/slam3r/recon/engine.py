@@ -316,22 +316,34 @@ class Engine:
     def _result(self, v: int) -> FrameResult:
         f = self.frames[v]
         with self._timed("pose"):
-            weights = ((f.conf_i2p > self.cfg.conf_thres_i2p).float() * (1 - 1 / f.conf_l2w)).cpu().numpy()
+            has_world = f.world.norm(dim=-1) > 0  # the initial window zeroes points it could not place
+            conf = torch.where(has_world, f.conf_l2w.clamp(min=1.0), torch.ones_like(f.conf_l2w))
+            weights = ((f.conf_i2p > self.cfg.conf_thres_i2p).float() * (1 - 1 / conf)).cpu().numpy()
             local, world, cam = f.local.cpu().numpy(), f.world.cpu().numpy(), f.pts_cam.cpu().numpy()
-            if weights.sum() <= 0:  # nothing confident: keep the weights uniform rather than fail
-                weights = np.ones_like(weights)
-            pose = None
-            if self.intrinsics_net is not None:
-                fx, fy, cx, cy = self.intrinsics_net
-                pose = pose_from_pnp(world, weights, fx, fy, cx, cy, seed=v)
-                focal = float(fx)
-            else:
-                focal = float(estimate_focal(f.local, torch.from_numpy(weights).to(f.local.device)))
-            if pose is None:
-                pose, _ = pose_from_pointmaps(cam, world, weights)
+            if weights.sum() <= 0:  # no confident I2P point: register from the world points the frame has
+                weights, cam = (has_world.float() * (1 - 1 / conf)).cpu().numpy(), local
+            pose, focal = self._pose(v, f, cam, world, weights)
         return FrameResult(frame_id=v, timestamp_ns=f.timestamp_ns, rgb=f.rgb, pts3d_local=local,
-                           conf_i2p=f.conf_i2p.cpu().numpy(), pts3d_world=world, conf=f.conf_l2w.cpu().numpy(),
-                           pose_c2w=pose, focal=focal, is_keyframe=v in self.buffer)
+                           conf_i2p=f.conf_i2p.cpu().numpy(), pts3d_world=world, conf=conf.cpu().numpy(),
+                           pose_c2w=pose if pose is not None else np.full((4, 4), np.nan), focal=focal,
+                           is_keyframe=v in self.buffer, registered=pose is not None)
+
+    def _pose(self, v: int, f: _Frame, cam: np.ndarray, world: np.ndarray,
+              weights: np.ndarray) -> tuple[np.ndarray | None, float]:
+        """Camera-to-world pose (``None`` when no weighted point fixes it) and focal length of frame ``v``."""
+        if self.intrinsics_net is not None:
+            fx, fy, cx, cy = self.intrinsics_net
+            pose = pose_from_pnp(world, weights, fx, fy, cx, cy, seed=v)
+            focal = float(fx)
+        else:
+            pose = None
+            focal = float(estimate_focal(f.local, torch.from_numpy(weights).to(f.local.device)))
+        if pose is None and (weights > 0).sum() >= 3:
+            try:
+                pose, _ = pose_from_pointmaps(cam, world, weights)
+            except ValueError:  # degenerate (e.g. all weighted points identical)
+                pose = None
+        return pose, focal
 
     def _evict(self) -> None:
         """Drop state no future step can need: not buffered, registered, and older than every pending window."""

@@ -17,11 +17,20 @@ Layout of ``OUT/``::
     preds/registered_confs.npy (V, S, S) float32
     preds/input_imgs.npy     (V, S, S, 3) uint8
     preds/metadata.json      {scene_id, init_winsize, kf_stride, init_ref_id}
+
+Nothing in ``OUT/`` is ever half-written: the writer builds the whole directory in a hidden sibling
+``.<OUT name>.partial-<pid>/`` and swaps it in when it closes, so an existing ``OUT/`` from an earlier run is replaced
+as a whole (never a mix of old and new files), and a run that ends before its first registered frame leaves nothing.
+Frames that could not be registered (no confident point to place them) are listed in ``summary.json``
+(``unregistered_frames``), have ``"registered": false`` and null ``pose_c2w`` / ``focal`` in ``cameras.json``, a comment
+line instead of a pose in ``trajectory.txt``, and no points in the cloud.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,10 +113,8 @@ def write_glb(path: str | Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
     binary = pos_bytes + col_bytes
     binary += b"\0" * (-len(binary) % 4)
     total = 12 + 8 + len(js) + 8 + len(binary)
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<4sII", b"glTF", 2, total))
-        fh.write(struct.pack("<I4s", len(js), b"JSON") + js)
-        fh.write(struct.pack("<I4s", len(binary), b"BIN\0") + binary)
+    _write_atomic(Path(path), struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(js), b"JSON") + js
+                  + struct.pack("<I4s", len(binary), b"BIN\0") + binary)
 
 
 @dataclass
@@ -145,15 +152,60 @@ def select_points(pts: np.ndarray, confs: np.ndarray, imgs: np.ndarray, conf_thr
     return Cloud(xyz.astype(np.float32), rgb.astype(np.uint8), conf.astype(np.float32))
 
 
+def _write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to a temporary name beside ``path`` and rename it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse, before any work and creating nothing, an ``out`` the writer cannot or may not replace: a file, a path
+    under a file, an unwritable place, or a non-empty directory that is not a slam3r result (no ``summary.json``),
+    so re-running never deletes a user's own files. Raises :class:`slam3r.errors.InputError`."""
+    from slam3r.errors import InputError
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a directory (new or existing)")
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"--out {out} is under the file {probe}; give a directory path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: {probe} is not writable; choose another output directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "summary.json").is_file():
+        raise InputError(f"output directory {out} is not empty and holds no slam3r result (no summary.json); "
+                         "choose a new or empty directory")
+
+
+def _swap_in(staged: Path, out: Path) -> None:
+    """Make the finished directory ``staged`` the result ``out``, replacing an earlier result as a whole."""
+    old = None
+    out = Path(os.path.abspath(out))
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(staged, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 class ReconWriter:
-    """Streams :class:`FrameResult` s to ``out_dir`` (see module docstring); call :meth:`close` at the end."""
+    """Streams :class:`FrameResult` s into a staging directory beside ``out_dir`` (see module docstring); call
+    :meth:`close` at the end to finish the files and swap them in, or :meth:`discard` to leave nothing."""
 
     def __init__(self, out_dir: str | Path, scene: str = "scene", *, conf_thres_l2w: float = 12.0,
                  num_points_save: int = 2_000_000, keep_preds: bool = True, frame_plys: bool = False,
                  seed: int = 42, low_conf_frame_thresh: float = 10.0) -> None:
         self.out = Path(out_dir)
-        self.preds = self.out / "preds"
-        self.preds.mkdir(parents=True, exist_ok=True)
+        check_out_dir(self.out)
+        self.staging = staging_dir(self.out)
+        _remove_stale_staging(self.staging.parent, self.out.name)
+        missing = [d for d in self.staging.parents if not d.exists()]
+        self._created = missing[-1] if missing else self.staging  # removed again by discard()
+        self.preds = self.staging / "preds"
+        self.preds.mkdir(parents=True)
         self.scene = scene
         self.conf_thres, self.num_points, self.keep_preds = conf_thres_l2w, num_points_save, keep_preds
         self.frame_plys, self.seed = frame_plys, seed
@@ -161,6 +213,7 @@ class ReconWriter:
         self.files = {name: _NpyAppender(self.preds / f"{name}.npy", dt) for name, (_, dt) in PRED_FILES.items()}
         self.stamps: list[float] = []
         self.poses: list[np.ndarray] = []
+        self.unregistered: list[int] = []
         self.cameras: list[dict[str, Any]] = []
         self.conf_means: list[float] = []
         self.next_frame = 0
@@ -170,35 +223,77 @@ class ReconWriter:
             raise ValueError(f"frame {r.frame_id} arrived, expected {self.next_frame} (results must be in order)")
         for name, (attr, _) in PRED_FILES.items():
             self.files[name].append(getattr(r, attr))
-        self.stamps.append(r.timestamp_ns / 1e9 if r.timestamp_ns is not None else float(r.frame_id))
-        self.poses.append(r.pose_c2w)
-        self.cameras.append({"frame_id": r.frame_id, "timestamp_ns": r.timestamp_ns, "focal": r.focal,
-                             "is_keyframe": r.is_keyframe, "pose_c2w": np.round(r.pose_c2w, 8).tolist()})
+        stamp = r.timestamp_ns / 1e9 if r.timestamp_ns is not None else float(r.frame_id)
+        if r.registered:
+            self.stamps.append(stamp)
+            self.poses.append(r.pose_c2w)
+        else:
+            self.unregistered.append(r.frame_id)
+        self.cameras.append({"frame_id": r.frame_id, "timestamp_ns": r.timestamp_ns,
+                             "focal": r.focal if r.registered else None,
+                             "is_keyframe": r.is_keyframe, "registered": r.registered,
+                             "pose_c2w": np.round(r.pose_c2w, 8).tolist() if r.registered else None})
         self.conf_means.append(float(r.conf.mean()))
         if self.frame_plys:
-            (self.out / "frames").mkdir(exist_ok=True)
+            (self.staging / "frames").mkdir(exist_ok=True)
             xyz, rgb, conf = r.points(self.conf_thres)
-            write_ply(self.out / "frames" / f"frame_{r.frame_id}.ply", xyz, rgb, conf)
+            write_ply(self.staging / "frames" / f"frame_{r.frame_id}.ply", xyz, rgb, conf)
         self.next_frame += 1
 
+    def discard(self) -> None:
+        """Drop everything written so far (the run produced nothing worth keeping)."""
+        for f in self.files.values():
+            f.fh.close()
+        shutil.rmtree(self._created, ignore_errors=True)
+
     def close(self, metadata: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
-        """Finish all files; returns the summary (with point count and low-confidence frames added)."""
+        """Finish all files and swap them in as ``out_dir``; returns the summary (with point count, low-confidence
+        and unregistered frames added). With no frame at all, discards everything and raises ValueError."""
+        if self.next_frame == 0:
+            self.discard()
+            raise ValueError("no frame was registered: nothing written")
         for f in self.files.values():
             f.close()
-        write_tum_trajectory(self.out / "trajectory.txt", np.array(self.stamps), np.array(self.poses).reshape(-1, 4, 4))
-        (self.preds / "metadata.json").write_text(jsonio.dumps({"scene_id": self.scene, **metadata}))
-        (self.out / "cameras.json").write_text(jsonio.dumps(self.cameras))
+        notes = [f"frame {i} (timestamp_ns {self.cameras[i]['timestamp_ns']}) not registered: no confident point"
+                 for i in self.unregistered]
+        write_tum_trajectory(self.staging / "trajectory.txt", np.array(self.stamps),
+                             np.array(self.poses).reshape(-1, 4, 4), notes=notes)
+        _write_atomic(self.preds / "metadata.json", jsonio.dumps({"scene_id": self.scene, **metadata}))
+        _write_atomic(self.staging / "cameras.json", jsonio.dumps(self.cameras))
         arrays = [np.load(self.preds / f"{name}.npy", mmap_mode="r")
                   for name in ("registered_pcds", "registered_confs", "input_imgs")]
         cloud = select_points(*arrays, conf_thres=self.conf_thres, num_points=self.num_points, seed=self.seed)
-        write_ply(self.out / f"{self.scene}_recon.ply", cloud.xyz, cloud.rgb, cloud.conf)
-        write_glb(self.out / f"{self.scene}_recon.glb", cloud.xyz, cloud.rgb)
+        check = export_check(arrays[1], self.conf_thres)
+        del arrays
+        write_ply(self.staging / f"{self.scene}_recon.ply", cloud.xyz, cloud.rgb, cloud.conf)
+        write_glb(self.staging / f"{self.scene}_recon.glb", cloud.xyz, cloud.rgb)
         low = [i for i, c in enumerate(self.conf_means) if c < self.low_conf_frame_thresh]
-        summary = {**summary, "frames": self.next_frame, "points": len(cloud),
-                   "low_confidence_frames": low, "metadata": metadata,
-                   "export_check": export_check(arrays[1], self.conf_thres)}
-        (self.out / "summary.json").write_text(jsonio.dumps(summary, indent=1))
+        summary = {**summary, "frames": self.next_frame, "points": len(cloud), "low_confidence_frames": low,
+                   "unregistered_frames": list(self.unregistered), "metadata": metadata,
+                   "export_check": check}
+        _write_atomic(self.staging / "summary.json", jsonio.dumps(summary, indent=1))
         if not self.keep_preds:
             for name in PRED_FILES:
                 (self.preds / f"{name}.npy").unlink()
+        _swap_in(self.staging, self.out)
         return summary
+
+
+def _remove_stale_staging(parent: Path, name: str) -> None:
+    """Remove staging / replaced directories for ``name`` left by runs that were killed (their process is gone)."""
+    for d in parent.glob(f".{name}.*-*"):
+        kind, _, pid = d.name[len(name) + 2:].rpartition("-")
+        if kind not in ("partial", "old") or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            pass
+
+
+def staging_dir(out: Path) -> Path:
+    """Where a writer for ``out`` builds its files until it closes: a hidden sibling named after this process."""
+    out = Path(os.path.abspath(out))
+    return out.with_name(f".{out.name}.partial-{os.getpid()}")

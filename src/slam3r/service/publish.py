@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
 
     url = args.url or os.environ.get("RABBITMQ_URL", DEFAULT_URL)
     try:
-        source = open_source(args.source, fps=args.fps)
+        # on an image folder --fps is the publishing rate, not a subsampling of the (timeless) images
+        source = open_source(args.source, fps=None if Path(str(args.source)).is_dir() else args.fps)
     except (FileNotFoundError, ValueError) as exc:
         print(f"slam3r publish: error: {exc}", file=sys.stderr)
         return 2
