@@ -29,67 +29,11 @@ import numpy as np
 from slam3r.recon.types import FrameResult
 from slam3r.service.broker import Delivery
 from slam3r.service.config import ServiceConfig
-from slam3r.service.messages import Payload, decode_image
+from slam3r.service.inbound import decode_image
+from slam3r.service.testing import NullLink, PrecomputedEngine, room_results
 from slam3r.service.worker import Service
 
 S = 224
-
-
-def room_results(n: int, seed: int = 0) -> list[FrameResult]:
-    """``n`` FrameResults of a camera turning at the centre of a 4 x 3 x 2.5 box room."""
-    rng = np.random.default_rng(seed)
-    v, u = np.mgrid[0:S, 0:S].astype(np.float64)
-    rays = np.stack([(u - S / 2) / 200.0, (v - S / 2) / 200.0, np.ones_like(u)], -1)
-    half = np.array([2.0, 1.25, 1.5])
-    out = []
-    for i in range(n):
-        yaw = 2 * np.pi * i / 120
-        rot = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
-        d = rays @ rot.T
-        t = np.min(half / np.maximum(np.abs(d), 1e-9), axis=-1, keepdims=True)
-        world = (d * t + rng.normal(0, 0.003, d.shape)).astype(np.float32)
-        pose = np.eye(4)
-        pose[:3, :3] = rot
-        conf = (1 + np.exp(rng.normal(2.5, 1.0, (S, S)))).astype(np.float32)
-        rgb = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
-        out.append(FrameResult(i, None, rgb, (rays * t).astype(np.float32), conf, world, conf, pose, 200.0,
-                               is_keyframe=i % 5 == 0))
-    return out
-
-
-class PrecomputedEngine:
-    """Returns the next precomputed result for every pushed frame, immediately."""
-
-    def __init__(self, results: list[FrameResult]) -> None:
-        self.results, self.n = results, 0
-
-    def push_many(self, rgbs: list[np.ndarray], timestamps: list[int | None] | None = None) -> list[FrameResult]:
-        out = []
-        for ts in timestamps or [None] * len(rgbs):
-            r = self.results[self.n % len(self.results)]
-            out.append(dataclasses.replace(r, frame_id=self.n, timestamp_ns=ts))
-            self.n += 1
-        return out
-
-    def flush(self) -> list[FrameResult]:
-        return []
-
-    def reset(self) -> None:
-        self.n = 0
-
-
-class NullLink:
-    """Stands in for the AMQP link: keeps what the service would publish (bodies before gzip)."""
-
-    def __init__(self) -> None:
-        self.inbox: queue.Queue = queue.Queue()
-        self.payloads: list[Payload] = []
-
-    def send(self, items: list) -> None:
-        self.payloads += [i.payload for i in items if hasattr(i, "payload")]
-
-    def set_prefetch(self, n: int) -> None:
-        pass
 
 
 def jpeg(width: int, height: int, seed: int = 0) -> bytes:
@@ -110,14 +54,15 @@ def in_process(results: list[FrameResult], body: bytes, encoding: str, frames: i
         svc.handle(deliveries[i:i + batch])
     cpu_ms = 1e3 * (time.thread_time() - c0) / frames
     st = svc.stats
-    gz = [p for p in link.payloads if p.content_encoding == "gzip"]
+    payloads = [o.payload for o in link.published]
+    gz = [p for p in payloads if p.compress or p.content_encoding == "gzip"]
     sample = gz[:60]
     t0 = time.perf_counter()
     for p in sample:
         p.wire_body()
     gzip_ms = 1e3 * (time.perf_counter() - t0) / max(1, len(sample)) * len(gz) / frames
     return {"overhead_ms": st.overhead_per_frame_ms, "cpu_ms": cpu_ms, "engine_ms": 1e3 * st.engine_s / frames,
-            "bytes_per_frame": sum(len(p.body) for p in link.payloads) / frames, "gzip_ms": gzip_ms,
+            "bytes_per_frame": sum(len(p.body) for p in payloads) / frames, "gzip_ms": gzip_ms,
             "map_points": len(svc.streams["default"].buffer)}
 
 
