@@ -21,6 +21,18 @@ from slam3r.service.broker import Delivery, Outgoing, Settle
 from slam3r.service.encodings import decode_payload
 
 
+def broker_available(url: str = "amqp://guest:guest@127.0.0.1:5672/") -> bool:
+    """Whether a RabbitMQ broker answers at ``url`` (one attempt, 2 s timeout): the one probe of tests and benches."""
+    import pika
+
+    sep = "&" if "?" in url else "?"
+    try:
+        pika.BlockingConnection(pika.URLParameters(url + sep + "connection_attempts=1&socket_timeout=2")).close()
+        return True
+    except Exception:  # any failure means: no usable broker
+        return False
+
+
 class NullLink:
     """Records the worker's outbox: :attr:`published` (``Outgoing``) and :attr:`settled` (delivery tags)."""
 
