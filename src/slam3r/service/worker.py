@@ -276,6 +276,7 @@ class Service:
             self._push(st, groups, out)                # timestamps went back: a new recording on this stream
             self._finish(st, "timestamps went back: a new recording", out, h.segment, h.timestamp_ns)
             st.closed.pop(h.segment, None)
+            st.cache.clear()                           # same segment name, other frames
         elif self._duplicate(st, key, d, out):
             return
         if h.segment != st.segment and not self._open_segment(st, h, d, groups, out):
@@ -309,7 +310,10 @@ class Service:
         return True
 
     def _duplicate(self, st: StreamState, key: Key, d: Delivery, out: list[_Item]) -> bool:
-        """Handle a frame already registered or in the engine; False for a new frame."""
+        """Handle a frame already registered or in the engine; False for a new frame (a frame of a finished
+        segment counts as a duplicate only when RabbitMQ redelivers it; otherwise it is a late frame)."""
+        if key[0] != st.segment and not d.redelivered:
+            return False
         if key in st.cache:
             out.extend(st.cache[key])
             out.append(Settle(d.generation, d.tag))
