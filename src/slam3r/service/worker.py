@@ -222,6 +222,8 @@ class Service:
         log.info("stream %s forgotten (%s)", st.stream_id, why)
 
     def _evict_idle(self, now: float, out: list[_Item]) -> None:
+        if not self.link.inbox.empty():
+            return                                     # frames are waiting: nobody is idle before they are seen
         for st in list(self.streams.values()):
             if now - st.last_active < self.cfg.stream_idle_s:
                 break                                  # ordered by activity: the rest is more recent
@@ -253,6 +255,7 @@ class Service:
                 self._reject(d, f"internal error: {type(exc).__name__}: {exc}", out)
         for stream_id in list(groups):
             self._push(self.streams[stream_id], groups, out)
+            self.streams[stream_id].last_active = time.monotonic()      # idle counts from the end of its work
         self.link.send(out)
         self.stats.busy_s += time.perf_counter() - t0
 
