@@ -12,14 +12,17 @@ dedupe bookkeeping, map (point buffer) update, pose / point-cloud / map-update e
 
 ``ms/frame`` is wall time; ``cpu ms`` the worker thread's CPU time (comparable on a shared machine). Prints a
 table and one JSON line. Usage: ``python bench/bench_service.py [--frames 300] [--no-broker]``.
+
+``--many-streams N``: instead, the bounded-state check with the real engine (bundled model, CPU): ``N`` streams
+that each send a few frames (fewer than the engine needs to initialise) and stop, interleaved with one normal
+stream; reports the worker's peak RSS, the live streams, the frames held by the engines against
+``max_in_flight``, and how many of the normal stream's frames got their pose.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import queue
 import time
 import uuid
 
@@ -118,11 +121,66 @@ def through_broker(results: list[FrameResult], body: bytes, frames: int) -> dict
     return {"frames_per_s": frames / dt, "overhead_ms": svc.stats.overhead_per_frame_ms}
 
 
+def many_streams(n_streams: int, per_stream: int, normal_every: int, conf_l2w: float) -> dict:
+    """Bounded state under ``n_streams`` short-lived streams (see module docstring); real engine, NullLink."""
+    import psutil
+
+    from slam3r.models.registry import load_models
+    from slam3r.recon.config import ReconConfig
+    from slam3r.recon.streaming import StreamingReconstructor
+
+    proc = psutil.Process()
+    i2p, l2w = load_models("default", "cpu")
+    recon = ReconConfig(conf_thres_l2w=conf_l2w, conf_thres_i2p=1.0)
+    cfg = ServiceConfig(decode_min_side=0)
+    link = NullLink()
+    svc = Service(cfg, lambda: StreamingReconstructor(i2p, l2w, recon), net_size=i2p.cfg.img_size[0],
+                  conf_thres_l2w=conf_l2w, link=link)
+    bodies = [jpeg(320, 240, seed=i) for i in range(8)]
+    rss0 = proc.memory_info().rss
+    peak, held, live, normal_sent = rss0, 0, 0, 0
+    t0 = time.perf_counter()
+    schedule = []
+    for r in range(per_stream):
+        for s in range(n_streams):
+            schedule.append((f"noise{s}", 1000 + r))
+            if len(schedule) % normal_every == 0:
+                schedule.append(("normal", 10_000 + len(schedule)))
+    for i in range(0, len(schedule), cfg.batch_size):
+        batch = [link.delivery(bodies[j % len(bodies)], {"timestamp_ns": ts, "stream_id": sid})
+                 for j, (sid, ts) in enumerate(schedule[i:i + cfg.batch_size], start=i)]
+        normal_sent += sum(sid == "normal" for sid, _ in schedule[i:i + cfg.batch_size])
+        svc.handle(batch)
+        svc.housekeeping()
+        held, live = max(held, svc.held()), max(live, len(svc.streams))
+        peak = max(peak, proc.memory_info().rss)
+    poses = [o for o in link.published if o.exchange == cfg.name(cfg.pose_exchange)]
+    normal_poses = sum(b'"stream_id":"normal"' in o.payload.body for o in poses)
+    reasons = [h["x-reject-reason"].split(":")[0] for h in link.dead_letters(cfg.name(cfg.dead_letter_exchange))]
+    return {"streams": n_streams, "frames": len(schedule), "seconds": time.perf_counter() - t0,
+            "rss_start_mb": rss0 / 2**20, "rss_peak_mb": peak / 2**20, "max_live_streams": live,
+            "max_held_frames": held, "held_budget": cfg.max_in_flight - cfg.prefetch,
+            "normal_frames_sent": normal_sent, "normal_poses": normal_poses, "evicted": svc.stats.evicted,
+            "dead_letter_reasons": {r: reasons.count(r) for r in set(reasons)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--no-broker", action="store_true", help="skip the run through RabbitMQ")
+    ap.add_argument("--many-streams", type=int, default=0, metavar="N",
+                    help="run the bounded-state check with N short-lived streams instead")
+    ap.add_argument("--frames-per-stream", type=int, default=3)
+    ap.add_argument("--normal-every", type=int, default=10, help="one normal-stream frame every this many")
+    ap.add_argument("--conf-l2w", type=float, default=1.5, help="L2W confidence threshold (points kept)")
     args = ap.parse_args()
+    if args.many_streams:
+        r = many_streams(args.many_streams, args.frames_per_stream, args.normal_every, args.conf_l2w)
+        for k, v in r.items():
+            print(f"{k:<22} {v:.1f}" if isinstance(v, float) else f"{k:<22} {v}")
+        print(json.dumps({"bench": "service_many_streams", **{k: (round(v, 1) if isinstance(v, float) else v)
+                                                               for k, v in r.items()}}))
+        return
     results = room_results(60)
     rows = []
     for w, h in ((1280, 720), (640, 480)):
