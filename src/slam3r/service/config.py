@@ -60,7 +60,7 @@ class ServiceConfig:
     only after this delay to the others, as a standby, so the shards spread over workers started together."""
     max_streams: int = 32
     """Live streams per worker; a new stream beyond it finishes (and saves) the least recently used one."""
-    stream_idle_s: float = 120.0
+    stream_idle_s: float = 30.0
     """A stream without frames for this long is finished (segment published / saved) and forgotten."""
     max_pixels: int = 40_000_000
     """Images with more pixels (read from the JPEG / PNG header) are dead-lettered without being decoded."""
