@@ -95,3 +95,12 @@ def test_serve_and_publish_commands(tmp_path):
         if serve.poll() is None:
             serve.kill()
         h.close()
+
+
+def test_building_the_cli_parser_imports_no_torch():
+    code = ("import sys; from slam3r.cli import build_parser; p = build_parser(); p.parse_args(['serve']); "
+            "heavy = [m for m in ('torch', 'cv2', 'pika', 'open3d') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stdout + out.stderr
