@@ -131,6 +131,13 @@ class Harness:
                 return out
             out.append((dict(props.headers or {}), body))
 
+    def restart(self, body: bytes = b"", headers: dict[str, Any] | None = None) -> None:
+        """Publish a restart message on this test's restart exchange."""
+        import pika
+
+        self.ch.basic_publish(self.cfg.name(self.cfg.restart_exchange), "", body,
+                              pika.BasicProperties(content_type="application/json", headers=headers))
+
     def queue_depth(self, name: str) -> int:
         return self.ch.queue_declare(self.cfg.name(name), passive=True).method.message_count
 
@@ -150,6 +157,21 @@ class Harness:
             self.ch.exchange_delete(shard_exchange(cfg))
         finally:
             self.conn.close()
+
+
+def queue_exists(name: str, url: str = URL) -> bool:
+    """Whether queue ``name`` exists on the broker (a passive declare on a throwaway connection)."""
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        conn.channel().queue_declare(name, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        if conn.is_open:
+            conn.close()
 
 
 def run_in_thread(service: Any) -> tuple[threading.Thread, list[int]]:

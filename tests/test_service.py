@@ -211,8 +211,6 @@ def test_new_segment_and_redelivered_late_frames(harness, tmp_path):
 
 
 def test_restart_forgets_finished_segments_so_a_replay_is_processed(harness):
-    import pika
-
     engines: list[FakeEngine] = []
     svc, thread, code = start(harness, engines)
     frames = textured_frames(8, seed=6)
@@ -224,8 +222,7 @@ def test_restart_forgets_finished_segments_so_a_replay_is_processed(harness):
             harness.wait_for(lambda: sum(m.get("event") == "end" for m in harness.received["vis"]) == replay + 1,
                              20, f"end {replay}")
             if replay == 0:                         # as the deployment's server does on start-up
-                harness.ch.basic_publish(harness.cfg.name(harness.cfg.restart_exchange), "", b'{"type":"restart"}',
-                                         pika.BasicProperties(content_type="application/json"))
+                harness.restart(b'{"type":"restart"}')
                 harness.wait_for(lambda: not svc.streams, 20, "the restart")
     harness.collect(0.3)
     assert [m["timestamp_ns"] for m in harness.received["pose"]] == [700 + i for i in range(8)] * 2
@@ -234,8 +231,6 @@ def test_restart_forgets_finished_segments_so_a_replay_is_processed(harness):
 
 
 def test_restart_message_finishes_the_segment_and_later_frames_start_over(harness):
-    import pika
-
     engines: list[FakeEngine] = []
     svc, thread, code = start(harness, engines)
     frames = textured_frames(10, seed=5)
@@ -243,8 +238,7 @@ def test_restart_message_finishes_the_segment_and_later_frames_start_over(harnes
         for i in range(6):
             pub.frame(frames[i], 300 + i, "r")
         harness.wait_for(lambda: len(harness.received["pose"]) == 5, 20, "the initial window")
-        harness.ch.basic_publish(harness.cfg.name(harness.cfg.restart_exchange), "", b"",
-                                 pika.BasicProperties(headers={"stream_id": "default"}))
+        harness.restart(headers={"stream_id": "default"})
         harness.wait_for(lambda: any(m.get("event") == "end" for m in harness.received["vis"]), 20, "end")
         for i in range(6, 10):
             pub.frame(frames[i], 300 + i, "r")                 # same segment name, later frames: a new map

@@ -13,7 +13,7 @@ import cv2
 import pytest
 import torch
 
-from service_helpers import Harness, needs_broker, textured_frames
+from service_helpers import Harness, needs_broker, queue_exists, textured_frames
 from slam3r.cli import main
 from slam3r.service.broker import queue_names
 
@@ -37,20 +37,6 @@ def test_serve_rejects_a_bad_configuration(tmp_path, capsys, monkeypatch):
 def test_publish_reports_a_missing_source(capsys):
     assert main(["publish", "/nonexistent/video.mp4"]) == 2
     assert "not found" in capsys.readouterr().err
-
-
-def _queue_exists(h: Harness, name: str) -> bool:
-    import pika
-
-    conn = pika.BlockingConnection(pika.URLParameters(h.cfg.rabbitmq_url))
-    try:
-        conn.channel().queue_declare(name, passive=True)
-        return True
-    except pika.exceptions.ChannelClosedByBroker:
-        return False
-    finally:
-        if conn.is_open:
-            conn.close()
 
 
 @needs_broker
@@ -77,7 +63,7 @@ def test_serve_and_publish_commands(tmp_path):
         # Two worker processes share the streams through shard queues; wait until both are up (each has its
         # restart queue), then stream; the single-worker queue is not there to fill.
         restart_queues = [queue_names(dataclasses.replace(h.cfg, num_workers=2, worker_index=i))[1] for i in range(2)]
-        while not all(_queue_exists(h, q) for q in restart_queues):
+        while not all(queue_exists(q) for q in restart_queues):
             assert time.monotonic() < deadline and serve.poll() is None, "serve never bound its queues"
             time.sleep(0.5)
         assert main(["publish", str(frames_dir), "--fps", "50", "--segment", "cli", "--exchange", exchange,
@@ -88,7 +74,7 @@ def test_serve_and_publish_commands(tmp_path):
         end = next(m for m in h.received["vis"] if m.get("event") == "end")
         assert end["video_segment"] == "cli" and end["frames"] == 12
         assert os.path.isfile(end["files"]["trajectory"])
-        assert not _queue_exists(h, h.cfg.name(h.cfg.frames_queue))
+        assert not queue_exists(h.cfg.name(h.cfg.frames_queue))
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(60) == 0
     finally:

@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 import torch
 
-from service_helpers import URL, needs_broker
+from service_helpers import URL, needs_broker, queue_exists
 
 pytestmark = [needs_broker, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,20 +152,6 @@ def simulator_frame(ch, exchange: str, rgb: np.ndarray, segment_file: str, index
                      pika.BasicProperties(content_type="application/octet-stream", headers=headers))
 
 
-def queue_exists(name: str) -> bool:
-    import pika
-
-    conn = pika.BlockingConnection(pika.URLParameters(URL))
-    try:
-        conn.channel().queue_declare(name, passive=True)
-        return True
-    except pika.exceptions.ChannelClosedByBroker:
-        return False
-    finally:
-        if conn.is_open:
-            conn.close()
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     from slam3r.models import TINY, Image2PointsModel, Local2WorldModel, preset
@@ -183,66 +169,81 @@ def scene(n: int, seed: int) -> list[np.ndarray]:
     return list(render_sequence(seed=seed, num_frames=n, width=128, height=96).rgb)
 
 
-def test_deployment_producers_and_consumer_work_unchanged(weights, tmp_path, double_headers):
-    import pika
-
-    tag = uuid.uuid4().hex[:8]
-    prefix = f"peer{tag}-"
+def serve_env(prefix: str, out_dir: Path) -> dict[str, str]:
+    """The deployment's environment for ``slam3r serve``, exchanges renamed (``<name>_in`` / ``_out``)."""
     names = {"VIDEO_FRAMES_EXCHANGE": "frames_in", "RESTART_EXCHANGE": "restart_in",
              "SLAM3R_POSE_EXCHANGE": "poses_out", "SLAM3R_POINTCLOUD_EXCHANGE": "cloud_out",
              "SLAM3R_RECONSTRUCTION_VIS_EXCHANGE": "vis_out"}
-    env = {**os.environ, **names, "RABBITMQ_URL": URL, "SLAM3R_NAME_PREFIX": prefix,
-           "SLAM3R_CONF_THRES_I2P": "1", "SLAM3R_CONF_THRES_L2W": "1",   # random tiny networks: confidences ~2
-           "ENABLE_MESH_GENERATION": "true", "SLAM3R_MESH_UPDATE_FREQUENCY": "4", "SLAM3R_MESH_MIN_NEW_VOXELS": "1",
-           "SLAM3R_MESH_DEPTH": "6", "SLAM3R_STREAM_IDLE_S": "5", "SLAM3R_SAVE_SEGMENT_POINTCLOUDS": "true",
-           "SLAM3R_SEGMENT_OUTPUT_DIR": str(tmp_path / "seg"), "PYTHONPATH": str(ROOT / "src")}
+    return {**os.environ, **names, "RABBITMQ_URL": URL, "SLAM3R_NAME_PREFIX": prefix,
+            "SLAM3R_CONF_THRES_I2P": "1", "SLAM3R_CONF_THRES_L2W": "1",   # random tiny networks: confidences ~2
+            "ENABLE_MESH_GENERATION": "true", "SLAM3R_MESH_UPDATE_FREQUENCY": "4", "SLAM3R_MESH_MIN_NEW_VOXELS": "1",
+            "SLAM3R_MESH_DEPTH": "6", "SLAM3R_STREAM_IDLE_S": "5", "SLAM3R_SAVE_SEGMENT_POINTCLOUDS": "true",
+            "SLAM3R_SEGMENT_OUTPUT_DIR": str(out_dir), "PYTHONPATH": str(ROOT / "src")}
+
+
+def run_deployment(ch, prefix: str, consumer: DeploymentConsumer, proc: subprocess.Popen) -> dict[str, int]:
+    """The server's start-up restart, a phone session, then two simulator segment files; returns frames sent."""
+    import pika
+
+    deadline = time.monotonic() + 120
+    while not (queue_exists(prefix + "slam3r_video_frames_queue") and queue_exists(prefix + "slam3r_restart_queue")):
+        assert proc.poll() is None and time.monotonic() < deadline, "serve never bound its queues"
+        time.sleep(0.3)
+    frames_ex = prefix + "frames_in"
+    ch.basic_publish(prefix + "restart_in", "", b'{"type":"restart"}',
+                     pika.BasicProperties(content_type="application/json"))
+    # 1. the phone: 12 frames, no segment, no end marker; the idle timeout ends the stream
+    for i, rgb in enumerate(scene(12, seed=1)):
+        phone_server_frame(ch, frames_ex, rgb, T_PHONE + i * 33_000_000)
+    consumer.wait(lambda: len(consumer.got["pose"]) == 12 and consumer.boundaries(), 120, "phone poses", proc)
+    # 2. the simulator: two segment files in real time (5 fps); the first runs until a mesh update arrives
+    sent = {"phone": 12}
+    video = scene(120, seed=2)
+    for seg, limit in (("0000_segment_000.mp4", 120), ("0005_segment_001.mp4", 8)):
+        for i in range(limit):
+            simulator_frame(ch, frames_ex, video[i], seg, i, fps=5.0)
+            sent[seg] = i + 1
+            if i >= 8 and any(m.get("type") == "mesh_update" for m in consumer.got["vis"]):
+                break
+            time.sleep(0.2)
+    consumer.wait(lambda: len(consumer.got["pose"]) == sum(sent.values()) and len(consumer.boundaries()) == 3,
+                  120, "every pose and three boundaries", proc)
+    time.sleep(0.5)
+    return sent
+
+
+T_PHONE = 1_750_000_000_000_000_000
+
+
+def test_deployment_producers_and_consumer_work_unchanged(weights, tmp_path, double_headers):
+    import pika
+
+    prefix = f"peer{uuid.uuid4().hex[:8]}-"
     consumer = DeploymentConsumer({"pose": prefix + "poses_out", "pointcloud": prefix + "cloud_out",
                                    "vis": prefix + "vis_out"})
     consumer.start()
     proc = subprocess.Popen([sys.executable, "-m", "slam3r.cli", "serve", "--weights", str(weights),
-                             "--device", "cpu"], env=env, cwd=ROOT)
+                             "--device", "cpu"], env=serve_env(prefix, tmp_path / "seg"), cwd=ROOT)
     conn = pika.BlockingConnection(pika.URLParameters(URL))
-    ch = conn.channel()
     try:
-        deadline = time.monotonic() + 120
-        while not (queue_exists(prefix + "slam3r_video_frames_queue") and queue_exists(prefix + "slam3r_restart_queue")):
-            assert proc.poll() is None and time.monotonic() < deadline, "serve never bound its frame queue"
-            time.sleep(0.3)
-        frames_ex, restart_ex = prefix + "frames_in", prefix + "restart_in"
-        ch.basic_publish(restart_ex, "", b'{"type":"restart"}', pika.BasicProperties(content_type="application/json"))
-        # 1. the phone: 12 frames, no segment, no end marker; the idle timeout ends the stream
-        phone = scene(12, seed=1)
-        t_phone = 1_750_000_000_000_000_000
-        for i, rgb in enumerate(phone):
-            phone_server_frame(ch, frames_ex, rgb, t_phone + i * 33_000_000)
-        consumer.wait(lambda: len(consumer.got["pose"]) == 12 and consumer.boundaries(), 120, "phone poses",
-                      proc)
-        # 2. the simulator: two segment files in real time (5 fps); the first runs until a mesh update arrives
-        sent = {}
-        video = scene(120, seed=2)
-        for seg, limit in (("0000_segment_000.mp4", 120), ("0005_segment_001.mp4", 8)):
-            for i in range(limit):
-                simulator_frame(ch, frames_ex, video[i], seg, i, fps=5.0)
-                sent[seg] = i + 1
-                if i >= 8 and any(m.get("type") == "mesh_update" for m in consumer.got["vis"]):
-                    break
-                time.sleep(0.2)
-        total = 12 + sum(sent.values())
-        consumer.wait(lambda: len(consumer.got["pose"]) == total and len(consumer.boundaries()) == 3, 120,
-                      "every pose and three boundaries", proc)
-        time.sleep(0.5)
+        sent = run_deployment(conn.channel(), prefix, consumer, proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
         conn.close()
         consumer.stopping.set()
         consumer.join(10)
+    check_deployment(consumer, sent, code)
+
+
+def check_deployment(consumer: DeploymentConsumer, sent: dict[str, int], code: int) -> None:
+    total = sum(sent.values())
     assert code == 0
     # frames sent = poses received, each once, in order; the deployment's decoder never fails
     stamps = [m["timestamp_ns"] for m in consumer.got["pose"]]
     keys = {(m["video_segment"], m["timestamp_ns"]) for m in consumer.got["pose"]}
     assert len(stamps) == total == len(keys) and consumer.errors == []
-    assert stamps[:12] == [t_phone + i * 33_000_000 for i in range(12)]
+    assert stamps[:12] == [T_PHONE + i * 33_000_000 for i in range(12)]
     pose = consumer.got["pose"][0]
     assert set(pose) >= {"timestamp_ns", "processing_timestamp", "position", "orientation", "raw_pose_matrix"}
     assert isinstance(pose["processing_timestamp"], str) and set(pose["orientation"]) == set("xyzw")

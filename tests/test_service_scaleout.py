@@ -59,6 +59,28 @@ def consumers(h: Harness, name: str) -> int:
     return h.ch.queue_declare(name, passive=True).method.consumer_count
 
 
+def start_workers(h: Harness, cfg, log: Path) -> list[subprocess.Popen]:
+    """``cfg.num_workers`` worker processes; returns once every one consumes every shard and the intake."""
+    procs = []
+    for i in range(cfg.num_workers):
+        script = WORKER.format(tests=str(Path(__file__).parent), log=str(log), index=i, url=cfg.rabbitmq_url,
+                               prefix=h.prefix, n=cfg.num_workers, shards=cfg.shards)
+        procs.append(subprocess.Popen([sys.executable, "-c", script], env={**os.environ}))
+    deadline = time.monotonic() + 120
+    queues = [shard_queue(cfg, k) for k in range(cfg.shards)] + [queue_names(cfg)[0]]
+    while True:                                    # every worker consumes every shard (owner or standby)
+        try:
+            if all(consumers(h, q) == cfg.num_workers for q in queues):
+                return procs
+        except Exception:
+            h.ch = h.conn.channel()                # a passive declare of a missing queue closes the channel
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            for p in procs:
+                p.kill()
+            raise AssertionError("workers did not start")
+        time.sleep(0.3)
+
+
 def test_a_killed_worker_hands_its_streams_over_without_losing_frames(tmp_path):
     n, shards, per_stream = 3, 6, 30
     h = Harness()
@@ -71,20 +93,7 @@ def test_a_killed_worker_hands_its_streams_over_without_losing_frames(tmp_path):
             break
     procs = []
     try:
-        for i in range(n):
-            script = WORKER.format(tests=str(Path(__file__).parent), log=str(tmp_path / "pushed.jsonl"), index=i,
-                                   url=cfg.rabbitmq_url, prefix=h.prefix, n=n, shards=shards)
-            procs.append(subprocess.Popen([sys.executable, "-c", script], env={**os.environ}))
-        deadline = time.monotonic() + 120
-        intake = queue_names(cfg)[0]
-        while True:                                    # every worker consumes every shard (owner or standby)
-            try:
-                if all(consumers(h, shard_queue(cfg, k)) == n for k in range(shards)) and consumers(h, intake) == n:
-                    break
-            except Exception:
-                h.ch = h.conn.channel()                # a passive declare of a missing queue closes the channel
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "workers did not start"
-            time.sleep(0.3)
+        procs += start_workers(h, cfg, tmp_path / "pushed.jsonl")
         frames = textured_frames(per_stream, seed=9)
         victim = procs[0]                               # worker 0: the router and the owner of shards 0 and 3
         with FramePublisher(cfg.rabbitmq_url, cfg.name(cfg.frames_exchange)) as pub:
