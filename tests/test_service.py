@@ -329,3 +329,30 @@ def test_sigterm_finishes_received_frames_and_saves_the_segment(harness, tmp_pat
     assert len(end) == 1 and end[0]["frames"] == done
     assert Path(end[0]["files"]["points"]).stat().st_size > 0
     assert len(Path(end[0]["files"]["trajectory"]).read_text().splitlines()) == 1 + done
+
+
+def test_publish_sends_persistent_frames_and_survives_a_lost_connection(harness):
+    import pika
+
+    tap = harness.ch.queue_declare("", exclusive=True).method.queue       # sees what the publisher sends
+    harness.ch.exchange_declare(harness.cfg.name(harness.cfg.frames_exchange), exchange_type="fanout", durable=True)
+    harness.ch.queue_bind(tap, harness.cfg.name(harness.cfg.frames_exchange))
+    svc, thread, code = start(harness)
+    frames = textured_frames(24, seed=8)
+    with FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange), retry_s=30) as pub:
+        for i, rgb in enumerate(frames):
+            if i == 10:
+                close_broker_connection(pub.connection_name)    # the broker drops the publisher mid-stream
+            pub.frame(rgb, 900 + i, "p")
+        pub.end_segment("p")
+    assert pub.resent >= 1
+    harness.wait_for(lambda: any(m.get("event") == "end" for m in harness.received["vis"]), 30, "segment end")
+    assert first_occurrences(harness.received["pose"]) == [900 + i for i in range(24)]       # none lost
+    modes = []
+    while True:
+        method, props, _ = harness.ch.basic_get(tap, auto_ack=True)
+        if method is None:
+            break
+        modes.append(props.delivery_mode)
+    assert len(modes) >= 25 and set(modes) == {pika.DeliveryMode.Persistent.value}
+    stop(svc, thread, code)

@@ -49,11 +49,15 @@ class FramePublisher:
 
         self._pika = pika
         self.url, self.exchange, self.retry_s = url, exchange, retry_s
+        self.connection_name = f"slam3r-publish-{os.getpid()}-{id(self):x}"
+        """Shown by ``rabbitmqctl list_connections``."""
         self.resent = 0
         self._connect()
 
     def _connect(self) -> None:
-        self.conn = self._pika.BlockingConnection(self._pika.URLParameters(self.url))
+        params = self._pika.URLParameters(self.url)
+        params.client_properties = {"connection_name": self.connection_name}
+        self.conn = self._pika.BlockingConnection(params)
         self.ch = self.conn.channel()
         self.ch.exchange_declare(self.exchange, exchange_type="fanout", durable=True)
         self.ch.confirm_delivery()
