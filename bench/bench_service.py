@@ -129,6 +129,9 @@ def many_streams(n_streams: int, per_stream: int, normal_every: int, conf_l2w: f
     from slam3r.recon.config import ReconConfig
     from slam3r.recon.streaming import StreamingReconstructor
 
+    import logging
+
+    logging.getLogger("slam3r.service").setLevel(logging.ERROR)     # one warning per evicted stream otherwise
     proc = psutil.Process()
     i2p, l2w = load_models("default", "cpu")
     recon = ReconConfig(conf_thres_l2w=conf_l2w, conf_thres_i2p=1.0)
