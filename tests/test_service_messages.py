@@ -13,7 +13,7 @@ from slam3r.config import ConfigError
 from slam3r.recon.point_buffer import PointBuffer
 from slam3r.recon.types import FrameResult
 from slam3r.service.config import ENV_NAMES, ServiceConfig, load_config
-from slam3r.service.messages import (Codec, RejectedMessage, decode_image, decode_payload, jpeg_size, png_size,
+from slam3r.service.messages import (make_encoding, RejectedMessage, decode_image, decode_payload, jpeg_size, png_size,
                                      quaternion_xyzw, read_header, restart_target)
 
 
@@ -83,7 +83,7 @@ def test_images_decode_with_dct_scaling_and_reject_garbage():
 def test_pose_message_fields_and_quaternion():
     r = frame_result()
     for enc in ("deployed", "json", "msgpack"):
-        p = Codec(enc).pose(r, "d1", "seg")
+        p = make_encoding(enc).pose(r, "d1", "seg")
         msg = decode_payload(p.wire_body(), p.content_type, p.content_encoding)
         assert p.content_encoding is None and msg["timestamp_ns"] == 123456789
         assert msg["position"] == {"x": 1.0, "y": 2.0, "z": 3.0}
@@ -139,7 +139,7 @@ def test_decompression_bomb_is_rejected_from_the_header():
 def test_point_messages_json_layout_msgpack_arrays_and_cap():
     r = frame_result(n=10)
     xyz, rgb, conf = r.points(12.0)
-    p = Codec("json", points_per_message=30).points(r, xyz, rgb, conf, "d1", "seg")
+    p = make_encoding("json", points_per_message=30).points(r, xyz, rgb, conf, "d1", "seg")
     assert (p.content_type, p.content_encoding) == ("application/json", "gzip")
     raw = json.loads(gzip.decompress(p.wire_body()))
     pts = np.asarray(raw["points"])
@@ -149,7 +149,7 @@ def test_point_messages_json_layout_msgpack_arrays_and_cap():
     full = np.concatenate([xyz.astype(np.float64), rgb.astype(np.float64)], 1)
     d = np.abs(pts[:, None, :] - full[None]).max(-1).min(1)
     assert d.max() <= 5e-5 + 1e-7
-    m = Codec("msgpack").points(r, xyz, rgb, conf, "d1", "seg")
+    m = make_encoding("msgpack").points(r, xyz, rgb, conf, "d1", "seg")
     assert (m.content_type, m.content_encoding) == ("application/msgpack", None)
     msg = decode_payload(m.wire_body(), m.content_type)
     np.testing.assert_array_equal(msg["xyz"], xyz)
@@ -164,7 +164,7 @@ def test_map_updates_split_and_mesh_and_segment_messages():
     buf.insert(rng.random((250, 3)).astype(np.float32), rng.integers(0, 256, (250, 3), dtype=np.uint8),
                rng.random(250).astype(np.float32) + 1)
     delta = buf.changes_since(None)
-    parts = Codec("json", points_per_message=100).delta_messages(delta, 7, "d1", "seg")
+    parts = make_encoding("json", points_per_message=100).delta_messages(delta, 7, "d1", "seg")
     msgs = [decode_payload(p.wire_body(), p.content_type, p.content_encoding) for p in parts]
     assert [(m["part"], m["parts"], m["reset"], len(m["points"])) for m in msgs] == \
         [(0, 3, True, 100), (1, 3, False, 100), (2, 3, False, 50)]
@@ -173,14 +173,14 @@ def test_map_updates_split_and_mesh_and_segment_messages():
     f = np.array([[0, 1, 2], [2, 3, 4]], np.int32)
     c = np.array([[255, 0, 0]] * 5, np.uint8)
     for enc in ("json", "msgpack"):
-        p = Codec(enc).mesh(v, f, c, 12, 99, "d1", "seg")
+        p = make_encoding(enc).mesh(v, f, c, 12, 99, "d1", "seg")
         msg = decode_payload(p.wire_body(), p.content_type, p.content_encoding)
         assert msg["type"] == "mesh" and msg["keyframe_id"] == 12
         np.testing.assert_allclose(np.asarray(msg["vertices"]), v, atol=1e-4)
         np.testing.assert_array_equal(np.asarray(msg["faces"]), f)
         colors = np.asarray(msg["vertex_colors"], np.float64)
         np.testing.assert_allclose(colors if enc == "msgpack" else colors * 255, c, atol=1e-3)
-    seg = Codec("json").segment_end("d1", "seg", None, 99, 40, 1234, {"points": "/x.ply"}, "end_of_segment")
+    seg = make_encoding("json").segment_end("d1", "seg", None, 99, 40, 1234, {"points": "/x.ply"}, "end_of_segment")
     msg = decode_payload(seg.wire_body(), seg.content_type, seg.content_encoding)
     assert (msg["type"], msg["event"], msg["frames"], msg["files"]) == ("segment", "end", 40, {"points": "/x.ply"})
 
@@ -261,10 +261,10 @@ def test_fast_point_json_is_exact_and_falls_back_out_of_range():
         assert point_rows_json(np.array([[0, bad, 0]]), np.zeros((1, 3), np.uint8)) is None
     r = frame_result(n=4)
     r.pts3d_world[0, 0] = [2e4, -3e5, 1.0]                       # the codec falls back to json.dumps
-    p = Codec("json").points(r, *r.points(12.0), "d1", "seg")
+    p = make_encoding("json").points(r, *r.points(12.0), "d1", "seg")
     pts = np.asarray(decode_payload(p.wire_body(), p.content_type, p.content_encoding)["points"])
     np.testing.assert_allclose(pts[0, :3], [2e4, -3e5, 1.0])
-    p = Codec("deployed").points(r, *r.points(12.0), "d1", "seg")                 # x, y, z rows, same fallback
+    p = make_encoding("deployed").points(r, *r.points(12.0), "d1", "seg")                 # x, y, z rows, same fallback
     pts = np.asarray(decode_payload(p.wire_body(), p.content_type, p.content_encoding)["points"])
     assert pts.shape == (16, 3)
     np.testing.assert_allclose(pts[0], [2e4, -3e5, 1.0])

@@ -17,7 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a directory with i2p/ and l2w/, or I2P,L2W")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes; streams (stream_id header) are split between them (default: 1)")
+                        help="worker processes on this host; each stream (stream_id header) is owned by one of "
+                             "them at a time through single-active-consumer shard queues, and a dead worker's "
+                             "streams move to another (docs/service.md). Several hosts: SLAM3R_NUM_WORKERS=N and "
+                             "SLAM3R_WORKER_INDEX=i on each (default: 1)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -46,7 +49,7 @@ def _worker_main(cfg: Any, weights: str, device: str, level: str) -> None:
 
 
 def _run_workers(cfg: Any, args: argparse.Namespace) -> int:
-    """Spawn ``args.workers`` worker processes (one shard of the streams each); forward SIGTERM / SIGINT."""
+    """Spawn ``args.workers`` worker processes (sharing the shard queues); forward SIGTERM / SIGINT."""
     import dataclasses
     import multiprocessing as mp
     import signal
