@@ -271,3 +271,6 @@ def test_fast_point_json_is_exact_and_falls_back_out_of_range():
     xyz = rng.normal(size=(50, 3))
     np.testing.assert_array_equal(np.asarray(json.loads(point_rows_json(xyz, None))),
                                   np.sign(xyz) * np.rint(np.abs(xyz) * 1e4) / 1e4)
+    from slam3r.service.jsonpoints import colour_rows_json
+
+    assert json.loads(colour_rows_json(rgb)) == rgb.tolist() and colour_rows_json(rgb[:0]) == b"[]"

@@ -71,3 +71,18 @@ def point_rows_json(xyz: np.ndarray, rgb: np.ndarray | None) -> bytes | None:
     text = rows.view(np.uint8)
     text = text[text != _SPACE]
     return b"[" + text[:-1].tobytes() + b"]"
+
+
+def colour_rows_json(rgb: np.ndarray) -> bytes:
+    """JSON array text ``[[r, g, b], ...]`` of ``(N, 3)`` uint8 colours (same tables as :func:`point_rows_json`)."""
+    c = np.asarray(rgb, np.uint8).reshape(-1, 3)
+    if len(c) == 0:
+        return b"[]"
+    colours = _tables()[2]
+    rows = np.empty(len(c), np.dtype([("open", "S1"), ("r", "S3"), ("rsep", "S1"), ("g", "S3"), ("gsep", "S1"),
+                                      ("b", "S3"), ("close", "S2")]))
+    rows["open"], rows["rsep"], rows["gsep"], rows["close"] = b"[", b",", b",", b"],"
+    rows["r"], rows["g"], rows["b"] = colours.take(c[:, 0]), colours.take(c[:, 1]), colours.take(c[:, 2])
+    text = rows.view(np.uint8)
+    text = text[text != _SPACE]
+    return b"[" + text[:-1].tobytes() + b"]"

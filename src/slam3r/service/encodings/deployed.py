@@ -28,7 +28,7 @@ from slam3r.recon.point_buffer import Marker
 from slam3r.recon.types import FrameResult
 from slam3r.service.encodings.base import Encoding, MapContext, Payload, json_bytes, pose_fields
 from slam3r.service.encodings.rich import JSON, segment_name
-from slam3r.service.jsonpoints import point_rows_json
+from slam3r.service.jsonpoints import colour_rows_json, point_rows_json
 
 JSON_GZIP = "application/json+gzip"
 
@@ -45,11 +45,12 @@ class DeployedEncoding(Encoding):
     content_types = (JSON, JSON_GZIP)
 
     @staticmethod
-    def _gzip_json(msg: dict[str, Any], rows_field: str | None = None, rows: bytes | None = None) -> Payload:
-        text = json_bytes(msg)
-        if rows_field is not None:                 # splice the preformatted rows in as the last field
-            text = text[:-1] + b',"' + rows_field.encode() + b'":' + (rows or b"[]") + b"}"
-        return Payload(text, JSON_GZIP, None, compress=True)
+    def _gzip_json(msg: dict[str, Any], **rows: bytes) -> Payload:
+        """gzip JSON of ``msg`` with preformatted JSON arrays ``rows`` spliced in as its last fields."""
+        text = json_bytes(msg)[:-1]
+        for name, value in rows.items():
+            text += b',"' + name.encode() + b'":' + value
+        return Payload(text + b"}", JSON_GZIP, None, compress=True)
 
     @staticmethod
     def _xyz_rows(xyz: np.ndarray) -> bytes:
@@ -69,7 +70,7 @@ class DeployedEncoding(Encoding):
             xyz = xyz[keep]
         msg = {"timestamp_ns": r.timestamp_ns, "stream_id": stream_id, "video_segment": segment_name(segment),
                "frame_id": r.frame_id}
-        return self._gzip_json(msg, "points", self._xyz_rows(xyz))
+        return self._gzip_json(msg, points=self._xyz_rows(xyz))
 
     def map_update(self, ctx: MapContext) -> tuple[list[Payload], Marker | None]:
         xyz, rgb, _ = ctx.buffer.points(copy=False)
@@ -78,16 +79,15 @@ class DeployedEncoding(Encoding):
             xyz, rgb = xyz[keep], rgb[keep]
         msg = {"timestamp_ns": ctx.timestamp_ns, "type": "points_update_incremental", "faces": [],
                "keyframe_id": keyframe_name(ctx.keyframe_id), "stream_id": ctx.stream_id,
-               "video_segment": segment_name(ctx.segment), "frame_id": ctx.frame_id,
-               "colors": np.asarray(rgb, np.uint8).tolist()}
-        return [self._gzip_json(msg, "vertices", self._xyz_rows(xyz))], None
+               "video_segment": segment_name(ctx.segment), "frame_id": ctx.frame_id}
+        return [self._gzip_json(msg, colors=colour_rows_json(rgb), vertices=self._xyz_rows(xyz))], None
 
     def mesh(self, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray, keyframe_id: int,
              timestamp_ns: int | None, stream_id: str, segment: str) -> Payload:
         msg = {"timestamp_ns": timestamp_ns, "type": "mesh_update", "faces": faces.tolist(),
-               "vertex_colors": np.asarray(colors, np.uint8).tolist(), "keyframe_id": keyframe_name(keyframe_id),
-               "stream_id": stream_id, "video_segment": segment_name(segment)}
-        return self._gzip_json(msg, "vertices", self._xyz_rows(vertices))
+               "keyframe_id": keyframe_name(keyframe_id), "stream_id": stream_id,
+               "video_segment": segment_name(segment)}
+        return self._gzip_json(msg, vertex_colors=colour_rows_json(colors), vertices=self._xyz_rows(vertices))
 
     def segment_start(self, stream_id: str, segment: str, timestamp_ns: int | None) -> None:
         return None                                  # the deployed processor announced none
