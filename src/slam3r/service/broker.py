@@ -265,6 +265,9 @@ class BrokerLink(threading.Thread):
         import pika.exceptions
 
         probe = self._conn.channel()
+        pika_log = logging.getLogger("pika.channel")
+        level = pika_log.level
+        pika_log.setLevel(logging.ERROR)               # a missing queue is the normal case, not a warning
         try:
             depth = probe.queue_declare(qname, passive=True).method.message_count
             probe.queue_unbind(qname, exchange)
@@ -272,6 +275,8 @@ class BrokerLink(threading.Thread):
                         "delete it or drain it with a run of that kind)", qname, exchange, depth)
         except pika.exceptions.ChannelClosedByBroker:
             return                                   # not there: nothing to do
+        finally:
+            pika_log.setLevel(level)
         if probe.is_open:
             probe.close()
 

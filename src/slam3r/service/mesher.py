@@ -129,7 +129,9 @@ def write_mesh_ply(path: str, vertices: np.ndarray, faces: np.ndarray, colors: n
 
 def die_with_parent(parent_pid: int) -> None:
     """Make this process end when its parent does, even after a ``kill -9`` of the parent: on Linux the kernel
-    sends SIGKILL (``prctl(PR_SET_PDEATHSIG)``); elsewhere a watcher thread polls the parent's pid."""
+    sends SIGKILL (``prctl(PR_SET_PDEATHSIG)``; strictly, when the parent *thread* that started this process ends,
+    so :meth:`Mesher.start` belongs in the worker's long-lived thread); elsewhere a watcher thread polls the
+    parent's pid."""
     import ctypes
     import os
     import signal
