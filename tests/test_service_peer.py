@@ -230,9 +230,14 @@ def test_deployment_producers_and_consumer_work_unchanged(weights, tmp_path, dou
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
-        conn.close()
         consumer.stopping.set()
         consumer.join(10)
+        cleanup = conn.channel()                      # this test's queues and exchanges off the shared broker
+        for q in ("slam3r_video_frames_queue", "slam3r_restart_queue", "slam3r_dead_letter_queue"):
+            cleanup.queue_delete(prefix + q)
+        for ex in ("frames_in", "restart_in", "poses_out", "cloud_out", "vis_out", "slam3r_dead_letter_exchange"):
+            cleanup.exchange_delete(prefix + ex)
+        conn.close()
     check_deployment(consumer, sent, code)
 
 
