@@ -39,6 +39,14 @@ def serve(cfg: Any, weights: str, device: str) -> int:
     def make_engine() -> StreamingReconstructor:
         return StreamingReconstructor(i2p, l2w, cfg.recon, device=dev)
 
+    svc = cfg.service
+    stride = cfg.recon.keyframe_stride if cfg.recon.keyframe_stride > 0 else cfg.recon.online_stride
+    hold = (cfg.recon.initial_winsize - 1) * stride + 1
+    if svc.max_in_flight - svc.prefetch < svc.max_streams * hold:
+        log.warning("max_in_flight - prefetch = %d < max_streams (%d) x %d frames an engine holds before it "
+                    "initialises: streams starting together will be finished early; raise max_in_flight or "
+                    "lower max_streams", svc.max_in_flight - svc.prefetch, svc.max_streams, hold)
+
     return Service(cfg.service, make_engine, i2p.cfg.img_size[0], cfg.recon.conf_thres_l2w).run()
 
 

@@ -41,8 +41,11 @@ class ServiceConfig:
     deployment's messages), ``json`` / ``msgpack`` (the richer profile: colours, incremental map updates)."""
     prefetch: int = 16
     """Frames the broker may hand over beyond those the engine holds back (the AMQP prefetch grows with them)."""
-    max_in_flight: int = 256
-    """Upper bound on unacknowledged frames per worker (memory bound)."""
+    max_in_flight: int = 512
+    """Upper bound on unacknowledged frames per worker (memory bound: the encoded frames). Keep
+    ``max_in_flight - prefetch`` above ``max_streams`` times the frames one engine holds before it initialises
+    (``(initial_winsize - 1) * stride + 1``, 13 by default), or streams that start together are
+    finished early to make room (see :mod:`slam3r.service.worker`)."""
     batch_size: int = 4
     """Frames of one stream decoded and pushed to the engine together (micro-batch)."""
     stream_header: str = "stream_id"
