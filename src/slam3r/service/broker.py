@@ -58,6 +58,8 @@ class Delivery:
     headers: dict[str, Any]
     content_type: str | None = None
     redelivered: bool = False
+    queue: str = ""
+    """The queue it came from (a shard queue with several workers)."""
 
 
 @dataclass
@@ -298,7 +300,7 @@ class BrokerLink(threading.Thread):
         due = [s for s in self._later if s[0] <= now]
         self._later = [s for s in self._later if s[0] > now]
         for _, source, qname in due:
-            callback = self._route if source == "intake" else self._on_message(source, self.generation)
+            callback = self._route if source == "intake" else self._on_message(source, self.generation, qname)
             self._consumer_tags.append(self._ch.basic_consume(qname, callback))
 
     def _route(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
@@ -309,10 +311,10 @@ class BrokerLink(threading.Thread):
         self._pub.basic_publish(shard_exchange(self.cfg), str(shard_of(self.cfg, props.headers)), body, out)
         ch.basic_ack(method.delivery_tag)
 
-    def _on_message(self, source: Literal["frames", "restart"], generation: int) -> Any:
+    def _on_message(self, source: Literal["frames", "restart"], generation: int, qname: str) -> Any:
         def callback(ch: Any, method: Any, props: Any, body: bytes) -> None:
             d = Delivery(source, generation, method.delivery_tag, body, dict(props.headers or {}),
-                         props.content_type, bool(method.redelivered))
+                         props.content_type, bool(method.redelivered), qname)
             try:
                 self.inbox.put_nowait(d)
             except queue.Full:           # cannot happen while prefetch <= inbox size; never drop a frame
