@@ -121,10 +121,16 @@ def through_broker(results: list[FrameResult], body: bytes, frames: int) -> dict
     return {"frames_per_s": frames / dt, "overhead_ms": svc.stats.overhead_per_frame_ms}
 
 
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux ``/proc/self/statm``)."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def many_streams(n_streams: int, per_stream: int, normal_every: int, conf_l2w: float) -> dict:
     """Bounded state under ``n_streams`` short-lived streams (see module docstring); real engine, NullLink."""
-    import psutil
-
     from slam3r.models.registry import load_models
     from slam3r.recon.config import ReconConfig
     from slam3r.recon.streaming import StreamingReconstructor
@@ -132,7 +138,6 @@ def many_streams(n_streams: int, per_stream: int, normal_every: int, conf_l2w: f
     import logging
 
     logging.getLogger("slam3r.service").setLevel(logging.ERROR)     # one warning per evicted stream otherwise
-    proc = psutil.Process()
     i2p, l2w = load_models("default", "cpu")
     recon = ReconConfig(conf_thres_l2w=conf_l2w, conf_thres_i2p=1.0)
     cfg = ServiceConfig(decode_min_side=0)
@@ -140,7 +145,7 @@ def many_streams(n_streams: int, per_stream: int, normal_every: int, conf_l2w: f
     svc = Service(cfg, lambda: StreamingReconstructor(i2p, l2w, recon), net_size=i2p.cfg.img_size[0],
                   conf_thres_l2w=conf_l2w, link=link)
     bodies = [jpeg(320, 240, seed=i) for i in range(8)]
-    rss0 = proc.memory_info().rss
+    rss0 = rss_bytes()
     peak, held, live, normal_sent = rss0, 0, 0, 0
     t0 = time.perf_counter()
     schedule = []
@@ -156,7 +161,7 @@ def many_streams(n_streams: int, per_stream: int, normal_every: int, conf_l2w: f
         svc.handle(batch)
         svc.housekeeping()
         held, live = max(held, svc.held()), max(live, len(svc.streams))
-        peak = max(peak, proc.memory_info().rss)
+        peak = max(peak, rss_bytes())
     poses = [o for o in link.published if o.exchange == cfg.name(cfg.pose_exchange)]
     normal_poses = sum(b'"stream_id":"normal"' in o.payload.body for o in poses)
     reasons = [h["x-reject-reason"].split(":")[0] for h in link.dead_letters(cfg.name(cfg.dead_letter_exchange))]
