@@ -12,14 +12,17 @@ dedupe bookkeeping, map (point buffer) update, pose / point-cloud / map-update e
 
 ``ms/frame`` is wall time; ``cpu ms`` the worker thread's CPU time (comparable on a shared machine). Prints a
 table and one JSON line. Usage: ``python bench/bench_service.py [--frames 300] [--no-broker]``.
+
+``--many-streams N``: instead, the bounded-state check with the real engine (bundled model, CPU): ``N`` streams
+that each send a few frames (fewer than the engine needs to initialise) and stop, interleaved with one normal
+stream; reports the worker's peak RSS, the live streams, the frames held by the engines against
+``max_in_flight``, and how many of the normal stream's frames got their pose.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import queue
 import time
 import uuid
 
@@ -29,67 +32,11 @@ import numpy as np
 from slam3r.recon.types import FrameResult
 from slam3r.service.broker import Delivery
 from slam3r.service.config import ServiceConfig
-from slam3r.service.messages import Payload, decode_image
+from slam3r.service.inbound import decode_image
+from slam3r.service.testing import NullLink, PrecomputedEngine, room_results
 from slam3r.service.worker import Service
 
 S = 224
-
-
-def room_results(n: int, seed: int = 0) -> list[FrameResult]:
-    """``n`` FrameResults of a camera turning at the centre of a 4 x 3 x 2.5 box room."""
-    rng = np.random.default_rng(seed)
-    v, u = np.mgrid[0:S, 0:S].astype(np.float64)
-    rays = np.stack([(u - S / 2) / 200.0, (v - S / 2) / 200.0, np.ones_like(u)], -1)
-    half = np.array([2.0, 1.25, 1.5])
-    out = []
-    for i in range(n):
-        yaw = 2 * np.pi * i / 120
-        rot = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
-        d = rays @ rot.T
-        t = np.min(half / np.maximum(np.abs(d), 1e-9), axis=-1, keepdims=True)
-        world = (d * t + rng.normal(0, 0.003, d.shape)).astype(np.float32)
-        pose = np.eye(4)
-        pose[:3, :3] = rot
-        conf = (1 + np.exp(rng.normal(2.5, 1.0, (S, S)))).astype(np.float32)
-        rgb = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
-        out.append(FrameResult(i, None, rgb, (rays * t).astype(np.float32), conf, world, conf, pose, 200.0,
-                               is_keyframe=i % 5 == 0))
-    return out
-
-
-class PrecomputedEngine:
-    """Returns the next precomputed result for every pushed frame, immediately."""
-
-    def __init__(self, results: list[FrameResult]) -> None:
-        self.results, self.n = results, 0
-
-    def push_many(self, rgbs: list[np.ndarray], timestamps: list[int | None] | None = None) -> list[FrameResult]:
-        out = []
-        for ts in timestamps or [None] * len(rgbs):
-            r = self.results[self.n % len(self.results)]
-            out.append(dataclasses.replace(r, frame_id=self.n, timestamp_ns=ts))
-            self.n += 1
-        return out
-
-    def flush(self) -> list[FrameResult]:
-        return []
-
-    def reset(self) -> None:
-        self.n = 0
-
-
-class NullLink:
-    """Stands in for the AMQP link: keeps what the service would publish (bodies before gzip)."""
-
-    def __init__(self) -> None:
-        self.inbox: queue.Queue = queue.Queue()
-        self.payloads: list[Payload] = []
-
-    def send(self, items: list) -> None:
-        self.payloads += [i.payload for i in items if hasattr(i, "payload")]
-
-    def set_prefetch(self, n: int) -> None:
-        pass
 
 
 def jpeg(width: int, height: int, seed: int = 0) -> bytes:
@@ -110,14 +57,15 @@ def in_process(results: list[FrameResult], body: bytes, encoding: str, frames: i
         svc.handle(deliveries[i:i + batch])
     cpu_ms = 1e3 * (time.thread_time() - c0) / frames
     st = svc.stats
-    gz = [p for p in link.payloads if p.content_encoding == "gzip"]
+    payloads = [o.payload for o in link.published]
+    gz = [p for p in payloads if p.compress or p.content_encoding == "gzip"]
     sample = gz[:60]
     t0 = time.perf_counter()
     for p in sample:
         p.wire_body()
     gzip_ms = 1e3 * (time.perf_counter() - t0) / max(1, len(sample)) * len(gz) / frames
     return {"overhead_ms": st.overhead_per_frame_ms, "cpu_ms": cpu_ms, "engine_ms": 1e3 * st.engine_s / frames,
-            "bytes_per_frame": sum(len(p.body) for p in link.payloads) / frames, "gzip_ms": gzip_ms,
+            "bytes_per_frame": sum(len(p.body) for p in payloads) / frames, "gzip_ms": gzip_ms,
             "map_points": len(svc.streams["default"].buffer)}
 
 
@@ -173,11 +121,74 @@ def through_broker(results: list[FrameResult], body: bytes, frames: int) -> dict
     return {"frames_per_s": frames / dt, "overhead_ms": svc.stats.overhead_per_frame_ms}
 
 
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux ``/proc/self/statm``)."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def many_streams(n_streams: int, per_stream: int, normal_every: int, conf_l2w: float) -> dict:
+    """Bounded state under ``n_streams`` short-lived streams (see module docstring); real engine, NullLink."""
+    from slam3r.models.registry import load_models
+    from slam3r.recon.config import ReconConfig
+    from slam3r.recon.streaming import StreamingReconstructor
+
+    import logging
+
+    logging.getLogger("slam3r.service").setLevel(logging.ERROR)     # one warning per evicted stream otherwise
+    i2p, l2w = load_models("default", "cpu")
+    recon = ReconConfig(conf_thres_l2w=conf_l2w, conf_thres_i2p=1.0)
+    cfg = ServiceConfig(decode_min_side=0)
+    link = NullLink()
+    svc = Service(cfg, lambda: StreamingReconstructor(i2p, l2w, recon), net_size=i2p.cfg.img_size[0],
+                  conf_thres_l2w=conf_l2w, link=link)
+    bodies = [jpeg(320, 240, seed=i) for i in range(8)]
+    rss0 = rss_bytes()
+    peak, held, live, normal_sent = rss0, 0, 0, 0
+    t0 = time.perf_counter()
+    schedule = []
+    for r in range(per_stream):
+        for s in range(n_streams):
+            schedule.append((f"noise{s}", 1000 + r))
+            if len(schedule) % normal_every == 0:
+                schedule.append(("normal", 10_000 + len(schedule)))
+    for i in range(0, len(schedule), cfg.batch_size):
+        batch = [link.delivery(bodies[j % len(bodies)], {"timestamp_ns": ts, "stream_id": sid})
+                 for j, (sid, ts) in enumerate(schedule[i:i + cfg.batch_size], start=i)]
+        normal_sent += sum(sid == "normal" for sid, _ in schedule[i:i + cfg.batch_size])
+        svc.handle(batch)
+        svc.housekeeping()
+        held, live = max(held, svc.held()), max(live, len(svc.streams))
+        peak = max(peak, rss_bytes())
+    poses = [o for o in link.published if o.exchange == cfg.name(cfg.pose_exchange)]
+    normal_poses = sum(b'"stream_id":"normal"' in o.payload.body for o in poses)
+    reasons = [h["x-reject-reason"].split(":")[0] for h in link.dead_letters(cfg.name(cfg.dead_letter_exchange))]
+    return {"streams": n_streams, "frames": len(schedule), "seconds": time.perf_counter() - t0,
+            "rss_start_mb": rss0 / 2**20, "rss_peak_mb": peak / 2**20, "max_live_streams": live,
+            "max_held_frames": held, "held_budget": cfg.max_in_flight - cfg.prefetch,
+            "normal_frames_sent": normal_sent, "normal_poses": normal_poses, "evicted": svc.stats.evicted,
+            "dead_letter_reasons": {r: reasons.count(r) for r in set(reasons)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--no-broker", action="store_true", help="skip the run through RabbitMQ")
+    ap.add_argument("--many-streams", type=int, default=0, metavar="N",
+                    help="run the bounded-state check with N short-lived streams instead")
+    ap.add_argument("--frames-per-stream", type=int, default=3)
+    ap.add_argument("--normal-every", type=int, default=10, help="one normal-stream frame every this many")
+    ap.add_argument("--conf-l2w", type=float, default=1.5, help="L2W confidence threshold (points kept)")
     args = ap.parse_args()
+    if args.many_streams:
+        r = many_streams(args.many_streams, args.frames_per_stream, args.normal_every, args.conf_l2w)
+        for k, v in r.items():
+            print(f"{k:<22} {v:.1f}" if isinstance(v, float) else f"{k:<22} {v}")
+        print(json.dumps({"bench": "service_many_streams", **{k: (round(v, 1) if isinstance(v, float) else v)
+                                                               for k, v in r.items()}}))
+        return
     results = room_results(60)
     rows = []
     for w, h in ((1280, 720), (640, 480)):
@@ -185,12 +196,12 @@ def main() -> None:
         for label, side in (("full", 0), ("dct-scaled", ServiceConfig().decode_min_side)):
             ms, cpu = decode_ms(body, side)
             rows.append({"case": f"jpeg decode {w}x{h} {label}", "ms": ms, "cpu_ms": cpu})
-        for enc in ("msgpack", "json"):
+        for enc in ("msgpack", "json", "deployed"):
             r = in_process(results, body, enc, args.frames, batch=4)
             rows.append({"case": f"service {enc} {w}x{h}", "ms": r["overhead_ms"], "cpu_ms": r["cpu_ms"],
                          "kB_per_frame": r["bytes_per_frame"] / 1e3, "map_points": r["map_points"]})
-            if enc == "json":
-                rows.append({"case": f"  + gzip in the AMQP thread {w}x{h}", "ms": r["gzip_ms"]})
+            if enc in ("json", "deployed"):
+                rows.append({"case": f"  + gzip in the AMQP thread ({enc})", "ms": r["gzip_ms"]})
     if not args.no_broker:
         r = through_broker(results, jpeg(1280, 720), min(args.frames, 200))
         rows.append({"case": "through broker msgpack 1280x720", "ms": r["overhead_ms"],

@@ -1,7 +1,9 @@
-"""Shared helpers of the service tests: a fake engine, a broker-side test harness on the real RabbitMQ."""
+"""Shared helpers of the service tests: a fake engine, a broker-side test harness on the real RabbitMQ (the
+broker-free stand-ins, NullLink and PrecomputedEngine, live in :mod:`slam3r.service.testing`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import threading
 import time
@@ -13,23 +15,14 @@ import numpy as np
 import pytest
 
 from slam3r.recon.types import FrameResult
+from slam3r.service.broker import queue_names, shard_exchange, shard_queue
 from slam3r.service.config import ServiceConfig
-from slam3r.service.messages import decode_payload
+from slam3r.service.encodings import decode_payload
+from slam3r.service.testing import broker_available
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 
-
-def broker_available() -> bool:
-    import pika
-
-    try:
-        pika.BlockingConnection(pika.URLParameters(URL + "?connection_attempts=1&socket_timeout=2")).close()
-        return True
-    except Exception:
-        return False
-
-
-needs_broker = pytest.mark.skipif(not broker_available(), reason="no RabbitMQ on 127.0.0.1:5672")
+needs_broker = pytest.mark.skipif(not broker_available(URL), reason="no RabbitMQ on 127.0.0.1:5672")
 
 
 class FakeEngine:
@@ -84,12 +77,12 @@ def textured_frames(n: int, h: int = 72, w: int = 96, seed: int = 0) -> list[np.
 class Harness:
     """Unique exchange / queue names for one test, output capture queues, cleanup."""
 
-    def __init__(self) -> None:
+    def __init__(self, encoding: str = "json") -> None:
         import pika
 
         self.prefix = f"t{uuid.uuid4().hex[:10]}-"
         self.cfg = ServiceConfig(rabbitmq_url=URL, name_prefix=self.prefix, reconnect_max_s=1.0,
-                                 shutdown_timeout_s=20.0, decode_min_side=0)
+                                 shutdown_timeout_s=20.0, decode_min_side=0, encoding=encoding)
         self.conn = pika.BlockingConnection(pika.URLParameters(URL))
         self.ch = self.conn.channel()
         self.queues: dict[str, str] = {}
@@ -138,21 +131,47 @@ class Harness:
                 return out
             out.append((dict(props.headers or {}), body))
 
+    def restart(self, body: bytes = b"", headers: dict[str, Any] | None = None) -> None:
+        """Publish a restart message on this test's restart exchange."""
+        import pika
+
+        self.ch.basic_publish(self.cfg.name(self.cfg.restart_exchange), "", body,
+                              pika.BasicProperties(content_type="application/json", headers=headers))
+
     def queue_depth(self, name: str) -> int:
         return self.ch.queue_declare(self.cfg.name(name), passive=True).method.message_count
 
-    def close(self) -> None:
-        """Delete this test's exchanges and queues."""
+    def close(self, workers: int = 3) -> None:
+        """Delete this test's exchanges and queues (those of up to ``workers`` workers)."""
         cfg = self.cfg
         try:
-            for base in (cfg.frames_queue, cfg.restart_queue, cfg.dead_letter_queue):
-                for suffix in ("", ".w0", ".w1"):
-                    self.ch.queue_delete(cfg.name(base) + suffix)
+            names = {cfg.name(cfg.frames_queue), cfg.name(cfg.restart_queue), cfg.name(cfg.dead_letter_queue)}
+            for i in range(workers):
+                names.update(queue_names(dataclasses.replace(cfg, worker_index=i, num_workers=workers)))
+            names.update(shard_queue(cfg, k) for k in range(cfg.shards))
+            for name in names:
+                self.ch.queue_delete(name)
             for base in (cfg.frames_exchange, cfg.restart_exchange, cfg.dead_letter_exchange, cfg.pose_exchange,
                          cfg.pointcloud_exchange, cfg.vis_exchange):
                 self.ch.exchange_delete(cfg.name(base))
+            self.ch.exchange_delete(shard_exchange(cfg))
         finally:
             self.conn.close()
+
+
+def queue_exists(name: str, url: str = URL) -> bool:
+    """Whether queue ``name`` exists on the broker (a passive declare on a throwaway connection)."""
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        conn.channel().queue_declare(name, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        if conn.is_open:
+            conn.close()
 
 
 def run_in_thread(service: Any) -> tuple[threading.Thread, list[int]]:

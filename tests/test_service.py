@@ -122,7 +122,7 @@ def test_connection_drop_loses_nothing_and_registers_once(harness):
 
 
 def test_malformed_messages_are_dead_lettered_with_a_reason(harness):
-    svc, thread, code = start(harness)
+    svc, thread, code = start(harness, max_pixels=100_000)
     good = encode_jpeg(textured_frames(1)[0])
     tiny = encode_jpeg(np.zeros((8, 8, 3), np.uint8))
     cases = [
@@ -131,7 +131,8 @@ def test_malformed_messages_are_dead_lettered_with_a_reason(harness):
         (good[:200], {"timestamp_ns": 3, "video_segment": "s"}, "undecodable"),
         (good, {"video_segment": "s"}, "missing header timestamp_ns"),
         (good, {"timestamp_ns": "soon", "video_segment": "s"}, "timestamp_ns must be an integer"),
-        (good, {"timestamp_ns": 6}, "missing header video_segment"),
+        (encode_jpeg(np.zeros((300, 400, 3), np.uint8)), {"timestamp_ns": 6, "video_segment": "s"},
+         "over the limit"),
         (good, {"timestamp_ns": 7, "video_segment": "s", "stream_id": {"id": 1}}, "stream_id must be a string"),
         (tiny, {"timestamp_ns": 8, "video_segment": "s"}, "too small"),
     ]
@@ -153,13 +154,19 @@ def test_malformed_messages_are_dead_lettered_with_a_reason(harness):
     stop(svc, thread, code)
 
 
-def test_streams_split_between_two_workers(harness):
-    names = ["drone-1", "drone-2", "drone-3", "drone-4"]
-    by_worker = {n: zlib.crc32(n.encode()) % 2 for n in names}
-    a = next(n for n in names if by_worker[n] == 0)
-    b = next(n for n in names if by_worker[n] == 1)
+def test_two_workers_share_streams_through_single_active_consumer_shards(harness):
+    from slam3r.service.broker import shard_of
+
+    shards = 4
+    names = [f"drone-{i}" for i in range(12)]
+    a = next(n for n in names if shard_of(dataclasses.replace(harness.cfg, shards=shards), {"stream_id": n}) == 0)
+    b = next(n for n in names if shard_of(dataclasses.replace(harness.cfg, shards=shards), {"stream_id": n}) == 1)
+    harness.ch.exchange_declare(harness.cfg.name(harness.cfg.frames_exchange), exchange_type="fanout", durable=True)
+    harness.ch.queue_declare(harness.cfg.name(harness.cfg.frames_queue), durable=True)    # a single-worker run's
+    harness.ch.queue_bind(harness.cfg.name(harness.cfg.frames_queue), harness.cfg.name(harness.cfg.frames_exchange))
     engines = [[], []]
-    runs = [start(harness, engines[i], worker_index=i, num_workers=2) for i in range(2)]
+    runs = [start(harness, engines[i], worker_index=i, num_workers=2, shards=shards, standby_delay_s=0.5)
+            for i in range(2)]
     frames = textured_frames(12, seed=2)
     with FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange)) as pub:
         for i, rgb in enumerate(frames):
@@ -167,15 +174,18 @@ def test_streams_split_between_two_workers(harness):
             pub.frame(rgb, 10 + i, "seg", stream_id=b)
         pub.end_segment("seg", a)
         pub.end_segment("seg", b)
-    harness.wait_for(lambda: sum(m.get("event") == "end" for m in harness.received["vis"]) == 2, 20, "2 ends")
+    harness.wait_for(lambda: sum(m.get("event") == "end" for m in harness.received["vis"]) == 2, 30, "2 ends")
     harness.collect(0.3)
     for stream in (a, b):
         got = [m["timestamp_ns"] for m in harness.received["pose"] if m["stream_id"] == stream]
         assert got == [10 + i for i in range(12)]
-    assert [e.pushed for e in engines[0]] == [[10 + i for i in range(12)]]   # worker 0 reconstructed stream a
-    assert [e.pushed for e in engines[1]] == [[10 + i for i in range(12)]]   # and worker 1 stream b only
+    # shard 0 (stream a) is worker 0's own, shard 1 (stream b) worker 1's: each stream reconstructed once
+    assert [e.pushed for e in engines[0]] == [[10 + i for i in range(12)]]
+    assert [e.pushed for e in engines[1]] == [[10 + i for i in range(12)]]
+    assert set(runs[0][0].streams) == {a} and set(runs[1][0].streams) == {b}
+    # the single-worker queue was unbound: nothing reached it
+    assert harness.queue_depth(harness.cfg.frames_queue) == 0
     for svc, thread, code in runs:
-        assert set(svc.streams) == {a if svc.cfg.worker_index == 0 else b}
         stop(svc, thread, code)
 
 
@@ -200,9 +210,27 @@ def test_new_segment_and_redelivered_late_frames(harness, tmp_path):
     stop(svc, thread, code)
 
 
-def test_restart_message_finishes_the_segment_and_later_frames_start_over(harness):
-    import pika
+def test_restart_forgets_finished_segments_so_a_replay_is_processed(harness):
+    engines: list[FakeEngine] = []
+    svc, thread, code = start(harness, engines)
+    frames = textured_frames(8, seed=6)
+    with FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange)) as pub:
+        for replay in range(2):
+            for i, rgb in enumerate(frames):
+                pub.frame(rgb, 700 + i, "0000_segment_000.mp4")
+            pub.end_segment("0000_segment_000.mp4")
+            harness.wait_for(lambda: sum(m.get("event") == "end" for m in harness.received["vis"]) == replay + 1,
+                             20, f"end {replay}")
+            if replay == 0:                         # as the deployment's server does on start-up
+                harness.restart(b'{"type":"restart"}')
+                harness.wait_for(lambda: not svc.streams, 20, "the restart")
+    harness.collect(0.3)
+    assert [m["timestamp_ns"] for m in harness.received["pose"]] == [700 + i for i in range(8)] * 2
+    assert harness.dead_letters() == []
+    stop(svc, thread, code)
 
+
+def test_restart_message_finishes_the_segment_and_later_frames_start_over(harness):
     engines: list[FakeEngine] = []
     svc, thread, code = start(harness, engines)
     frames = textured_frames(10, seed=5)
@@ -210,8 +238,7 @@ def test_restart_message_finishes_the_segment_and_later_frames_start_over(harnes
         for i in range(6):
             pub.frame(frames[i], 300 + i, "r")
         harness.wait_for(lambda: len(harness.received["pose"]) == 5, 20, "the initial window")
-        harness.ch.basic_publish(harness.cfg.name(harness.cfg.restart_exchange), "", b"",
-                                 pika.BasicProperties(headers={"stream_id": "default"}))
+        harness.restart(headers={"stream_id": "default"})
         harness.wait_for(lambda: any(m.get("event") == "end" for m in harness.received["vis"]), 20, "end")
         for i in range(6, 10):
             pub.frame(frames[i], 300 + i, "r")                 # same segment name, later frames: a new map
@@ -220,7 +247,8 @@ def test_restart_message_finishes_the_segment_and_later_frames_start_over(harnes
     events = [(m["event"], m["frames"]) for m in harness.received["vis"] if m["type"] == "segment"]
     assert events == [("start", 0), ("end", 6), ("start", 0), ("end", 4)]
     assert [m["timestamp_ns"] for m in harness.received["pose"]] == [300 + i for i in range(10)]
-    assert engines[0].resets == 2 and harness.queue_depth(harness.cfg.restart_queue) == 0
+    assert len(engines) == 2 and engines[0].resets == 1          # the restart forgot the stream: a fresh engine
+    assert harness.queue_depth(harness.cfg.restart_queue) == 0
     stop(svc, thread, code)
 
 
@@ -260,7 +288,7 @@ SIGTERM_SCRIPT = textwrap.dedent("""
             return super().push_many(rgbs, timestamps)
 
     cfg = ServiceConfig(rabbitmq_url={url!r}, name_prefix={prefix!r}, save_segments=True,
-                        segment_output_dir={out!r}, decode_min_side=0, batch_size=1)
+                        segment_output_dir={out!r}, decode_min_side=0, batch_size=1, encoding="json")
     sys.exit(Service(cfg, SlowEngine, net_size=64, conf_thres_l2w=12.0).run())
 """)
 
@@ -301,3 +329,30 @@ def test_sigterm_finishes_received_frames_and_saves_the_segment(harness, tmp_pat
     assert len(end) == 1 and end[0]["frames"] == done
     assert Path(end[0]["files"]["points"]).stat().st_size > 0
     assert len(Path(end[0]["files"]["trajectory"]).read_text().splitlines()) == 1 + done
+
+
+def test_publish_sends_persistent_frames_and_survives_a_lost_connection(harness):
+    import pika
+
+    tap = harness.ch.queue_declare("", exclusive=True).method.queue       # sees what the publisher sends
+    harness.ch.exchange_declare(harness.cfg.name(harness.cfg.frames_exchange), exchange_type="fanout", durable=True)
+    harness.ch.queue_bind(tap, harness.cfg.name(harness.cfg.frames_exchange))
+    svc, thread, code = start(harness)
+    frames = textured_frames(24, seed=8)
+    with FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange), retry_s=30) as pub:
+        for i, rgb in enumerate(frames):
+            if i == 10:
+                close_broker_connection(pub.connection_name)    # the broker drops the publisher mid-stream
+            pub.frame(rgb, 900 + i, "p")
+        pub.end_segment("p")
+    assert pub.resent >= 1
+    harness.wait_for(lambda: any(m.get("event") == "end" for m in harness.received["vis"]), 30, "segment end")
+    assert first_occurrences(harness.received["pose"]) == [900 + i for i in range(24)]       # none lost
+    modes = []
+    while True:
+        method, props, _ = harness.ch.basic_get(tap, auto_ack=True)
+        if method is None:
+            break
+        modes.append(props.delivery_mode)
+    assert len(modes) >= 25 and set(modes) == {pika.DeliveryMode.Persistent.value}
+    stop(svc, thread, code)

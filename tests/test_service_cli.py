@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,14 +13,20 @@ import cv2
 import pytest
 import torch
 
-from service_helpers import Harness, needs_broker, textured_frames
+from service_helpers import Harness, needs_broker, queue_exists, textured_frames
 from slam3r.cli import main
+from slam3r.service.broker import queue_names
 
 
 def test_serve_rejects_a_bad_configuration(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RABBITMQ_URL", "http://not-amqp")
     assert main(["serve"]) == 2
     assert "rabbitmq_url" in capsys.readouterr().err
+    for url in ("http://admin:s3cret@broker:5672/", "amqp://admin:s3cret@broker:notaport/", "amqp://admin:s3cret@"):
+        monkeypatch.setenv("RABBITMQ_URL", url)
+        assert main(["serve"]) == 2
+        err = capsys.readouterr().err
+        assert "rabbitmq_url" in err and "s3cret" not in err and "***" in err
     monkeypatch.delenv("RABBITMQ_URL")
     bad = tmp_path / "bad.yaml"
     bad.write_text("recon:\n  conf_thres_l2w: -1\n")
@@ -30,20 +37,6 @@ def test_serve_rejects_a_bad_configuration(tmp_path, capsys, monkeypatch):
 def test_publish_reports_a_missing_source(capsys):
     assert main(["publish", "/nonexistent/video.mp4"]) == 2
     assert "not found" in capsys.readouterr().err
-
-
-def _queue_exists(h: Harness, suffix: str) -> bool:
-    import pika
-
-    conn = pika.BlockingConnection(pika.URLParameters(h.cfg.rabbitmq_url))
-    try:
-        conn.channel().queue_declare(h.cfg.name(h.cfg.frames_queue) + suffix, passive=True)
-        return True
-    except pika.exceptions.ChannelClosedByBroker:
-        return False
-    finally:
-        if conn.is_open:
-            conn.close()
 
 
 @needs_broker
@@ -59,7 +52,7 @@ def test_serve_and_publish_commands(tmp_path):
     for i, rgb in enumerate(textured_frames(12)):
         cv2.imwrite(str(frames_dir / f"frame{i:03d}.png"), rgb[..., ::-1])
     h = Harness()
-    env = {**os.environ, "SLAM3R_NAME_PREFIX": h.prefix, "SLAM3R_CONF_THRES_L2W": "1",
+    env = {**os.environ, "SLAM3R_NAME_PREFIX": h.prefix, "SLAM3R_CONF_THRES_L2W": "1", "SLAM3R_ENCODING": "json",
            "RABBITMQ_URL": h.cfg.rabbitmq_url, "SAVE_SEGMENTS": "true", "SEGMENT_OUTPUT_DIR": str(tmp_path / "seg")}
     serve = subprocess.Popen([sys.executable, "-m", "slam3r.cli", "serve", "--weights", str(tmp_path / "w"),
                               "--device", "cpu", "--config", "configs/wild.yaml", "--workers", "2"], env=env,
@@ -67,8 +60,10 @@ def test_serve_and_publish_commands(tmp_path):
     try:
         exchange = h.cfg.name(h.cfg.frames_exchange)
         deadline = time.monotonic() + 90
-        # Two worker processes: each binds its own queue; wait until both are up, then stream to one of them.
-        while not all(_queue_exists(h, f".w{i}") for i in range(2)):
+        # Two worker processes share the streams through shard queues; wait until both are up (each has its
+        # restart queue), then stream; the single-worker queue is not there to fill.
+        restart_queues = [queue_names(dataclasses.replace(h.cfg, num_workers=2, worker_index=i))[1] for i in range(2)]
+        while not all(queue_exists(q) for q in restart_queues):
             assert time.monotonic() < deadline and serve.poll() is None, "serve never bound its queues"
             time.sleep(0.5)
         assert main(["publish", str(frames_dir), "--fps", "50", "--segment", "cli", "--exchange", exchange,
@@ -79,9 +74,19 @@ def test_serve_and_publish_commands(tmp_path):
         end = next(m for m in h.received["vis"] if m.get("event") == "end")
         assert end["video_segment"] == "cli" and end["frames"] == 12
         assert os.path.isfile(end["files"]["trajectory"])
+        assert not queue_exists(h.cfg.name(h.cfg.frames_queue))
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(60) == 0
     finally:
         if serve.poll() is None:
             serve.kill()
         h.close()
+
+
+def test_building_the_cli_parser_imports_no_torch():
+    code = ("import sys; from slam3r.cli import build_parser; p = build_parser(); p.parse_args(['serve']); "
+            "heavy = [m for m in ('torch', 'cv2', 'pika', 'open3d') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stdout + out.stderr

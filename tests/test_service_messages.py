@@ -13,8 +13,8 @@ from slam3r.config import ConfigError
 from slam3r.recon.point_buffer import PointBuffer
 from slam3r.recon.types import FrameResult
 from slam3r.service.config import ENV_NAMES, ServiceConfig, load_config
-from slam3r.service.messages import (Codec, RejectedMessage, confident_points, decode_image, decode_payload,
-                                     jpeg_size, quaternion_xyzw, read_header)
+from slam3r.service.messages import (make_encoding, RejectedMessage, decode_image, decode_payload, jpeg_size, png_size,
+                                     quaternion_xyzw, read_header, restart_target)
 
 
 def frame_result(n: int = 8, fid: int = 3) -> FrameResult:
@@ -37,7 +37,13 @@ def test_headers_are_validated():
     assert read_header({"timestamp_ns": 1, "video_segment": "a"}).stream_id == "default"
     marker = read_header({"video_segment": "a", "end_of_segment": True})
     assert marker.end_of_segment and marker.timestamp_ns is None
-    bad = [(None, "missing header video_segment"), ({"video_segment": "a"}, "missing header timestamp_ns"),
+    # The deployment's phone server: no video_segment, strings everywhere -> one implicit segment
+    phone = read_header({"timestamp_ns": "1700000000123456789", "server_received": "1", "width": "640"})
+    assert (phone.segment, phone.implicit, phone.timestamp_ns) == ("", True, 1700000000123456789)
+    assert restart_target(b'{"type": "restart"}', {}) is None
+    assert restart_target(b'{"type": "restart", "stream_id": "d2"}', {}) == "d2"
+    assert restart_target(b"", {"stream_id": "d3"}) == "d3"
+    bad = [(None, "missing header timestamp_ns"), ({"video_segment": "a"}, "missing header timestamp_ns"),
            ({"timestamp_ns": -1, "video_segment": "a"}, ">= 0"),
            ({"timestamp_ns": True, "video_segment": "a"}, "integer"),
            ({"timestamp_ns": 1.5, "video_segment": "a"}, "integer"),
@@ -63,6 +69,7 @@ def test_images_decode_with_dct_scaling_and_reject_garbage():
     np.testing.assert_array_equal(full, rgb)                             # PNG: lossless, never scaled
     left = decode_image(jpg, 224)[:, :300].reshape(-1, 3).mean(0)
     assert left[0] > 200 and left[2] < 160                             # RGB order, not BGR
+    assert png_size(png) == (640, 480)
     for body, reason in [(b"", "empty body"), (b"GIF89a....", "not a JPEG or PNG"), (jpg[:300], "undecodable"),
                          (cv2.imencode(".png", np.zeros((20, 400, 3), np.uint8))[1].tobytes(), "too small")]:
         with pytest.raises(RejectedMessage) as err:
@@ -75,8 +82,8 @@ def test_images_decode_with_dct_scaling_and_reject_garbage():
 
 def test_pose_message_fields_and_quaternion():
     r = frame_result()
-    for enc in ("json", "msgpack"):
-        p = Codec(enc).pose(r, "d1", "seg")
+    for enc in ("deployed", "json", "msgpack"):
+        p = make_encoding(enc).pose(r, "d1", "seg")
         msg = decode_payload(p.wire_body(), p.content_type, p.content_encoding)
         assert p.content_encoding is None and msg["timestamp_ns"] == 123456789
         assert msg["position"] == {"x": 1.0, "y": 2.0, "z": 3.0}
@@ -87,7 +94,8 @@ def test_pose_message_fields_and_quaternion():
                         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
         np.testing.assert_allclose(rot, r.pose_c2w[:3, :3], atol=1e-9)
         np.testing.assert_allclose(msg["raw_pose_matrix"], r.pose_c2w)
-        assert isinstance(msg["processing_timestamp"], float) and msg["stream_id"] == "d1"
+        assert isinstance(msg["processing_timestamp"], str if enc == "deployed" else float)
+        assert float(msg["processing_timestamp"]) > 1.6e9 and msg["stream_id"] == "d1"
     from scipy.spatial.transform import Rotation
 
     for rot in Rotation.random(200, random_state=1).as_matrix().tolist() + [np.diag([1.0, -1, -1]).tolist()]:
@@ -97,17 +105,41 @@ def test_pose_message_fields_and_quaternion():
     np.testing.assert_allclose(quaternion_xyzw(2.5 * r.pose_c2w[:3, :3]), quaternion_xyzw(r.pose_c2w[:3, :3]))
 
 
-def test_confident_points_match_the_frame_result_method():
-    r = frame_result(n=12)
-    r.conf = np.random.default_rng(5).uniform(1, 30, r.conf.shape).astype(np.float32)
-    for got, want in zip(confident_points(r, 12.0), r.points(12.0)):
-        np.testing.assert_array_equal(got, want)
+def png_bomb(side: int) -> bytes:
+    """A real grayscale PNG of side x side zeros (a few hundred kB that decode to side**2 * 3 bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = bytes(side + 1)
+    data = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_rejected_from_the_header():
+    import resource
+
+    bomb = png_bomb(8000)                               # 64 MP: 192 MB once decoded to BGR
+    assert len(bomb) < 200_000 and png_size(bomb) == (8000, 8000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(RejectedMessage) as err:
+        decode_image(bomb, 224, max_pixels=40_000_000)
+    assert "8000x8000" in err.value.reason and "64.0 MP" in err.value.reason and "not decoded" in err.value.reason
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000      # kB: nothing was decoded
+    big_jpeg = cv2.imencode(".jpg", np.zeros((300, 400, 3), np.uint8))[1].tobytes()
+    with pytest.raises(RejectedMessage, match="over the limit"):
+        decode_image(big_jpeg, 224, max_pixels=100_000)
+    assert decode_image(big_jpeg, 224, max_pixels=120_000).shape == (300, 400, 3)
 
 
 def test_point_messages_json_layout_msgpack_arrays_and_cap():
     r = frame_result(n=10)
     xyz, rgb, conf = r.points(12.0)
-    p = Codec("json", points_per_message=30).points(r, xyz, rgb, conf, "d1", "seg")
+    p = make_encoding("json", points_per_message=30).points(r, xyz, rgb, conf, "d1", "seg")
     assert (p.content_type, p.content_encoding) == ("application/json", "gzip")
     raw = json.loads(gzip.decompress(p.wire_body()))
     pts = np.asarray(raw["points"])
@@ -117,7 +149,7 @@ def test_point_messages_json_layout_msgpack_arrays_and_cap():
     full = np.concatenate([xyz.astype(np.float64), rgb.astype(np.float64)], 1)
     d = np.abs(pts[:, None, :] - full[None]).max(-1).min(1)
     assert d.max() <= 5e-5 + 1e-7
-    m = Codec("msgpack").points(r, xyz, rgb, conf, "d1", "seg")
+    m = make_encoding("msgpack").points(r, xyz, rgb, conf, "d1", "seg")
     assert (m.content_type, m.content_encoding) == ("application/msgpack", None)
     msg = decode_payload(m.wire_body(), m.content_type)
     np.testing.assert_array_equal(msg["xyz"], xyz)
@@ -132,7 +164,7 @@ def test_map_updates_split_and_mesh_and_segment_messages():
     buf.insert(rng.random((250, 3)).astype(np.float32), rng.integers(0, 256, (250, 3), dtype=np.uint8),
                rng.random(250).astype(np.float32) + 1)
     delta = buf.changes_since(None)
-    parts = Codec("json", points_per_message=100).map_update(delta, 7, "d1", "seg")
+    parts = make_encoding("json", points_per_message=100).delta_messages(delta, 7, "d1", "seg")
     msgs = [decode_payload(p.wire_body(), p.content_type, p.content_encoding) for p in parts]
     assert [(m["part"], m["parts"], m["reset"], len(m["points"])) for m in msgs] == \
         [(0, 3, True, 100), (1, 3, False, 100), (2, 3, False, 50)]
@@ -141,14 +173,14 @@ def test_map_updates_split_and_mesh_and_segment_messages():
     f = np.array([[0, 1, 2], [2, 3, 4]], np.int32)
     c = np.array([[255, 0, 0]] * 5, np.uint8)
     for enc in ("json", "msgpack"):
-        p = Codec(enc).mesh(v, f, c, 12, "d1", "seg")
+        p = make_encoding(enc).mesh(v, f, c, 12, 99, "d1", "seg")
         msg = decode_payload(p.wire_body(), p.content_type, p.content_encoding)
         assert msg["type"] == "mesh" and msg["keyframe_id"] == 12
         np.testing.assert_allclose(np.asarray(msg["vertices"]), v, atol=1e-4)
         np.testing.assert_array_equal(np.asarray(msg["faces"]), f)
         colors = np.asarray(msg["vertex_colors"], np.float64)
         np.testing.assert_allclose(colors if enc == "msgpack" else colors * 255, c, atol=1e-3)
-    seg = Codec().segment("end", "d1", "seg", 40, 1234, {"points": "/x.ply"})
+    seg = make_encoding("json").segment_end("d1", "seg", None, 99, 40, 1234, {"points": "/x.ply"}, "end_of_segment")
     msg = decode_payload(seg.wire_body(), seg.content_type, seg.content_encoding)
     assert (msg["type"], msg["event"], msg["frames"], msg["files"]) == ("segment", "end", 40, {"points": "/x.ply"})
 
@@ -190,6 +222,8 @@ def test_repository_configs_load():
 
 @pytest.mark.parametrize("env, text, message", [
     ({"RABBITMQ_URL": "http://broker"}, None, "rabbitmq_url"),
+    ({"SLAM3R_MAX_PIXELS": "0"}, None, "max_pixels"),
+    ({"SLAM3R_MAX_STREAMS": "0"}, None, "max_streams"),
     ({"RABBITMQ_URL": "amqp://host:notaport/"}, None, "invalid port"),
     ({"SLAM3R_CONF_THRES_L2W": "-3"}, None, "thresholds"),
     ({"SLAM3R_CONF_THRES_I2P": "abc"}, None, "expected a number"),
@@ -227,6 +261,16 @@ def test_fast_point_json_is_exact_and_falls_back_out_of_range():
         assert point_rows_json(np.array([[0, bad, 0]]), np.zeros((1, 3), np.uint8)) is None
     r = frame_result(n=4)
     r.pts3d_world[0, 0] = [2e4, -3e5, 1.0]                       # the codec falls back to json.dumps
-    p = Codec("json").points(r, *r.points(12.0), "d1", "seg")
+    p = make_encoding("json").points(r, *r.points(12.0), "d1", "seg")
     pts = np.asarray(decode_payload(p.wire_body(), p.content_type, p.content_encoding)["points"])
     np.testing.assert_allclose(pts[0, :3], [2e4, -3e5, 1.0])
+    p = make_encoding("deployed").points(r, *r.points(12.0), "d1", "seg")                 # x, y, z rows, same fallback
+    pts = np.asarray(decode_payload(p.wire_body(), p.content_type, p.content_encoding)["points"])
+    assert pts.shape == (16, 3)
+    np.testing.assert_allclose(pts[0], [2e4, -3e5, 1.0])
+    xyz = rng.normal(size=(50, 3))
+    np.testing.assert_array_equal(np.asarray(json.loads(point_rows_json(xyz, None))),
+                                  np.sign(xyz) * np.rint(np.abs(xyz) * 1e4) / 1e4)
+    from slam3r.service.jsonpoints import colour_rows_json
+
+    assert json.loads(colour_rows_json(rgb)) == rgb.tolist() and colour_rows_json(rgb[:0]) == b"[]"

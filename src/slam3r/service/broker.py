@@ -10,10 +10,20 @@ generation they came with, and acknowledgements of an older generation are dropp
 those frames and will redeliver them). Publishes still in the outbox are retried on the new connection, so outputs
 are delivered at least once (a frame processed just before a drop can be published twice).
 
-Topology (all names prefixed with ``name_prefix``; exchanges are fanout and durable, queues durable):
-``frames_exchange -> frames_queue``, ``restart_exchange -> restart_queue``, ``dead_letter_exchange ->
-dead_letter_queue``, and the output exchanges. With ``num_workers > 1`` worker ``i`` uses queues
-``<frames_queue>.w<i>`` and ``<restart_queue>.w<i>`` (every worker sees every frame and keeps its own streams).
+Topology (all names prefixed with ``name_prefix``; exchanges durable, queues durable):
+
+* one worker (``num_workers == 1``): ``frames_exchange`` (fanout) -> ``frames_queue``, the deployed layout;
+* ``num_workers > 1`` (processes or hosts): ``frames_exchange`` -> ``<frames_queue>.intake``, a
+  single-active-consumer queue: exactly one worker at a time (the *router*) moves each frame, with publisher
+  confirms and only then acknowledging it, to the direct exchange ``<frames_exchange>.shards`` under the routing
+  key ``crc32(stream_id) % shards``; each key has its queue ``<frames_queue>.shard<k>``, also
+  single-active-consumer. Every worker subscribes to every shard queue (its own, ``k % num_workers ==
+  worker_index``, first; the others after ``standby_delay_s``), and RabbitMQ delivers each shard to one of them at
+  a time: a stream is reconstructed by one worker, and when that worker dies its unacknowledged frames are
+  requeued and the shard's next consumer takes over. The single-worker queue is unbound from the frame exchange
+  (and vice versa), so a queue nobody reads never fills;
+* ``restart_exchange`` -> ``restart_queue`` (``<restart_queue>.w<i>`` per worker when there are several),
+  ``dead_letter_exchange -> dead_letter_queue``, and the fanout output exchanges.
 
 Prefetch is channel-wide (``global_qos``) and can be raised at run time with :meth:`BrokerLink.set_prefetch`
 (RabbitMQ applies a new channel-wide limit immediately).
@@ -26,12 +36,13 @@ import queue
 import random
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from slam3r.service.config import ServiceConfig
-from slam3r.service.messages import Payload
+from slam3r.service.encodings.base import Payload
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +58,8 @@ class Delivery:
     headers: dict[str, Any]
     content_type: str | None = None
     redelivered: bool = False
+    queue: str = ""
+    """The queue it came from (a shard queue with several workers)."""
 
 
 @dataclass
@@ -73,9 +86,29 @@ class FatalBrokerError(RuntimeError):
 
 
 def queue_names(cfg: ServiceConfig) -> tuple[str, str]:
-    """(frames queue, restart queue) of this worker."""
-    suffix = f".w{cfg.worker_index}" if cfg.num_workers > 1 else ""
-    return cfg.name(cfg.frames_queue) + suffix, cfg.name(cfg.restart_queue) + suffix
+    """(frames queue, restart queue) of this worker (with several workers, the frames queue is the intake)."""
+    if cfg.num_workers > 1:
+        return cfg.name(cfg.frames_queue) + ".intake", cfg.name(cfg.restart_queue) + f".w{cfg.worker_index}"
+    return cfg.name(cfg.frames_queue), cfg.name(cfg.restart_queue)
+
+
+def shard_queue(cfg: ServiceConfig, k: int) -> str:
+    return cfg.name(cfg.frames_queue) + f".shard{k}"
+
+
+def shard_exchange(cfg: ServiceConfig) -> str:
+    return cfg.name(cfg.frames_exchange) + ".shards"
+
+
+def shard_of(cfg: ServiceConfig, headers: dict[str, Any] | None) -> int:
+    """The shard of a frame message (its ``stream_id`` header; malformed ones go to their own shard too, where the
+    owner dead-letters them)."""
+    value = (headers or {}).get(cfg.stream_header, cfg.default_stream)
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return zlib.crc32(text.encode()) % cfg.shards
+
+
+_SAC = {"x-single-active-consumer": True}
 
 
 def connection_name(cfg: ServiceConfig) -> str:
@@ -104,6 +137,7 @@ class BrokerLink(threading.Thread):
         self._close_deadline = float("inf")
         self._conn: Any = None
         self._consumer_tags: list[str] = []
+        self._later: list[tuple[float, str, str]] = []
 
     # ------------------------------------------------------------------ called from other threads
 
@@ -199,10 +233,11 @@ class BrokerLink(threading.Thread):
         self._applied_prefetch = 0
         self._consumer_tags = []
         self._apply_prefetch()
+        self._later = []
         if self._consume and not self._stop_consuming.is_set():
-            frames_q, restart_q = queue_names(self.cfg)
-            for source, qname in (("frames", frames_q), ("restart", restart_q)):
-                self._consumer_tags.append(ch.basic_consume(qname, self._on_message(source, self.generation)))
+            now = time.monotonic()
+            self._later = [(now + delay, source, qname) for source, qname, delay in self._subscriptions()]
+            self._subscribe_due()
         self.connected.set()
         log.info("connected to RabbitMQ (generation %d)", self.generation)
 
@@ -211,16 +246,75 @@ class BrokerLink(threading.Thread):
         frames_q, restart_q = queue_names(cfg)
         for base in (cfg.pose_exchange, cfg.pointcloud_exchange, cfg.vis_exchange):
             ch.exchange_declare(cfg.name(base), exchange_type="fanout", durable=True)
-        for exchange, qname in ((cfg.name(cfg.frames_exchange), frames_q), (cfg.name(cfg.restart_exchange), restart_q),
-                                (cfg.name(cfg.dead_letter_exchange), cfg.name(cfg.dead_letter_queue))):
+        sharded = cfg.num_workers > 1
+        for exchange, qname, args in (
+                (cfg.name(cfg.frames_exchange), frames_q, _SAC if sharded else None),
+                (cfg.name(cfg.restart_exchange), restart_q, None),
+                (cfg.name(cfg.dead_letter_exchange), cfg.name(cfg.dead_letter_queue), None)):
             ch.exchange_declare(exchange, exchange_type="fanout", durable=True)
-            ch.queue_declare(qname, durable=True)
+            ch.queue_declare(qname, durable=True, arguments=args)
             ch.queue_bind(qname, exchange)
+        if sharded:
+            ch.exchange_declare(shard_exchange(cfg), exchange_type="direct", durable=True)
+            for k in range(cfg.shards):
+                ch.queue_declare(shard_queue(cfg, k), durable=True, arguments=_SAC)
+                ch.queue_bind(shard_queue(cfg, k), shard_exchange(cfg), routing_key=str(k))
+        other = cfg.name(cfg.frames_queue) if sharded else cfg.name(cfg.frames_queue) + ".intake"
+        self._unbind_if_present(other, cfg.name(cfg.frames_exchange))
 
-    def _on_message(self, source: Literal["frames", "restart"], generation: int) -> Any:
+    def _unbind_if_present(self, qname: str, exchange: str) -> None:
+        """Unbind the other topology's frame queue (left by an earlier run) so it does not fill unread."""
+        import pika.exceptions
+
+        probe = self._conn.channel()
+        pika_log = logging.getLogger("pika.channel")
+        level = pika_log.level
+        pika_log.setLevel(logging.ERROR)               # a missing queue is the normal case, not a warning
+        try:
+            depth = probe.queue_declare(qname, passive=True).method.message_count
+            probe.queue_unbind(qname, exchange)
+            log.warning("unbound queue %s from %s (left by a run with another worker count; %d message(s) in it: "
+                        "delete it or drain it with a run of that kind)", qname, exchange, depth)
+        except pika.exceptions.ChannelClosedByBroker:
+            return                                   # not there: nothing to do
+        finally:
+            pika_log.setLevel(level)
+        if probe.is_open:
+            probe.close()
+
+    def _subscriptions(self) -> list[tuple[str, str, float]]:
+        """(source, queue, delay s) this worker consumes."""
+        cfg = self.cfg
+        frames_q, restart_q = queue_names(cfg)
+        if cfg.num_workers == 1:
+            return [("frames", frames_q, 0.0), ("restart", restart_q, 0.0)]
+        subs = [("intake", frames_q, 0.0), ("restart", restart_q, 0.0)]
+        for k in range(cfg.shards):
+            own = k % cfg.num_workers == cfg.worker_index
+            subs.append(("frames", shard_queue(cfg, k), 0.0 if own else cfg.standby_delay_s))
+        return subs
+
+    def _subscribe_due(self) -> None:
+        """Start the consumers whose delay has passed."""
+        now = time.monotonic()
+        due = [s for s in self._later if s[0] <= now]
+        self._later = [s for s in self._later if s[0] > now]
+        for _, source, qname in due:
+            callback = self._route if source == "intake" else self._on_message(source, self.generation, qname)
+            self._consumer_tags.append(self._ch.basic_consume(qname, callback))
+
+    def _route(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
+        """Router: move an intake frame to its shard queue (persistent, confirmed), then acknowledge it."""
+        import pika
+
+        out = pika.BasicProperties(content_type=props.content_type, headers=props.headers, delivery_mode=2)
+        self._pub.basic_publish(shard_exchange(self.cfg), str(shard_of(self.cfg, props.headers)), body, out)
+        ch.basic_ack(method.delivery_tag)
+
+    def _on_message(self, source: Literal["frames", "restart"], generation: int, qname: str) -> Any:
         def callback(ch: Any, method: Any, props: Any, body: bytes) -> None:
             d = Delivery(source, generation, method.delivery_tag, body, dict(props.headers or {}),
-                         props.content_type, bool(method.redelivered))
+                         props.content_type, bool(method.redelivered), qname)
             try:
                 self.inbox.put_nowait(d)
             except queue.Full:           # cannot happen while prefetch <= inbox size; never drop a frame
@@ -237,10 +331,13 @@ class BrokerLink(threading.Thread):
             self._conn.process_data_events(time_limit=0.2)
             self._drain()
             self._apply_prefetch()
-            if self._stop_consuming.is_set() and self._consumer_tags:
+            if self._stop_consuming.is_set():
+                self._later = []
                 for tag in self._consumer_tags:
                     self._ch.basic_cancel(tag)
                 self._consumer_tags = []
+            elif self._later:
+                self._subscribe_due()
             if self._closing.is_set() and (not self._outbox or time.monotonic() >= self._close_deadline):
                 if self._outbox:
                     log.warning("closing with %d unsent outbox item(s); unacknowledged frames will be redelivered",

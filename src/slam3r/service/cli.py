@@ -13,7 +13,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_runtime_arguments(parser)  # --config: 'service:' and 'recon:' sections; RABBITMQ_URL, SLAM3R_... override it
     parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes; streams (stream_id header) are split between them (default: 1)")
+                        help="worker processes on this host; each stream (stream_id header) is owned by one of "
+                             "them at a time through single-active-consumer shard queues, and a dead worker's "
+                             "streams move to another (docs/service.md). Several hosts: SLAM3R_NUM_WORKERS=N and "
+                             "SLAM3R_WORKER_INDEX=i on each (default: 1)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -31,6 +34,14 @@ def serve(cfg: Any, weights: str, device: str, threads: int | None = None) -> in
     def make_engine() -> StreamingReconstructor:
         return StreamingReconstructor(i2p, l2w, cfg.recon, device=dev)
 
+    svc = cfg.service
+    stride = cfg.recon.keyframe_stride if cfg.recon.keyframe_stride > 0 else cfg.recon.online_stride
+    hold = (cfg.recon.initial_winsize - 1) * stride + 1
+    if svc.max_in_flight - svc.prefetch < svc.max_streams * hold:
+        log.warning("max_in_flight - prefetch = %d < max_streams (%d) x %d frames an engine holds before it "
+                    "initialises: streams starting together will be finished early; raise max_in_flight or "
+                    "lower max_streams", svc.max_in_flight - svc.prefetch, svc.max_streams, hold)
+
     return Service(cfg.service, make_engine, i2p.cfg.img_size[0], cfg.recon.conf_thres_l2w).run()
 
 
@@ -41,7 +52,7 @@ def _worker_main(cfg: Any, weights: str, device: str, level: str, threads: int |
 
 
 def _run_workers(cfg: Any, args: argparse.Namespace) -> int:
-    """Spawn ``args.workers`` worker processes (one shard of the streams each); forward SIGTERM / SIGINT."""
+    """Spawn ``args.workers`` worker processes (sharing the shard queues); forward SIGTERM / SIGINT."""
     import dataclasses
     import multiprocessing as mp
     import signal

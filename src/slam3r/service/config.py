@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from slam3r.config import ConfigError, from_dict, read_sections, to_dict
@@ -38,12 +38,16 @@ class ServiceConfig:
     vis_exchange: str = "slam3r_reconstruction_vis_exchange"
     dead_letter_exchange: str = "slam3r_dead_letter_exchange"
     dead_letter_queue: str = "slam3r_dead_letter_queue"
-    encoding: Literal["json", "msgpack"] = "json"
-    """Output encoding: json (deployed: plain JSON poses, gzip JSON points / meshes) or msgpack (raw arrays)."""
+    encoding: str = "deployed"
+    """Output encoding, a name of :data:`slam3r.service.encodings.ENCODINGS`: ``deployed`` (the WorldSystem
+    deployment's messages), ``json`` / ``msgpack`` (the richer profile: colours, incremental map updates)."""
     prefetch: int = 16
     """Frames the broker may hand over beyond those the engine holds back (the AMQP prefetch grows with them)."""
-    max_in_flight: int = 256
-    """Upper bound on unacknowledged frames per worker (memory bound)."""
+    max_in_flight: int = 512
+    """Upper bound on unacknowledged frames per worker (memory bound: the encoded frames). Keep
+    ``max_in_flight - prefetch`` above ``max_streams`` times the frames one engine holds before it initialises
+    (``(initial_winsize - 1) * stride + 1``, 13 by default), or streams that start together are
+    finished early to make room (see :mod:`slam3r.service.worker`)."""
     batch_size: int = 4
     """Frames of one stream decoded and pushed to the engine together (micro-batch)."""
     stream_header: str = "stream_id"
@@ -51,8 +55,20 @@ class ServiceConfig:
     default_stream: str = "default"
     worker_index: int = 0
     num_workers: int = 1
-    """Workers sharing the streams: each has its own queue on the fanout exchange and keeps the streams with
-    ``crc32(stream_id) % num_workers == worker_index``."""
+    """Workers sharing the streams (processes or hosts, each started with its own ``worker_index``). With more
+    than one, frames go through ``shards`` single-active-consumer queues (see :mod:`slam3r.service.broker`): each
+    stream is owned by one worker at a time, and a dead worker's shards move to a live one."""
+    shards: int = 16
+    """Shard queues of a multi-worker deployment (a stream's shard is ``crc32(stream_id) % shards``)."""
+    standby_delay_s: float = 3.0
+    """Multi-worker: a worker first subscribes to its own shards (``shard % num_workers == worker_index``) and
+    only after this delay to the others, as a standby, so the shards spread over workers started together."""
+    max_streams: int = 32
+    """Live streams per worker; a new stream beyond it finishes (and saves) the least recently used one."""
+    stream_idle_s: float = 30.0
+    """A stream without frames for this long is finished (segment published / saved) and forgotten."""
+    max_pixels: int = 40_000_000
+    """Images with more pixels (read from the JPEG / PNG header) are dead-lettered without being decoded."""
     voxel_size: float = 0.01
     """Point buffer voxel (scene units)."""
     max_pointcloud_size: int = 2_000_000
@@ -89,15 +105,21 @@ class ServiceConfig:
         return self.name_prefix + base
 
     def validate(self) -> None:
+        from slam3r.service.encodings import ENCODINGS
+
         url = urlsplit(self.rabbitmq_url)
+        shown = mask_url(self.rabbitmq_url)
         if url.scheme not in ("amqp", "amqps") or not url.hostname:
-            raise ConfigError(f"rabbitmq_url {self.rabbitmq_url!r} must look like amqp://user:pass@host:5672/vhost")
+            raise ConfigError(f"rabbitmq_url {shown!r} must look like amqp://user:pass@host:5672/vhost")
         try:
             url.port
         except ValueError:
-            raise ConfigError(f"rabbitmq_url {self.rabbitmq_url!r} has an invalid port") from None
+            raise ConfigError(f"rabbitmq_url {shown!r} has an invalid port") from None
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(f"encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
         positive = ("prefetch", "max_in_flight", "batch_size", "num_workers", "max_pointcloud_size",
-                    "points_per_message", "mesh_update_frequency", "mesh_max_points", "republish_cache")
+                    "points_per_message", "mesh_update_frequency", "mesh_max_points", "republish_cache", "shards",
+                    "max_streams", "max_pixels")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -111,6 +133,8 @@ class ServiceConfig:
             (self.reconnect_max_s >= 0.5, "reconnect_max_s must be >= 0.5"),
             (self.shutdown_timeout_s >= 0, "shutdown_timeout_s must be >= 0"),
             (self.decode_min_side >= 0, "decode_min_side must be >= 0"),
+            (self.stream_idle_s > 0, "stream_idle_s must be > 0"),
+            (self.standby_delay_s >= 0, "standby_delay_s must be >= 0"),
             (bool(self.stream_header) and bool(self.default_stream), "stream_header / default_stream are empty"),
         ]
         for ok, msg in checks:
@@ -126,8 +150,25 @@ class ServeConfig:
     recon: ReconConfig = field(default_factory=ReconConfig)
 
 
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        return url.replace(f":{password}@", ":***@", 1)
+    head, sep, tail = url.rpartition("@")         # unparsable: hide everything before the host
+    return f"***@{tail}" if sep else url
+
+
 ENV_NAMES: dict[str, tuple[str, str]] = {
     "RABBITMQ_URL": ("service", "rabbitmq_url"),
+    "VIDEO_FRAMES_EXCHANGE": ("service", "frames_exchange"),
+    "RESTART_EXCHANGE": ("service", "restart_exchange"),
+    "SLAM3R_POSE_EXCHANGE": ("service", "pose_exchange"),
+    "SLAM3R_POINTCLOUD_EXCHANGE": ("service", "pointcloud_exchange"),
+    "SLAM3R_RECONSTRUCTION_VIS_EXCHANGE": ("service", "vis_exchange"),
     "ENABLE_MESH_GENERATION": ("service", "enable_mesh"),
     "SAVE_SEGMENTS": ("service", "save_segments"),
     "SLAM3R_SAVE_SEGMENT_POINTCLOUDS": ("service", "save_segments"),
@@ -223,10 +264,9 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
 def describe(cfg: ServeConfig) -> dict[str, Any]:
     """Plain-dict view for logging (the broker password masked)."""
     d = to_dict(cfg)
-    url = urlsplit(cfg.service.rabbitmq_url)
-    if url.password:
-        d["service"]["rabbitmq_url"] = cfg.service.rabbitmq_url.replace(f":{url.password}@", ":***@", 1)
+    d["service"]["rabbitmq_url"] = mask_url(cfg.service.rabbitmq_url)
     return d
 
 
-__all__ = ["ServiceConfig", "ServeConfig", "ENV_NAMES", "load_config", "load_intrinsics", "describe", "ConfigError"]
+__all__ = ["ServiceConfig", "ServeConfig", "ENV_NAMES", "load_config", "load_intrinsics", "describe", "mask_url",
+           "ConfigError"]

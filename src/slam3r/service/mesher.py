@@ -1,6 +1,7 @@
 """Surface meshing off the hot path: Open3D screened Poisson in a separate (spawned) process.
 
-The service hands a subsampled snapshot of the map to :class:`Mesher` and keeps processing frames; results are
+The child dies with its parent (``prctl(PR_SET_PDEATHSIG)`` on Linux, a parent watch elsewhere), so a worker killed
+with ``kill -9`` leaves no orphan. The service hands a subsampled snapshot of the map to :class:`Mesher` and keeps processing frames; results are
 collected later with :meth:`Mesher.poll`. One job runs at a time. *Live* jobs (mesh updates for viewers) coalesce
 per key: while the process is busy only the newest snapshot of each key waits, older ones are dropped. *Save* jobs
 (the mesh of a finished segment, written to a PLY file) are never dropped and run before waiting live jobs.
@@ -126,10 +127,41 @@ def write_mesh_ply(path: str, vertices: np.ndarray, faces: np.ndarray, colors: n
         fh.write(f.tobytes())
 
 
-def _child(jobs: Any, results: Any, params: MeshParams) -> None:
-    """Child process main loop: mesh jobs until a ``None`` job arrives."""
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process end when its parent does, even after a ``kill -9`` of the parent: on Linux the kernel
+    sends SIGKILL (``prctl(PR_SET_PDEATHSIG)``; strictly, when the parent *thread* that started this process ends,
+    so :meth:`Mesher.start` belongs in the worker's long-lived thread); elsewhere a watcher thread polls the
+    parent's pid."""
+    import ctypes
+    import os
+    import signal
+    import sys
+    import threading
     import time
 
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0:     # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent_pid:                  # the parent died before the call
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _child(jobs: Any, results: Any, params: MeshParams, parent_pid: int) -> None:
+    """Child process main loop: mesh jobs until a ``None`` job arrives (or the parent dies)."""
+    import time
+
+    die_with_parent(parent_pid)
     import open3d as o3d
 
     o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
@@ -169,7 +201,9 @@ class Mesher:
     def start(self) -> None:
         """Spawn the meshing process (imports Open3D there)."""
         if self._proc is None:
-            self._proc = self._ctx.Process(target=_child, args=(self._jobs, self._results, self.params),
+            import os
+
+            self._proc = self._ctx.Process(target=_child, args=(self._jobs, self._results, self.params, os.getpid()),
                                            name="slam3r-mesher", daemon=True)
             self._proc.start()
 

@@ -3,6 +3,11 @@
 Each frame is sent as a JPEG with the headers the service expects (``timestamp_ns``, ``video_segment`` and, when
 given, ``stream_id``), with publisher confirms; at the end an ``end_of_segment`` marker makes the service flush and
 save the segment.
+
+Frames are *persistent* (``delivery_mode=2``): the durable frame queue then keeps them on disk, so frames waiting
+for the worker survive a broker restart (transient ones are lost with it). A publish the broker does not confirm
+(connection lost) is retried on a new connection: the frame may then arrive twice, with the same
+``timestamp_ns``, and the service registers it once.
 """
 
 from __future__ import annotations
@@ -32,19 +37,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default: 90)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     parser.add_argument("--no-end-marker", action="store_true", help="do not send the end_of_segment marker")
+    parser.add_argument("--retry", type=float, default=60.0,
+                        help="seconds to keep retrying when the broker connection is lost (default: 60)")
 
 
 class FramePublisher:
     """Publishes encoded frames to a fanout exchange with publisher confirms (a context manager)."""
 
-    def __init__(self, url: str, exchange: str = "video_frames_exchange") -> None:
+    def __init__(self, url: str, exchange: str = "video_frames_exchange", retry_s: float = 0.0) -> None:
         import pika
 
         self._pika = pika
-        self.exchange = exchange
-        self.conn = pika.BlockingConnection(pika.URLParameters(url))
+        self.url, self.exchange, self.retry_s = url, exchange, retry_s
+        self.connection_name = f"slam3r-publish-{os.getpid()}-{id(self):x}"
+        """Shown by ``rabbitmqctl list_connections``."""
+        self.resent = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        params = self._pika.URLParameters(self.url)
+        params.client_properties = {"connection_name": self.connection_name}
+        self.conn = self._pika.BlockingConnection(params)
         self.ch = self.conn.channel()
-        self.ch.exchange_declare(exchange, exchange_type="fanout", durable=True)
+        self.ch.exchange_declare(self.exchange, exchange_type="fanout", durable=True)
         self.ch.confirm_delivery()
 
     def __enter__(self) -> "FramePublisher":
@@ -54,10 +69,34 @@ class FramePublisher:
         self.close()
 
     def publish(self, body: bytes, headers: dict[str, Any]) -> None:
-        """Publish one message; raises ``pika.exceptions.UnroutableError`` if no queue is bound (service down)."""
+        """Publish one persistent message and wait for the broker's confirm; raises
+        ``pika.exceptions.UnroutableError`` if no queue is bound (service down). A lost connection is retried
+        (reconnecting every second) for up to ``retry_s`` seconds, then raised."""
+        exc = self._pika.exceptions
         props = self._pika.BasicProperties(content_type="image/jpeg" if body[:2] == b"\xff\xd8" else "image/png",
-                                           headers=headers)
-        self.ch.basic_publish(self.exchange, "", body, props, mandatory=True)
+                                           headers=headers, delivery_mode=2)
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                if not self.conn.is_open:
+                    self._connect()
+                    self.resent += 1
+                self.ch.basic_publish(self.exchange, "", body, props, mandatory=True)
+                return
+            except (exc.AMQPConnectionError, exc.ChannelWrongStateError, exc.StreamLostError,
+                    exc.ConnectionClosedByBroker, ConnectionError) as err:
+                if time.monotonic() >= deadline:
+                    raise
+                print(f"slam3r publish: broker connection lost ({type(err).__name__}); retrying", file=sys.stderr)
+                self._drop()
+                time.sleep(1.0)
+
+    def _drop(self) -> None:
+        try:
+            if self.conn.is_open:
+                self.conn.close()
+        except Exception:  # already broken
+            pass
 
     def frame(self, rgb: np.ndarray, timestamp_ns: int, segment: str, stream_id: str | None = None,
               quality: int = 90) -> None:
@@ -119,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     import pika.exceptions
 
     from slam3r.data.sources import VideoSource, open_source
+    from slam3r.service.config import mask_url
 
     url = args.url or os.environ.get("RABBITMQ_URL", DEFAULT_URL)
     try:
@@ -133,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         fps = fps or (10.0 if Path(str(args.source)).is_dir() else None)
     segment = args.segment or f"{Path(str(args.source)).stem or 'camera'}-{time.strftime('%Y%m%dT%H%M%S')}"
     try:
-        with FramePublisher(url, args.exchange) as pub:
+        with FramePublisher(url, args.exchange, retry_s=args.retry) as pub:
             n = publish_stream(pub, ((rgb, ts) for _, rgb, ts in source), segment, args.stream_id, fps,
                                args.quality, args.max_frames, not args.no_end_marker)
     except pika.exceptions.UnroutableError:
@@ -141,9 +181,9 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     except pika.exceptions.AMQPError as exc:
-        print(f"slam3r publish: error: broker error at {url}: {exc!r}", file=sys.stderr)
+        print(f"slam3r publish: error: broker error at {mask_url(url)}: {exc!r}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    print(f"published {n} frames of segment {segment!r} to {args.exchange} at {url}")
+    print(f"published {n} frames of segment {segment!r} to {args.exchange} at {mask_url(url)}")
     return 0

@@ -1,7 +1,8 @@
 """Per-stream state of the service: the reconstruction engine, the map, the trajectory and the bookkeeping that
 makes frame processing idempotent.
 
-A frame is identified by ``(video_segment, timestamp_ns)``. A key is *pending* from the moment the frame is
+A frame is identified by ``(video_segment, timestamp_ns)`` (``video_segment`` is ``""`` for a stream sent without
+the header). A key is *pending* from the moment the frame is
 pushed into the engine until the engine returns its result, *cached* (its encoded outputs kept, to republish
 them if RabbitMQ redelivers the frame) for the last ``republish_cache`` frames, and *seen* for the rest of the
 segment, so a redelivered frame is never registered twice.
@@ -76,6 +77,8 @@ class StreamState:
         self.vis_marker: Marker | None = None
         self.frames_since_mesh = 0
         self.voxels_since_mesh = 0
+        self.last_active = 0.0
+        """``time.monotonic()`` of the stream's latest frame (idle eviction)."""
 
     @property
     def engine(self) -> Engine:
@@ -93,6 +96,10 @@ class StreamState:
         self.cache[key] = outputs
         while len(self.cache) > self._cache_size:
             self.cache.popitem(last=False)
+
+    def is_known(self, key: Key) -> bool:
+        """The frame was pushed in this segment (pending, cached or seen)."""
+        return key in self.pending or key in self.cache or key in self.seen
 
     def record(self, r: FrameResult, new_voxels: int) -> None:
         """Account a registered frame (trajectory, counters)."""

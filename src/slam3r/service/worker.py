@@ -10,20 +10,27 @@ Delivery guarantees:
   back (its initial window, its registration batches) stay unacknowledged until their results come. The AMQP
   prefetch is therefore ``prefetch + frames held by the engines`` (capped by ``max_in_flight``), so the engine is
   never starved of frames;
-* malformed messages (empty / undecodable body, missing or mistyped headers, images too small) are published to the
-  dead-letter exchange with an ``x-reject-reason`` header, then acknowledged; nothing is dropped silently;
+* malformed messages (empty / undecodable body, missing or mistyped headers, images too small or over
+  ``max_pixels``) and the frames of a segment too short to initialise are published to the dead-letter exchange
+  with an ``x-reject-reason`` header, then acknowledged; nothing is dropped silently;
 * a redelivered frame (same stream, ``video_segment`` and ``timestamp_ns``) is not registered again: its cached
   outputs are republished, or, while it is still inside the engine, the new delivery is acknowledged with the
   result;
-* end of a segment (a frame with a new ``video_segment``, an ``end_of_segment`` marker, a restart message or
-  shutdown): the engine is flushed, the outputs published, the segment saved (when enabled: points PLY, TUM
-  trajectory, mesh PLY) and the reconstruction reset;
+* end of a segment (a frame with a new ``video_segment``, an ``end_of_segment`` marker, a restart message, the
+  stream's eviction or shutdown): the engine is flushed, the outputs published, the segment saved (when enabled:
+  points PLY, TUM trajectory, mesh PLY) and the reconstruction reset. A stream sent without ``video_segment`` is
+  one implicit segment; in it, a new (not redelivered) frame older than the latest one starts a new segment (a
+  replayed recording);
+* a restart message finishes the named stream (or every stream) and forgets it, finished segments included, so a
+  replay of the same recording (same segment names and timestamps) is processed again;
+* bounded state: at most ``max_streams`` live streams (a new one finishes and forgets the least recently used),
+  streams idle for ``stream_idle_s`` are finished and forgotten, and when the frames held by the engines would
+  use up ``max_in_flight`` the least recently used holding stream is finished, so no stream starves the others;
 * SIGTERM / SIGINT: stop consuming, process the frames already received (up to ``shutdown_timeout_s``), finish
   every stream as above, publish / acknowledge, close. Frames not acknowledged by then are redelivered by RabbitMQ.
 
-Several streams (``stream_id`` header) are reconstructed independently; with ``num_workers > 1`` each worker keeps
-the streams with ``crc32(stream_id) % num_workers == worker_index`` and acknowledges the others unprocessed (they
-are handled by their own worker, which receives its own copy through the fanout exchange).
+Several streams (``stream_id`` header) are reconstructed independently; with ``num_workers > 1`` RabbitMQ hands
+each shard of streams to one worker at a time (see :mod:`slam3r.service.broker`).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import queue
 import signal
 import threading
 import time
-import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,13 +49,16 @@ from slam3r.recon.point_buffer import PointBuffer
 from slam3r.recon.types import FrameResult
 from slam3r.service.broker import BrokerLink, Delivery, Outgoing, Settle, queue_names
 from slam3r.service.config import ServiceConfig
-from slam3r.service.messages import Codec, Payload, RejectedMessage, confident_points, decode_image, read_header
+from slam3r.service.encodings import MapContext, Payload, make_encoding
+from slam3r.service.inbound import FrameHeader, RejectedMessage, decode_image, read_header, restart_target
 from slam3r.service.mesher import MeshParams, Mesher, MeshResult
 from slam3r.service.stream import EngineFactory, Key, StreamState
 
 log = logging.getLogger(__name__)
 
 _Item = Outgoing | Settle
+Groups = dict[str, list[tuple[Key, np.ndarray]]]
+"""Frames of one batch waiting to be pushed, per stream."""
 
 
 @dataclass
@@ -62,6 +72,7 @@ class ServiceStats:
     unregistered: int = 0
     segments: int = 0
     meshes: int = 0
+    evicted: int = 0
     busy_s: float = 0.0
     engine_s: float = 0.0
 
@@ -79,7 +90,8 @@ class Service:
         make_engine: builds a fresh engine for a new stream.
         net_size: network input size (images must be croppable to it).
         conf_thres_l2w: points above this L2W confidence are published and mapped.
-        link: an existing :class:`BrokerLink` (tests); default: one built from ``cfg``.
+        link: an existing link (tests: :class:`slam3r.service.testing.NullLink`); default: a
+            :class:`BrokerLink` built from ``cfg``.
     """
 
     def __init__(self, cfg: ServiceConfig, make_engine: EngineFactory, net_size: int, conf_thres_l2w: float,
@@ -89,12 +101,12 @@ class Service:
         self.net_size = net_size
         self.conf_thres_l2w = conf_thres_l2w
         self.link = link or BrokerLink(cfg)
-        self.codec = Codec(cfg.encoding, cfg.points_per_message)
+        self.encoding = make_encoding(cfg.encoding, cfg.points_per_message)
         self.mesher = Mesher(MeshParams(depth=cfg.mesh_depth), cfg.mesh_max_points) if cfg.enable_mesh else None
-        self.streams: dict[str, StreamState] = {}
+        self.streams: OrderedDict[str, StreamState] = OrderedDict()
+        """Live streams, least recently active first."""
         self.stats = ServiceStats()
         self._stop = threading.Event()
-        self._warned_in_flight = False
         self._ex_pose = cfg.name(cfg.pose_exchange)
         self._ex_points = cfg.name(cfg.pointcloud_exchange)
         self._ex_vis = cfg.name(cfg.vis_exchange)
@@ -123,12 +135,20 @@ class Service:
                 batch = self._take(0.05)
                 if batch:
                     self.handle(batch)
-                self._poll_mesher()
-                self._update_prefetch()
+                self.housekeeping()
             return self._shutdown()
         finally:
             for sig, handler in restore.items():
                 signal.signal(sig, handler)
+
+    def housekeeping(self, now: float | None = None) -> None:
+        """Between batches: collect meshes, finish idle streams and relieve frame pressure, adjust the prefetch."""
+        self._poll_mesher()
+        out: list[_Item] = []
+        self._evict_idle(time.monotonic() if now is None else now, out)
+        self._relieve_pressure(out)
+        self.link.send(out)
+        self.link.set_prefetch(self.cfg.prefetch + self.held())
 
     def _install_signals(self) -> dict[int, object]:
         if threading.current_thread() is not threading.main_thread():
@@ -173,32 +193,57 @@ class Service:
                 break
         return batch
 
-    def _update_prefetch(self) -> None:
-        held = sum(len(st.pending) for st in self.streams.values())
-        if self.cfg.prefetch + held > self.cfg.max_in_flight and not self._warned_in_flight:
-            log.warning("the engines hold %d frames: max_in_flight (%d) limits the prefetch; raise it if streams "
-                        "stall", held, self.cfg.max_in_flight)
-            self._warned_in_flight = True
-        self.link.set_prefetch(self.cfg.prefetch + held)
+    def held(self) -> int:
+        """Frames the engines hold (unacknowledged until their results come)."""
+        return sum(len(st.pending) for st in self.streams.values())
+
+    # ------------------------------------------------------------------ bounded state
+
+    def _stream(self, stream_id: str, groups: Groups, out: list[_Item]) -> StreamState:
+        """The state of ``stream_id`` (created, evicting the least recently used stream beyond ``max_streams``)."""
+        st = self.streams.get(stream_id)
+        if st is None:
+            while len(self.streams) >= self.cfg.max_streams:
+                self._evict(next(iter(self.streams.values())), f"evicted: more than max_streams="
+                                                               f"{self.cfg.max_streams} live streams", groups, out)
+            buffer = PointBuffer(self.cfg.voxel_size, self.cfg.max_pointcloud_size)
+            st = self.streams[stream_id] = StreamState(stream_id, self.make_engine, buffer, self.cfg.republish_cache)
+        self.streams.move_to_end(stream_id)
+        st.last_active = time.monotonic()
+        return st
+
+    def _evict(self, st: StreamState, why: str, groups: Groups, out: list[_Item]) -> None:
+        """Finish ``st``'s segment (published, saved) and forget the stream."""
+        self._push(st, groups, out)
+        if st.segment is not None:
+            self._finish(st, why, out)
+        del self.streams[st.stream_id]
+        self.stats.evicted += 1
+        log.info("stream %s forgotten (%s)", st.stream_id, why)
+
+    def _evict_idle(self, now: float, out: list[_Item]) -> None:
+        if not self.link.inbox.empty():
+            return                                     # frames are waiting: nobody is idle before they are seen
+        for st in list(self.streams.values()):
+            if now - st.last_active < self.cfg.stream_idle_s:
+                break                                  # ordered by activity: the rest is more recent
+            self._evict(st, f"idle for more than stream_idle_s={self.cfg.stream_idle_s:g} s", {}, out)
+
+    def _relieve_pressure(self, out: list[_Item]) -> None:
+        """Finish the least recently active holding streams while the held frames leave no room for new ones."""
+        budget = self.cfg.max_in_flight - self.cfg.prefetch
+        while self.held() > budget:
+            st = next(s for s in self.streams.values() if s.pending)
+            self._evict(st, f"its held frames with the others' exceed max_in_flight - prefetch = {budget}", {}, out)
 
     # ------------------------------------------------------------------ frame handling
 
-    def _owns(self, stream_id: str) -> bool:
-        return zlib.crc32(stream_id.encode()) % self.cfg.num_workers == self.cfg.worker_index
-
-    def _stream(self, stream_id: str) -> StreamState:
-        st = self.streams.get(stream_id)
-        if st is None:
-            buffer = PointBuffer(self.cfg.voxel_size, self.cfg.max_pointcloud_size)
-            st = self.streams[stream_id] = StreamState(stream_id, self.make_engine, buffer, self.cfg.republish_cache)
-        return st
-
     def handle(self, batch: list[Delivery]) -> None:
         """Process a batch of deliveries (frames and restarts, in order) and queue the resulting publishes and
-        acknowledgements on the link. Called by :meth:`run`; benchmarks call it directly."""
+        acknowledgements on the link. Called by :meth:`run`; benchmarks and tests call it directly."""
         t0 = time.perf_counter()
         out: list[_Item] = []
-        groups: dict[str, list[tuple[Key, np.ndarray]]] = {}
+        groups: Groups = {}
         for d in batch:
             try:
                 if d.source == "restart":
@@ -210,10 +255,11 @@ class Service:
                 self._reject(d, f"internal error: {type(exc).__name__}: {exc}", out)
         for stream_id in list(groups):
             self._push(self.streams[stream_id], groups, out)
+            self.streams[stream_id].last_active = time.monotonic()      # idle counts from the end of its work
         self.link.send(out)
         self.stats.busy_s += time.perf_counter() - t0
 
-    def _accept(self, d: Delivery, groups: dict[str, list[tuple[Key, np.ndarray]]], out: list[_Item]) -> None:
+    def _accept(self, d: Delivery, groups: Groups, out: list[_Item]) -> None:
         """Validate a frame message and queue it for the engine (or answer it from the dedupe state)."""
         self.stats.received += 1
         try:
@@ -221,10 +267,7 @@ class Service:
         except RejectedMessage as exc:
             self._reject(d, exc.reason, out)
             return
-        if not self._owns(h.stream_id):
-            out.append(Settle(d.generation, d.tag))
-            return
-        st = self._stream(h.stream_id)
+        st = self._stream(h.stream_id, groups, out)
         if h.end_of_segment:
             if st.segment == h.segment:
                 self._push(st, groups, out)
@@ -232,21 +275,17 @@ class Service:
             out.append(Settle(d.generation, d.tag))
             return
         key = (h.segment, h.timestamp_ns)
-        if self._duplicate(st, key, d, out):
+        if h.implicit and st.segment == h.segment and not d.redelivered and h.timestamp_ns < st.last_timestamp:
+            self._push(st, groups, out)                # timestamps went back: a new recording on this stream
+            self._finish(st, "timestamps went back: a new recording", out, h.segment, h.timestamp_ns)
+            st.closed.pop(h.segment, None)
+            st.cache.clear()                           # same segment name, other frames
+        elif self._duplicate(st, key, d, out):
             return
-        if h.segment != st.segment:
-            last = st.closed.get(h.segment)
-            if last is not None and h.timestamp_ns <= last:
-                self._reject(d, f"late frame: segment {h.segment!r} of stream {h.stream_id!r} already finished "
-                                f"at timestamp_ns {last}", out)
-                return
-            self._push(st, groups, out)
-            if st.segment is not None:
-                self._finish(st, "new segment", out)
-            st.segment = h.segment
-            out.append(Outgoing(self._ex_vis, self.codec.segment("start", st.stream_id, h.segment, 0, 0)))
+        if h.segment != st.segment and not self._open_segment(st, h, d, groups, out):
+            return
         try:
-            rgb = decode_image(d.body, self.net_size, self.cfg.decode_min_side)
+            rgb = decode_image(d.body, self.net_size, self.cfg.decode_min_side, self.cfg.max_pixels)
         except RejectedMessage as exc:
             self._reject(d, exc.reason, out)
             return
@@ -255,8 +294,29 @@ class Service:
         st.pending[key] = [d]
         groups.setdefault(st.stream_id, []).append((key, rgb))
 
+    def _open_segment(self, st: StreamState, h: FrameHeader, d: Delivery, groups: Groups,
+                      out: list[_Item]) -> bool:
+        """A frame of another segment: finish the current one and start ``h.segment``; False (frame rejected) for
+        a late frame of a segment that already finished."""
+        last = st.closed.get(h.segment)
+        if last is not None and h.timestamp_ns <= last:
+            self._reject(d, f"late frame: segment {h.segment!r} of stream {h.stream_id!r} already finished at "
+                            f"timestamp_ns {last} (a restart message forgets finished segments)", out)
+            return False
+        self._push(st, groups, out)
+        if st.segment is not None:
+            self._finish(st, "new segment", out, h.segment, h.timestamp_ns)
+        st.segment = h.segment
+        start = self.encoding.segment_start(st.stream_id, h.segment, h.timestamp_ns)
+        if start is not None:
+            out.append(Outgoing(self._ex_vis, start))
+        return True
+
     def _duplicate(self, st: StreamState, key: Key, d: Delivery, out: list[_Item]) -> bool:
-        """Handle a frame already registered or in the engine; False for a new frame."""
+        """Handle a frame already registered or in the engine; False for a new frame (a frame of a finished
+        segment counts as a duplicate only when RabbitMQ redelivers it; otherwise it is a late frame)."""
+        if key[0] != st.segment and not d.redelivered:
+            return False
         if key in st.cache:
             out.extend(st.cache[key])
             out.append(Settle(d.generation, d.tag))
@@ -271,7 +331,7 @@ class Service:
         self.stats.duplicates += 1
         return True
 
-    def _push(self, st: StreamState, groups: dict[str, list[tuple[Key, np.ndarray]]], out: list[_Item]) -> None:
+    def _push(self, st: StreamState, groups: Groups, out: list[_Item]) -> None:
         """Run the engine on the frames of ``st`` collected so far in this batch."""
         items = groups.pop(st.stream_id, None)
         if not items:
@@ -306,53 +366,63 @@ class Service:
                 self.stats.unregistered += 1
                 settles += [Settle(x.generation, x.tag) for x in deliveries]
             deliveries = st.pending.pop(key)
-            xyz, rgb, conf = confident_points(r, self.conf_thres_l2w)
+            xyz, rgb, conf = r.points(self.conf_thres_l2w)
             created = st.buffer.insert(xyz, rgb, conf)
-            outputs = [Outgoing(self._ex_pose, self.codec.pose(r, st.stream_id, key[0])),
-                       Outgoing(self._ex_points, self.codec.points(r, xyz, rgb, conf, st.stream_id, key[0]))]
+            outputs = [Outgoing(self._ex_pose, self.encoding.pose(r, st.stream_id, key[0])),
+                       Outgoing(self._ex_points, self.encoding.points(r, xyz, rgb, conf, st.stream_id, key[0]))]
             st.remember(key, outputs)
             st.record(r, created)
             self.stats.registered += 1
             out.extend(outputs)
             settles += [Settle(x.generation, x.tag) for x in deliveries]
-        delta = st.buffer.changes_since(st.vis_marker)
-        st.vis_marker = delta.marker
-        if delta.reset or len(delta.index):
-            for p in self.codec.map_update(delta, results[-1].frame_id, st.stream_id, st.segment or ""):
-                out.append(Outgoing(self._ex_vis, p))
+        last = results[-1]
+        ctx = MapContext(st.buffer, st.vis_marker, last.frame_id, last.timestamp_ns, st.last_keyframe_id,
+                         st.stream_id, st.segment or "")
+        payloads, st.vis_marker = self.encoding.map_update(ctx)
+        out.extend(Outgoing(self._ex_vis, p) for p in payloads)
         self._maybe_mesh(st)
         out.extend(settles)
 
     def _engine_failed(self, st: StreamState, exc: Exception, out: list[_Item]) -> None:
         log.exception("engine failed on stream %s; its pending frames are dead-lettered and the map restarts",
                       st.stream_id, exc_info=exc)
-        reason = f"engine error: {type(exc).__name__}: {exc}"
+        self._dead_letter_pending(st, f"engine error: {type(exc).__name__}: {exc}", out)
+        st.reset_reconstruction()
+        st.vis_marker = None
+
+    def _dead_letter_pending(self, st: StreamState, reason: str, out: list[_Item]) -> None:
         for deliveries in st.pending.values():
             for d in deliveries:
                 self._reject(d, reason, out)
         st.pending.clear()
-        st.reset_reconstruction()
-        st.vis_marker = None
 
-    def _finish(self, st: StreamState, why: str, out: list[_Item]) -> None:
-        """End the current segment of ``st``: flush, publish, save, reset."""
-        if st.has_engine and (st.pending or st.frames):
-            t0 = time.perf_counter()
-            try:
-                results = st.engine.flush()
-            except Exception as exc:  # same policy as a failing push
+    def _flush(self, st: StreamState, out: list[_Item]) -> None:
+        """Register what the engine still holds; a segment too short to initialise is dead-lettered, with why."""
+        if not (st.has_engine and (st.pending or st.frames)):
+            return
+        t0 = time.perf_counter()
+        try:
+            results = st.engine.flush()
+        except Exception as exc:  # same policy as a failing push, unless the segment was simply too short
+            if st.frames:
                 self._engine_failed(st, exc, out)
-                results = []
+            else:
+                log.warning("segment %r of stream %s: %d frame(s), too few to initialise (%s); dead-lettered",
+                            st.segment, st.stream_id, len(st.pending), exc)
+                self._dead_letter_pending(st, f"segment too short to initialise: {len(st.pending)} frame(s) "
+                                              f"received ({exc})", out)
+            results = []
+        finally:
             self.stats.engine_s += time.perf_counter() - t0
-            self._emit(st, results, out)
+        self._emit(st, results, out)
         if st.pending:
-            log.warning("segment %r of stream %s ended with %d frame(s) the engine could not register "
-                        "(too few frames to initialise?)", st.segment, st.stream_id, len(st.pending))
-            for deliveries in st.pending.values():
-                out.extend(Settle(x.generation, x.tag) for x in deliveries)
-            st.unregistered += len(st.pending)
-            self.stats.unregistered += len(st.pending)
-            st.pending.clear()
+            self._dead_letter_pending(st, f"segment ended with {len(st.pending)} frame(s) the engine did not "
+                                          "register (too few to initialise)", out)
+
+    def _finish(self, st: StreamState, why: str, out: list[_Item], next_segment: str | None = None,
+                next_timestamp: int | None = None) -> None:
+        """End the current segment of ``st``: flush, publish, save, reset."""
+        self._flush(st, out)
         files: dict[str, str] = {}
         if self.cfg.save_segments and st.frames:
             target, files = st.save(self.cfg.segment_output_dir)
@@ -364,20 +434,23 @@ class Service:
         log.info("segment %r of stream %s finished (%s): %d frames registered, %d not, %d points%s", st.segment,
                  st.stream_id, why, st.frames, st.unregistered, len(st.buffer),
                  f", saved to {files['points']}" if files else "")
-        out.append(Outgoing(self._ex_vis, self.codec.segment("end", st.stream_id, st.segment or "", st.frames,
-                                                             len(st.buffer), files)))
+        ts = next_timestamp if next_timestamp is not None else (st.last_timestamp if st.last_timestamp >= 0 else None)
+        out.append(Outgoing(self._ex_vis, self.encoding.segment_end(st.stream_id, st.segment or "", next_segment,
+                                                                    ts, st.frames, len(st.buffer), files, why)))
         self.stats.segments += 1
         st.close_segment()
         st.vis_marker = None
 
-    def _restart(self, d: Delivery, groups: dict[str, list[tuple[Key, np.ndarray]]], out: list[_Item]) -> None:
-        """A restart message: finish the named stream (header ``stream_id``) or every stream."""
-        target = d.headers.get(self.cfg.stream_header)
+    def _restart(self, d: Delivery, groups: Groups, out: list[_Item]) -> None:
+        """A restart message: finish and forget the named stream, or every stream (finished segments too)."""
+        try:
+            target = restart_target(d.body, d.headers, self.cfg.stream_header)
+        except RejectedMessage as exc:
+            self._reject(d, exc.reason, out)
+            return
         for st in list(self.streams.values()):
-            if target is None or str(target) == st.stream_id:
-                self._push(st, groups, out)
-                if st.segment is not None:
-                    self._finish(st, "restart", out)
+            if target is None or target == st.stream_id:
+                self._evict(st, "restart", groups, out)
         out.append(Settle(d.generation, d.tag))
 
     def _reject(self, d: Delivery, reason: str, out: list[_Item]) -> None:
@@ -386,7 +459,7 @@ class Service:
         self.stats.rejected += 1
         headers = dict(d.headers)
         headers["x-reject-reason"] = reason
-        headers["x-original-queue"] = queue_names(self.cfg)[0 if d.source == "frames" else 1]
+        headers["x-original-queue"] = d.queue or queue_names(self.cfg)[0 if d.source == "frames" else 1]
         payload = Payload(d.body, d.content_type or "application/octet-stream")
         out.append(Outgoing(self._ex_dead, payload, headers, persistent=True))
         out.append(Settle(d.generation, d.tag))
@@ -418,5 +491,6 @@ class Service:
             return
         st = self.streams.get(stream_id)
         if self.cfg.use_mesh_vis and st is not None and st.segment == segment:
-            self.link.send([Outgoing(self._ex_vis, self.codec.mesh(res.vertices, res.faces, res.colors,
-                                                                   res.keyframe_id, stream_id, segment))])
+            ts = st.last_timestamp if st.last_timestamp >= 0 else None
+            self.link.send([Outgoing(self._ex_vis, self.encoding.mesh(res.vertices, res.faces, res.colors,
+                                                                      res.keyframe_id, ts, stream_id, segment))])
