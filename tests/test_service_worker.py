@@ -20,15 +20,16 @@ JPEG = encode_jpeg(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=
 class Rig:
     """A worker on a NullLink with PrecomputedEngines (kept in :attr:`engines`)."""
 
-    def __init__(self, encoding: str = "deployed", init: int = 1, min_frames: int = 1, **changes) -> None:
+    def __init__(self, encoding: str = "deployed", init: int = 1, min_frames: int = 1,
+                 results: list | None = None, **changes) -> None:
         self.cfg = dataclasses.replace(ServiceConfig(encoding=encoding, decode_min_side=0), **changes)
         self.link = NullLink()
         self.engines: list[PrecomputedEngine] = []
-        self.init, self.min_frames = init, min_frames
+        self.init, self.min_frames, self.results = init, min_frames, results or RESULTS
         self.svc = Service(self.cfg, self._engine, net_size=16, conf_thres_l2w=1.0, link=self.link)
 
     def _engine(self) -> PrecomputedEngine:
-        self.engines.append(PrecomputedEngine(RESULTS, self.init, self.min_frames))
+        self.engines.append(PrecomputedEngine(self.results, self.init, self.min_frames))
         return self.engines[-1]
 
     def send(self, *headers: dict, body: bytes = JPEG, redelivered: bool = False, source: str = "frames") -> list:
@@ -164,3 +165,15 @@ def test_every_encoding_produces_decodable_messages(encoding):
     rig.send(*frames(range(1, 4), video_segment="s"))
     rig.send({"video_segment": "s", "end_of_segment": True})
     assert rig.stamps() == [1, 2, 3] and len(rig.out("pointcloud")) == 3 and rig.out("vis")
+
+
+def test_an_unregistered_frame_gets_no_fake_pose():
+    """A frame the engine could not place (NaN pose, ``registered`` False) is settled and counted, never published
+    as a pose or points."""
+    nan_pose = np.full((4, 4), np.nan)
+    rig = Rig(results=[dataclasses.replace(r, registered=False, pose_c2w=nan_pose) if i == 1 else r
+                       for i, r in enumerate(RESULTS)])
+    rig.send(*frames(range(100, 104)))
+    assert rig.stamps() == [100, 102, 103]
+    assert all(np.isfinite(np.asarray(m["raw_pose_matrix"], float)).all() for m in rig.out("pose"))
+    assert len(rig.link.settled) == 4 and rig.dead() == [] and rig.svc.stats.unregistered == 1

@@ -366,6 +366,12 @@ class Service:
                 self.stats.unregistered += 1
                 settles += [Settle(x.generation, x.tag) for x in deliveries]
             deliveries = st.pending.pop(key)
+            if not r.registered:  # no world point to place it by: no pose is published rather than a fake one
+                log.warning("frame %s of stream %s could not be registered (no confident point)", key, st.stream_id)
+                st.unregistered += 1
+                self.stats.unregistered += 1
+                settles += [Settle(x.generation, x.tag) for x in deliveries]
+                continue
             xyz, rgb, conf = r.points(self.conf_thres_l2w)
             created = st.buffer.insert(xyz, rgb, conf)
             outputs = [Outgoing(self._ex_pose, self.encoding.pose(r, st.stream_id, key[0])),
