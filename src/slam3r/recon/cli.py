@@ -100,7 +100,9 @@ def print_summary(summary: dict, out: Path, name: str) -> None:
         print(f"slam3r recon: warning: {warning}", file=sys.stderr)
     if summary["interrupted"]:
         print(f"stopped early ({summary['stop_reason']}): outputs hold the {summary['frames']} frames registered")
-    print(f"written to {out}/ ({name}_recon.ply, {name}_recon.glb, trajectory.txt, summary.json, preds/)")
+    from slam3r.recon.export import cloud_files
+
+    print(f"written to {out}/ ({', '.join(cloud_files(name))}, trajectory.txt, summary.json, preds/)")
 
 
 def run(args: argparse.Namespace) -> int:

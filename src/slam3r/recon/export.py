@@ -34,7 +34,7 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 import numpy as np
 
@@ -152,6 +152,25 @@ def select_points(pts: np.ndarray, confs: np.ndarray, imgs: np.ndarray, conf_thr
     return Cloud(xyz.astype(np.float32), rgb.astype(np.uint8), conf.astype(np.float32))
 
 
+CLOUD_FORMATS: dict[str, Callable[[Path, "Cloud"], object]] = {
+    "ply": lambda path, c: write_ply(path, c.xyz, c.rgb, c.conf),
+    "glb": lambda path, c: write_glb(path, c.xyz, c.rgb),
+}
+"""Formats of the exported cloud, by file extension: each writes ``<scene>_recon.<ext>``. A new format is one entry
+(the recon printout, the app's downloads and refiltering follow :func:`cloud_files`)."""
+
+
+def cloud_files(scene: str) -> list[str]:
+    """Names of the cloud files a result directory of ``scene`` holds, one per :data:`CLOUD_FORMATS` entry."""
+    return [f"{scene}_recon.{ext}" for ext in CLOUD_FORMATS]
+
+
+def write_cloud(out_dir: Path, scene: str, cloud: "Cloud") -> None:
+    """Write ``cloud`` into ``out_dir`` in every :data:`CLOUD_FORMATS` format."""
+    for ext, write in CLOUD_FORMATS.items():
+        write(Path(out_dir) / f"{scene}_recon.{ext}", cloud)
+
+
 def _write_atomic(path: Path, data: bytes | str) -> None:
     """Write ``data`` to a temporary name beside ``path`` and rename it into place."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -265,8 +284,7 @@ class ReconWriter:
         cloud = select_points(*arrays, conf_thres=self.conf_thres, num_points=self.num_points, seed=self.seed)
         check = export_check(arrays[1], self.conf_thres)
         del arrays
-        write_ply(self.staging / f"{self.scene}_recon.ply", cloud.xyz, cloud.rgb, cloud.conf)
-        write_glb(self.staging / f"{self.scene}_recon.glb", cloud.xyz, cloud.rgb)
+        write_cloud(self.staging, self.scene, cloud)
         low = [i for i, c in enumerate(self.conf_means) if c < self.low_conf_frame_thresh]
         summary = {**summary, "frames": self.next_frame, "points": len(cloud), "low_confidence_frames": low,
                    "unregistered_frames": list(self.unregistered), "metadata": metadata,
