@@ -1,10 +1,12 @@
 """Quality of the bundled model on held-out synthetic scenes vs the trivial plane baseline.
 
     python bench/bench_quality.py [--seeds 1000001 1000002 ...] [--frames 60] [--weights default] [--out DIR]
+        [--set KEY=VALUE ...]
 
 Each scene is rendered, reconstructed with the demo's pipeline parameters (``slam3r.demo.DEMO_RECON``) and scored
 with the published protocol exactly as ``slam3r demo`` does; the demo scene (seed 1,000,000) is left out by
-default, so these scenes were used neither for training nor for tuning. Prints a Markdown table and writes
+default, so these scenes were used neither for training nor for tuning. ``--set`` overrides pipeline parameters
+(``ReconConfig`` fields, e.g. ``l2w_frame=anchor``) on top of ``DEMO_RECON``. Prints a Markdown table and writes
 ``summary.json`` beside the per-scene outputs.
 """
 
@@ -22,18 +24,32 @@ from slam3r.models.registry import load_models
 SEEDS = (1_000_001, 1_000_002, 1_000_003, 1_000_004, 1_000_005)
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["l2w_frame=anchor", ...]`` -> the pipeline overrides, checked against ``ReconConfig`` (a bad key or value
+    is a ConfigError naming it)."""
+    from slam3r.config import apply_overrides, from_dict, to_dict
+    from slam3r.demo import DEMO_RECON
+    from slam3r.recon.config import ReconConfig
+
+    cfg = to_dict(apply_overrides(from_dict(ReconConfig, DEMO_RECON), pairs))
+    keys = {p.split("=", 1)[0] for p in pairs}
+    return {k: cfg[k] for k in keys}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--frames", type=int, default=DEMO_FRAMES)
     parser.add_argument("--weights", default="default")
     parser.add_argument("--out", default="outputs/bench_quality")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="pipeline overrides (ReconConfig)")
     args = parser.parse_args()
+    recon = parse_overrides(args.set)
 
     i2p, l2w = load_models(args.weights)
     rows = []
     for seed in args.seeds:
-        r = evaluate_scene(i2p, l2w, seed, args.frames, Path(args.out) / str(seed))
+        r = evaluate_scene(i2p, l2w, seed, args.frames, Path(args.out) / str(seed), recon=recon)
         m, b = r["model"], r["baseline"]
         rows.append({"seed": seed, "acc": m["accuracy_cm"], "comp": m["completion_cm"], "ate": m["ate_cm"],
                      "fps": m["fps"], "stride": m["stride"], "base_acc": b["accuracy_cm"],
@@ -50,7 +66,7 @@ def main() -> None:
     print("\n".join(lines))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "summary.json").write_text(json.dumps({"rows": rows, "mean": mean, "frames": args.frames,
-                                                             "weights": args.weights}, indent=1))
+                                                             "weights": args.weights, "overrides": args.set}, indent=1))
 
 
 if __name__ == "__main__":

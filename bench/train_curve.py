@@ -1,9 +1,9 @@
 """A long training run with a learning curve: train in chunks, score rotation recovery after each chunk.
 
-    python bench/train_curve.py --out runs/long --until 19:25 [--l2w-share 0.3] [--chunk-minutes 15]
+    python bench/train_curve.py --out runs/long (--until 19:25 | --minutes 90) [--l2w-share 0.3] [--chunk-minutes 15]
         [--i2p-config FILE] [--l2w-config FILE] [--seeds 1000001 1000002] [--set KEY=VALUE ...]
 
-Two stages share the wall-time budget up to ``--until`` (UTC, today): the I2P stage (``--i2p-config``, by default
+Two stages share the wall-time budget up to ``--until`` (UTC, today) or of ``--minutes``: the I2P stage (``--i2p-config``, by default
 the continued-I2P recipe, from the bundled I2P) and then, for the last ``--l2w-share`` of the time, the L2W stage
 (``--l2w-config``, by default the anchor-regime recipe) initialised from the new I2P and reading its encoder. Each
 stage trains in chunks of ``--chunk-minutes``; after each chunk the checkpoint is scored with
@@ -97,10 +97,8 @@ def run_stage(stage: str, cfg, out: Path, seconds: float, chunk_s: float, curve,
     resume = (out / "checkpoint").is_dir()
     trainer = Trainer(stage, cfg, out, resume=resume)
     stage_end = time.perf_counter() + seconds
-    while True:
+    while True:  # at least one chunk
         left = stage_end - time.perf_counter()
-        if left < 30:
-            break
         t0, s0 = time.perf_counter(), trainer.step
         trainer.run(max_seconds=min(chunk_s, left))
         per_step = (time.perf_counter() - t0) / max(trainer.step - s0, 1)
@@ -119,7 +117,7 @@ def run_stage(stage: str, cfg, out: Path, seconds: float, chunk_s: float, curve,
                                 for k in CURVE_FIELDS})
                 print("CURVE", row, flush=True)
         trainer.model.train()
-        if trainer.step >= trainer.cfg.optim.steps:
+        if trainer.step >= trainer.cfg.optim.steps or stage_end - time.perf_counter() < min(30.0, chunk_s / 2):
             break
     (out / "DONE").write_text(f"{trainer.step}\n")
     return out / "checkpoint" / "model"
@@ -130,7 +128,9 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--until", required=True, help="UTC end time HH:MM (today)")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--until", help="UTC end time HH:MM (today)")
+    when.add_argument("--minutes", type=float, help="wall-time budget in minutes")
     p.add_argument("--l2w-share", type=float, default=0.3, help="fraction of the time given to the L2W stage")
     p.add_argument("--chunk-minutes", type=float, default=15)
     p.add_argument("--i2p-config", default=str(RECIPES / "i2p_continue.yaml"))
@@ -141,10 +141,11 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    total = deadline_from(args.until)
-    if total < 120:
-        raise SystemExit(f"--until {args.until} leaves {total:.0f} s")
     t_start = time.perf_counter()
+    end = t_start + (deadline_from(args.until) if args.until else 60 * args.minutes)
+    total = end - t_start
+    if total <= 0:
+        raise SystemExit(f"no time left before {args.until}")
     new_file = not (out / "curve.csv").is_file()
     with (out / "curve.csv").open("a", newline="") as fh:
         curve = csv.DictWriter(fh, fieldnames=CURVE_FIELDS)
@@ -163,9 +164,9 @@ def main() -> None:
             run_stage("i2p", i2p_cfg, out / "i2p", i2p_s, 60 * args.chunk_minutes, Flushing(), args.seeds,
                       args.frames, Path(), t_start)
         l2w_cfg = replace(load_config(args.l2w_config, args.set), init=str(i2p_dir), encoder=str(i2p_dir))
-        left = deadline_from(args.until)
+        left = max(end - time.perf_counter(), min(60.0, args.l2w_share * total))  # scoring may overrun a bit
         l2w_dir = run_stage("l2w", l2w_cfg, out / "l2w", left, 60 * args.chunk_minutes, Flushing(), args.seeds,
-                            args.frames, i2p_dir, t_start) if left > 120 else None
+                            args.frames, i2p_dir, t_start) if left > 0 and args.l2w_share > 0 else None
     from slam3r.models import Image2PointsModel, Local2WorldModel
 
     Image2PointsModel.from_pretrained(str(i2p_dir)).save_pretrained(out / "model" / "i2p")
