@@ -123,29 +123,30 @@ def run_stage(stage: str, cfg, out: Path, seconds: float, chunk_s: float, curve,
     return out / "checkpoint" / "model"
 
 
-def main() -> None:
-    from slam3r.config import replace
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True)
-    when = p.add_mutually_exclusive_group(required=True)
-    when.add_argument("--until", help="UTC end time HH:MM (today)")
-    when.add_argument("--minutes", type=float, help="wall-time budget in minutes")
+def add_arguments(p: argparse.ArgumentParser, chunk_minutes: float = 15, seeds: tuple[int, ...] = (1_000_001, 1_000_002)
+                  ) -> None:
+    """The options of the two-stage run (shared with ``gpu_run.py``)."""
     p.add_argument("--l2w-share", type=float, default=0.3, help="fraction of the time given to the L2W stage")
-    p.add_argument("--chunk-minutes", type=float, default=15)
+    p.add_argument("--chunk-minutes", type=float, default=chunk_minutes)
     p.add_argument("--i2p-config", default=str(RECIPES / "i2p_continue.yaml"))
     p.add_argument("--l2w-config", default=str(RECIPES / "l2w_anchor.yaml"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[1_000_001, 1_000_002])
+    p.add_argument("--seeds", type=int, nargs="*", default=list(seeds),
+                   help="held-out scenes scored after each chunk (none: no scoring)")
     p.add_argument("--frames", type=int, default=60)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
-    args = p.parse_args()
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="training config overrides")
+
+
+def train_stages(args: argparse.Namespace, end: float) -> Path:
+    """Both stages until ``end`` (a ``time.perf_counter()`` value); returns ``OUT/model``."""
+    from slam3r.config import replace
+    from slam3r.models import Image2PointsModel, Local2WorldModel
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    end = t_start + (deadline_from(args.until) if args.until else 60 * args.minutes)
     total = end - t_start
     if total <= 0:
-        raise SystemExit(f"no time left before {args.until}")
+        raise SystemExit("no time left to train")
     new_file = not (out / "curve.csv").is_file()
     with (out / "curve.csv").open("a", newline="") as fh:
         curve = csv.DictWriter(fh, fieldnames=CURVE_FIELDS)
@@ -167,12 +168,23 @@ def main() -> None:
         left = max(end - time.perf_counter(), min(60.0, args.l2w_share * total))  # scoring may overrun a bit
         l2w_dir = run_stage("l2w", l2w_cfg, out / "l2w", left, 60 * args.chunk_minutes, Flushing(), args.seeds,
                             args.frames, i2p_dir, t_start) if left > 0 and args.l2w_share > 0 else None
-    from slam3r.models import Image2PointsModel, Local2WorldModel
-
     Image2PointsModel.from_pretrained(str(i2p_dir)).save_pretrained(out / "model" / "i2p")
     if l2w_dir is not None:
         Local2WorldModel.from_pretrained(str(l2w_dir)).save_pretrained(out / "model" / "l2w")
     print(f"final weights in {out / 'model'}", flush=True)
+    return out / "model"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--until", help="UTC end time HH:MM (today)")
+    when.add_argument("--minutes", type=float, help="wall-time budget in minutes")
+    p.add_argument("--out", required=True, help="run directory (resumed when it exists)")
+    add_arguments(p)
+    args = p.parse_args()
+    seconds = deadline_from(args.until) if args.until else 60 * args.minutes
+    train_stages(args, time.perf_counter() + seconds)
 
 
 if __name__ == "__main__":

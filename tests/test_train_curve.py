@@ -1,13 +1,18 @@
-"""The long-run driver ``bench/train_curve.py`` end to end with tiny settings: both stages train under the time
-budget, each chunk is scored on a held-out scene, and the final weights load as a ``--weights`` directory."""
+"""The long-run driver ``bench/train_curve.py`` and the GPU job ``bench/gpu_run.py`` end to end on CPU with tiny
+settings: both stages train under the time budget, each chunk is scored on a held-out scene, the GPU job's
+benchmark and packed outputs fit the device tool's return limits, and the final weights load as a ``--weights``
+directory."""
 
 from __future__ import annotations
 
 import csv
+import io
+import json
 import math
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import yaml
@@ -17,20 +22,27 @@ DATA = {"num_sequences": 2, "frames_per_sequence": 12, "num_views": 3, "stride":
         "num_keyframes": 2, "l2w_span": [6, 10]}
 
 
-def test_train_curve_dry_run(tmp_path: Path) -> None:
+def tiny_recipes(tmp_path: Path) -> list[str]:
     data = {**DATA, "cache_dir": str(tmp_path / "cache")}
     common = {"device": "cpu", "threads": 1, "log_every": 1, "save_every": 100, "data": data,
               "optim": {"steps": 1000, "batch_size": 2, "lr": 1e-3, "warmup_steps": 1}}
     (tmp_path / "i2p.yaml").write_text(yaml.safe_dump({"preset": "tiny", **common}))
     (tmp_path / "l2w.yaml").write_text(yaml.safe_dump({**common, "zero_point_embedder": True,
                                                        "data": {**data, "l2w_order": "anchor"}}))
-    out = tmp_path / "run"
+    return ["--i2p-config", str(tmp_path / "i2p.yaml"), "--l2w-config", str(tmp_path / "l2w.yaml")]
+
+
+def run_script(name: str, *args: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench/train_curve.py"), "--out", str(out), "--minutes", "0.5",
-                           "--chunk-minutes", "0.1", "--l2w-share", "0.4", "--i2p-config", str(tmp_path / "i2p.yaml"),
-                           "--l2w-config", str(tmp_path / "l2w.yaml"), "--seeds", "1000001", "--frames", "20",
-                           "--set", "precision=bf16"], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / name), *args], env=env, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_train_curve_dry_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_script("train_curve.py", "--out", str(out), "--minutes", "0.5", "--chunk-minutes", "0.1", "--l2w-share",
+               "0.4", *tiny_recipes(tmp_path), "--seeds", "1000001", "--frames", "20", "--set", "precision=bf16")
     with (out / "curve.csv").open() as f:
         rows = list(csv.DictReader(f))
     stages = [r["stage"] for r in rows]
@@ -46,3 +58,27 @@ def test_train_curve_dry_run(tmp_path: Path) -> None:
 
     i2p, l2w = load_models(str(out / "model"))
     assert i2p.cfg.img_size == l2w.cfg.img_size == (64, 64)
+
+
+def test_gpu_run_dry_run_on_cpu(tmp_path: Path) -> None:
+    out, work = tmp_path / "OUT", tmp_path / "work"
+    run_script("gpu_run.py", "--out", str(out), "--work", str(work), "--minutes", "0.5", "--chunk-minutes", "0.1",
+               "--bench-size", "tiny", "--bench-frames", "12", "--bench-device", "cpu", *tiny_recipes(tmp_path),
+               "--set", "device=cpu", "data.workers=2", "threads=1", "optim.batch_size=2")
+    bench = json.loads((out / "bench.json").read_text())
+    assert [b["precision"] for b in bench] == ["fp32", "bf16"]
+    assert all(b["returncode"] == 0 and b["fps"] > 0 and b["device"] for b in bench)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"]["i2p"] >= 1 and summary["steps"]["l2w"] >= 1
+    assert "data.workers=2" in summary["overrides"] and "data.workers=14" in summary["overrides"]  # ours win
+    files = [f for f in out.rglob("*") if f.is_file()]
+    assert len(files) <= 8 and all(f.stat().st_size <= 16 * 2**20 and f.parent == out for f in files)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(f.read_bytes() for f in sorted(out.glob("model.tar.part*"))))) as t:
+        t.extractall(tmp_path / "unpacked", filter="data")
+    with tarfile.open(out / "logs.tar.gz") as t:
+        names = t.getnames()
+    assert "i2p/log.csv" in names and "l2w/log.csv" in names and "bench_bf16.log" in names
+    from slam3r.models.registry import load_models
+
+    i2p, l2w = load_models(str(tmp_path / "unpacked" / "model"))
+    assert i2p.cfg.img_size == (64, 64)
