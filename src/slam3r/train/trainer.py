@@ -5,7 +5,8 @@
 * ``l2w``: scene frames + keyframes through the frozen I2P encoder into L2W, loss on world points.
 
 Output directory: ``checkpoint/`` (latest resumable state), ``model/`` (final weights, ``from_pretrained``),
-``log.csv`` (one row per ``log_every`` steps), ``config.yaml`` (the resolved configuration).
+``log.csv`` (one row per ``log_every`` steps; ``sec_per_step`` is wall time per step, ``data_wait_s`` the part of it
+spent waiting for the batch, ``elapsed_s`` the training time without waits), ``config.yaml`` (the resolved configuration).
 """
 
 from __future__ import annotations
@@ -277,7 +278,7 @@ class Trainer:
 
     def _csv(self) -> tuple[csv.DictWriter, object]:
         path = self.out / "log.csv"
-        fields = ["step", "lr", "loss", *METRICS[self.stage], "grad_norm", "sec_per_step", "elapsed_s"]
+        fields = ["step", "lr", "loss", *METRICS[self.stage], "grad_norm", "sec_per_step", "data_wait_s", "elapsed_s"]
         rows = []
         if path.is_file():  # keep only rows the resumed state has already been through
             with path.open() as f:
@@ -308,18 +309,21 @@ class Trainer:
         started = time.perf_counter()
         batches = self.batches(end)
         try:
-            t_last, n_last = time.perf_counter(), 0
+            t_last, n_last, waited = time.perf_counter(), 0, 0.0
             while self.step < end:
                 t0 = time.perf_counter()
-                row = self.train_step(next(batches))
-                self.elapsed += time.perf_counter() - t0
-                n_last += 1
+                batch = next(batches)
+                t1 = time.perf_counter()
+                row = self.train_step(batch)
+                self.elapsed += time.perf_counter() - t1
+                n_last, waited = n_last + 1, waited + t1 - t0
                 out_of_time = max_seconds is not None and time.perf_counter() - started >= max_seconds
                 last = self.step == end or out_of_time
                 if self.rank == 0 and (row["step"] % self.cfg.log_every == 0 or last):
                     now = time.perf_counter()
-                    row.update(sec_per_step=(now - t_last) / n_last, elapsed_s=self.elapsed)
-                    t_last, n_last = now, 0
+                    row.update(sec_per_step=(now - t_last) / n_last, data_wait_s=waited / n_last,
+                               elapsed_s=self.elapsed)
+                    t_last, n_last, waited = now, 0, 0.0
                     writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
                     fh.flush()
                     self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
