@@ -56,6 +56,16 @@ def last_row(log_csv: Path) -> dict[str, str]:
     return rows[-1] if rows else {}
 
 
+def seconds_per_step(log_csv: Path, since: int) -> float:
+    """Median wall seconds per step logged from step ``since`` on (robust to a first step that waited minutes for
+    its data to be rendered)."""
+    import statistics
+
+    with log_csv.open() as f:
+        times = [float(r["sec_per_step"]) for r in csv.DictReader(f) if int(r["step"]) >= since]
+    return statistics.median(times) if times else 1.0
+
+
 def score(stage: str, model_dir: Path, i2p_dir: Path, seeds: list[int], frames: int) -> list[dict]:
     """Rotation recovery of a checkpoint on held-out scenes (see ``bench_registration.py``)."""
     import numpy as np
@@ -99,9 +109,9 @@ def run_stage(stage: str, cfg, out: Path, seconds: float, chunk_s: float, curve,
     stage_end = time.perf_counter() + seconds
     while True:  # at least one chunk
         left = stage_end - time.perf_counter()
-        t0, s0 = time.perf_counter(), trainer.step
+        s0 = trainer.step
         trainer.run(max_seconds=min(chunk_s, left))
-        per_step = (time.perf_counter() - t0) / max(trainer.step - s0, 1)
+        per_step = seconds_per_step(out / "log.csv", s0)
         left = stage_end - time.perf_counter()
         steps = max(trainer.step + 1, trainer.step + int(0.95 * left / per_step))  # cosine ends by the deadline
         trainer.cfg = apply_overrides(trainer.cfg, [f"optim.steps={steps}"])
