@@ -10,7 +10,8 @@ stage trains in chunks of ``--chunk-minutes``; after each chunk the checkpoint i
 ``bench_registration.py``'s measures on held-out scenes (I2P stage: keyframe rotation recovered by I2P; L2W
 stage: the pipeline's rotations with ``l2w_frame: anchor``), and a row goes to ``OUT/curve.csv`` with the
 samples seen so far. The cosine schedule's length (``optim.steps``) is re-estimated at each chunk from the
-measured seconds per step so that each stage decays to ``min_lr`` by its deadline. ``--set`` overrides apply to
+measured seconds per step so that each stage decays to ``min_lr`` by its deadline; a stage whose schedule
+completes early (the machine got faster) hands the rest of its time to the next. ``--set`` overrides apply to
 both stages (e.g. ``threads=1 data.workers=1 precision=bf16``). The run resumes where it left off when ``OUT``
 already holds a stage's checkpoint. Final weights: ``OUT/model/{i2p,l2w}`` (``--weights OUT/model``).
 """
@@ -111,10 +112,11 @@ def run_stage(stage: str, cfg, out: Path, seconds: float, chunk_s: float, curve,
         left = stage_end - time.perf_counter()
         s0 = trainer.step
         trainer.run(max_seconds=min(chunk_s, left))
-        per_step = seconds_per_step(out / "log.csv", s0)
         left = stage_end - time.perf_counter()
-        steps = max(trainer.step + 1, trainer.step + int(0.95 * left / per_step))  # cosine ends by the deadline
-        trainer.cfg = apply_overrides(trainer.cfg, [f"optim.steps={steps}"])
+        finished = trainer.step >= trainer.cfg.optim.steps or left < min(30.0, chunk_s / 2)
+        if not finished:  # re-fit the cosine to end by the deadline at the measured speed
+            steps = trainer.step + max(1, int(0.95 * left / seconds_per_step(out / "log.csv", s0)))
+            trainer.cfg = apply_overrides(trainer.cfg, [f"optim.steps={steps}"])
         model_dir = out / "checkpoint" / "model"
         log = last_row(out / "log.csv")
         err = log.get("err_src" if stage == "i2p" else "err_kf", "")
@@ -127,7 +129,7 @@ def run_stage(stage: str, cfg, out: Path, seconds: float, chunk_s: float, curve,
                                 for k in CURVE_FIELDS})
                 print("CURVE", row, flush=True)
         trainer.model.train()
-        if trainer.step >= trainer.cfg.optim.steps or stage_end - time.perf_counter() < min(30.0, chunk_s / 2):
+        if finished:
             break
     (out / "DONE").write_text(f"{trainer.step}\n")
     return out / "checkpoint" / "model"
