@@ -1,10 +1,12 @@
 """Quality of the bundled model on held-out synthetic scenes vs the trivial plane baseline.
 
     python bench/bench_quality.py [--seeds 1000001 1000002 ...] [--frames 60] [--weights default] [--out DIR]
+        [--set KEY=VALUE ...]
 
 Each scene is rendered, reconstructed with the weights' settings (for the bundled model its recon.yaml) and
 scored with the published protocol exactly as ``slam3r demo`` does; the demo scene (seed 1,000,000) is left out by
-default, so these scenes were used neither for training nor for tuning. Prints a Markdown table and writes
+default, so these scenes were used neither for training nor for tuning. ``--set`` overrides pipeline parameters
+(``ReconConfig`` fields, e.g. ``l2w_frame=anchor``) on top of them. Prints a Markdown table and writes
 ``summary.json`` beside the per-scene outputs.
 """
 
@@ -53,7 +55,7 @@ def main() -> None:
     print("\n".join(lines))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "summary.json").write_text(json.dumps({"rows": rows, "mean": mean, "frames": args.frames,
-                                                             "weights": args.weights}, indent=1))
+                                                             "weights": args.weights, "overrides": args.set}, indent=1))
 
 
 if __name__ == "__main__":

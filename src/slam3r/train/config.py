@@ -118,6 +118,10 @@ class TrainConfig:
     """Weight of the -log(conf) term of the confidence-aware loss."""
     seed: int = 0
     device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Autocast of the networks' forward pass (the heads and losses stay fp32; weights, gradients and AdamW state
+    are fp32): ``bf16`` autocasts matmuls to bfloat16; ``auto`` = bf16 on CUDA with bf16 support and on CPUs with
+    native bf16 (AVX-512 BF16 or AMX), else fp32."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
     log_every: int = 10
@@ -128,3 +132,5 @@ class TrainConfig:
             raise ConfigError("log_every and save_every must be >= 1")
         if self.alpha <= 0:
             raise ConfigError("alpha must be > 0")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")

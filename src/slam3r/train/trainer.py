@@ -5,11 +5,13 @@
 * ``l2w``: scene frames + keyframes through the frozen I2P encoder into L2W, loss on world points.
 
 Output directory: ``checkpoint/`` (latest resumable state), ``model/`` (final weights, ``from_pretrained``),
-``log.csv`` (one row per ``log_every`` steps), ``config.yaml`` (the resolved configuration).
+``log.csv`` (one row per ``log_every`` steps; ``sec_per_step`` is wall time per step, ``data_wait_s`` the part of it
+spent waiting for the batch, ``elapsed_s`` the training time without waits), ``config.yaml`` (the resolved configuration).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import math
@@ -79,6 +81,34 @@ class StepBatches(torch.utils.data.Dataset):
         return self.draw(step)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 matmuls natively (CUDA with bf16 support; CPU with AVX-512 BF16 or AMX),
+    i.e. faster than fp32 rather than emulated."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``TrainConfig.precision`` on ``device`` (None = fp32, no autocast)."""
+    if precision == "fp32" or (precision == "auto" and not native_bf16(device)):
+        return None
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.ExitStack:
+    """The forward-pass context of a training step: nothing for fp32; bf16 autocast otherwise, on CPU with the
+    math attention kernel (its bf16 matmuls run on AMX, where the fused CPU flash-attention backward in bf16 was
+    measured ~10x slower than fp32 and made a bf16 step slower than an fp32 one)."""
+    stack = contextlib.ExitStack()
+    if dtype is not None:
+        stack.enter_context(torch.autocast(device.type, dtype=dtype))
+        if device.type == "cpu":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+    return stack
+
+
 def init_distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank); starts a process group only when launched by ``torchrun`` with >1 process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -109,6 +139,9 @@ class Trainer:
             self.device = torch.device(cfg.device)
         if self.device.type == "cuda":  # TF32 matmuls: several times faster on Ampere and later, ample for training
             torch.set_float32_matmul_precision("high")
+        self.amp_dtype = autocast_dtype(self.device, cfg.precision)
+        self.log(f"training on {self.device}, precision {cfg.precision} -> "
+                 f"{'bf16 autocast' if self.amp_dtype else 'fp32'}, {torch.get_num_threads()} threads")
         torch.manual_seed(cfg.seed)
         self.model, self.encoder = self._build_models()
         self.model.to(self.device).train()
@@ -228,7 +261,8 @@ class Trainer:
         step, oc = self.step, self.cfg.optim
         lr = lr_at(step, oc)
         set_lr(self.optimizer, lr)
-        loss, metrics = self.loss_fn(batch)
+        with autocast(self.device, self.amp_dtype):
+            loss, metrics = self.loss_fn(batch)
         self.optimizer.zero_grad(set_to_none=True)
         if math.isfinite(loss.item()):
             loss.backward()
@@ -244,7 +278,7 @@ class Trainer:
 
     def _csv(self) -> tuple[csv.DictWriter, object]:
         path = self.out / "log.csv"
-        fields = ["step", "lr", "loss", *METRICS[self.stage], "grad_norm", "sec_per_step", "elapsed_s"]
+        fields = ["step", "lr", "loss", *METRICS[self.stage], "grad_norm", "sec_per_step", "data_wait_s", "elapsed_s"]
         rows = []
         if path.is_file():  # keep only rows the resumed state has already been through
             with path.open() as f:
@@ -275,18 +309,21 @@ class Trainer:
         started = time.perf_counter()
         batches = self.batches(end)
         try:
-            t_last, n_last = time.perf_counter(), 0
+            t_last, n_last, waited = time.perf_counter(), 0, 0.0
             while self.step < end:
                 t0 = time.perf_counter()
-                row = self.train_step(next(batches))
-                self.elapsed += time.perf_counter() - t0
-                n_last += 1
+                batch = next(batches)
+                t1 = time.perf_counter()
+                row = self.train_step(batch)
+                self.elapsed += time.perf_counter() - t1
+                n_last, waited = n_last + 1, waited + t1 - t0
                 out_of_time = max_seconds is not None and time.perf_counter() - started >= max_seconds
                 last = self.step == end or out_of_time
                 if self.rank == 0 and (row["step"] % self.cfg.log_every == 0 or last):
                     now = time.perf_counter()
-                    row.update(sec_per_step=(now - t_last) / n_last, elapsed_s=self.elapsed)
-                    t_last, n_last = now, 0
+                    row.update(sec_per_step=(now - t_last) / n_last, data_wait_s=waited / n_last,
+                               elapsed_s=self.elapsed)
+                    t_last, n_last, waited = now, 0, 0.0
                     writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
                     fh.flush()
                     self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
