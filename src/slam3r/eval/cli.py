@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--traj", default=None,
                         help="predicted camera trajectory (TUM format) scored by ATE against the GT poses; GT "
                              "without timestamps (Replica) uses frame indices as timestamps")
+    parser.add_argument("--evo", action="store_true",
+                        help="also compute the trajectory's ATE with the evo package and report it beside the "
+                             "project's own (report key trajectory_evo; they should agree to about 1e-6 m)")
     parser.add_argument("--conf-thresh", type=float, default=3.0, help="keep predicted points above this (npz)")
     parser.add_argument("--num-samples", type=int, default=200_000, help="corresponding pairs sampled (npz)")
     parser.add_argument("--sim3", default=None,
@@ -40,6 +43,8 @@ def _print_summary(report: dict) -> None:
     if "trajectory" in report:
         rows += [("ATE RMSE (cm)", report["trajectory"]["ate_rmse_m"] * 100),
                  ("matched poses", report["trajectory"]["num_poses"])]
+    if "trajectory_evo" in report:
+        rows += [("ATE RMSE, evo (cm)", report["trajectory_evo"]["ate_rmse_m"] * 100)]
     for name, value in rows:
         print(f"{name:<24} {value:.4f}" if isinstance(value, float) else f"{name:<24} {value}")
 
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from slam3r.data.pointmaps import sequence_gt_pointmaps
     from slam3r.data.trajectory_io import read_tum_trajectory
     from slam3r.eval.recon import EvalConfig, evaluate_pointcloud, evaluate_pointmaps
-    from slam3r.eval.trajectory import evaluate_trajectory
+    from slam3r.eval.trajectory import evaluate_trajectory, evo_ate
 
     try:
         seq = read_rgbd(args.gt)
@@ -79,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
             t_gt = seq.timestamps if seq.timestamps is not None else np.arange(len(seq), dtype=np.float64)
             traj = evaluate_trajectory(t_pred, c2w_pred, t_gt, seq.poses)
             report["trajectory"] = traj.to_dict()
+            if args.evo:
+                report["trajectory_evo"] = evo_ate(t_pred, c2w_pred, t_gt, seq.poses)
 
         if pred_path.is_dir() or pred_path.suffix.lower() == ".npz":
             data = np.load(pred_path) if not pred_path.is_dir() else {
