@@ -28,6 +28,7 @@ from slam3r.models.registry import compile_blocks
 from slam3r.recon.camera import (estimate_focal, normalize_pointmaps, pose_from_pnp, pose_from_pointmaps,
                                  similarity_fit)
 from slam3r.recon.config import ReconConfig
+from slam3r.recon.loop import LoopCloser, apply_sim3_matrix
 from slam3r.recon.types import FrameResult
 
 
@@ -104,6 +105,8 @@ class Engine:
         self.l2w_mean: dict[int, float] = {}
         self.timings: dict[str, float] = defaultdict(float)
         self._span_pending = False
+        self.loop = LoopCloser(i2p, cfg, self.device) if cfg.loop_closure else None
+        self._loop_seen = 0  # keyframes already handed to the loop closer
 
     # ------------------------------------------------------------------------------------------------ input
     def add(self, rgbs: Sequence[np.ndarray], timestamps: Sequence[int | None] | None = None) -> None:
@@ -343,6 +346,36 @@ class Engine:
             for v in [v for v in table if v < self.milestone and v not in buffered]:
                 del table[v]
 
+    # ------------------------------------------------------------------------------------------------ loop closure
+    def _emit(self, ids: Sequence[int]) -> list[FrameResult]:
+        """Results of frames ``ids``; the loop closer notes which keyframe pose each was emitted against."""
+        results = [self._result(v) for v in ids]
+        if self.loop is not None:
+            for v in ids:
+                self.loop.note_emitted(v)
+        return results
+
+    def _loop_step(self) -> None:
+        """Hand new keyframes to the loop closer; after a loop closes, move every frame still held by its
+        keyframe's correction so that registration continues in the corrected world."""
+        if self.loop is None:
+            return
+        with self._timed("loop"):
+            closed = False
+            for k in self.keyframes[self._loop_seen:]:
+                f = self.frames[k]
+                weight = self._valid(f.conf_i2p).float() * (1 - 1 / f.conf_l2w)
+                closed |= self.loop.add_keyframe(k, f.tokens, f.local, f.world, weight,
+                                                 lambda: autocast_context(self.device, self.cfg.precision))
+            self._loop_seen = len(self.keyframes)
+            if not closed:
+                return
+            deltas = self.loop.optimize()
+            for v, f in self.frames.items():
+                if f.world is not None:
+                    C = deltas[self.loop.keyframe_of(v)]
+                    f.world = torch.from_numpy(apply_sim3_matrix(C, f.world.cpu().numpy())).to(f.world.device)
+
     # ------------------------------------------------------------------------------------------------ driver
     def advance(self) -> list[FrameResult]:
         """Do all the work the frames seen so far allow; returns newly registered frames in order."""
@@ -356,7 +389,8 @@ class Engine:
             if span is None:
                 return out
             self._span_pending = False
-            out += [self._result(v) for v in span]
+            self._loop_step()
+            out += self._emit(span)
         while self.next_id < self.n:
             batch = list(range(self.next_id, min(self.next_id + self.num_register, self.n)))
             if len(batch) < self.num_register and not self.final:
@@ -368,6 +402,7 @@ class Engine:
             self._l2w(scene, [batch])
             self.next_id += len(batch)
             self._update_buffer()
-            out += [self._result(v) for v in batch]  # after the buffer update, so is_keyframe is current
+            self._loop_step()
+            out += self._emit(batch)  # after the buffer update, so is_keyframe is current
             self._evict()
         return out
