@@ -1,6 +1,6 @@
 """Loop closure on synthetic loop sequences with ground-truth oracle networks and injected registration drift.
 
-    python bench/bench_loop.py [--seeds 1000001 ...] [--frames 300] [--size 64] [--drift 0.3]
+    python bench/bench_loop.py [--seeds 1000001 ...] [--frames 300] [--drift 0.3] [--stride 2]
 
 Each held-out seed renders the generator's 1.25-loop handheld trajectory (the end revisits the start). The networks
 are the GT oracles of ``tests/test_recon_oracle.py``; the oracle L2W is wrapped so that every registration against
@@ -29,80 +29,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_recon_oracle import OracleI2P, OracleL2W, Scene, frame_id_image  # noqa: E402
+from test_recon_loop import CovisI2P, DriftL2W, make_loop_scene  # noqa: E402
+from test_recon_oracle import Scene  # noqa: E402
 
-from slam3r.data.synth import render_sequence  # noqa: E402
 from slam3r.eval.metrics import cloud_metrics  # noqa: E402
 from slam3r.eval.trajectory import ate  # noqa: E402
-from slam3r.geometry.camera import backproject_depth  # noqa: E402
-from slam3r.geometry.transforms import apply_sim3, matrix_to_sim3, quat_to_rotmat, sim3_to_matrix  # noqa: E402
-from slam3r.models import Pointmaps  # noqa: E402
+from slam3r.geometry.transforms import apply_sim3, matrix_to_sim3  # noqa: E402
 from slam3r.recon.config import ReconConfig  # noqa: E402
 from slam3r.recon.loop import apply_sim3_matrix, correct_pose  # noqa: E402
 from slam3r.recon.offline import run_offline  # noqa: E402
 
 SEEDS = (1_000_001, 1_000_002, 1_000_003, 1_000_004, 1_000_005)
-
-
-class CovisI2P(OracleI2P):
-    """Oracle I2P whose retrieval head scores GT co-visibility: 1 + 10 x the fraction of the candidate's points
-    (a fixed 8 x 8 sample) in front of the query camera and inside its field of view."""
-
-    def __init__(self, scene: Scene, K: np.ndarray) -> None:
-        super().__init__(scene)
-        s = scene.world.shape[1]
-        grid = np.linspace(0, s - 1, 8).astype(int)
-        self.sample = scene.world[:, grid][:, :, grid].reshape(len(scene.world), -1, 3)
-        self.K, self.size = K, s
-
-    def corr_scores(self, ref: torch.Tensor, cand: torch.Tensor, depth: int | None = None) -> torch.Tensor:
-        q, c = self.ids(ref[:, None]).reshape(-1), self.ids(cand[:, None]).reshape(-1)
-        scores = np.zeros((len(c), len(q)))
-        for b, qi in enumerate(q):
-            w2c = np.linalg.inv(self.scene.c2w[qi])
-            cam = self.sample[c] @ w2c[:3, :3].T + w2c[:3, 3]  # (M, 64, 3)
-            z = cam[..., 2]
-            uv = cam[..., :2] / np.maximum(z, 1e-6)[..., None] * self.K[[0, 1], [0, 1]] + self.K[:2, 2]
-            inside = (z > 0.05) & (uv >= 0).all(-1) & (uv <= self.size - 1).all(-1)
-            scores[:, b] = 1 + 10 * inside.mean(-1)
-        return torch.from_numpy(scores).float()[..., None].expand(-1, -1, 16)
-
-
-class DriftL2W(OracleL2W):
-    """Oracle L2W whose every answer is moved by a small random Sim(3) about the scene frames' centroid."""
-
-    def __init__(self, scene: Scene, drift: float, seed: int) -> None:
-        super().__init__(scene)
-        self.drift, self.seed = drift, seed
-
-    def __call__(self, tokens, pts3d, ref_ids, *, sources_only=False) -> Pointmaps:
-        out = super().__call__(tokens, pts3d, ref_ids, sources_only=sources_only)
-        ids = OracleI2P.ids(tokens)
-        pts = out.pts3d.numpy().copy()
-        for b in range(ids.shape[1]):
-            rng = np.random.default_rng([self.seed, int(ids[list(ref_ids), b].max())])  # one error per keyframe
-            scene_pts = pts3d[list(ref_ids), b].reshape(-1, 3).numpy().astype(np.float64)
-            centre = scene_pts.mean(0)
-            spread = float(np.linalg.norm(scene_pts - centre, axis=1).mean())
-            angle = np.radians(self.drift) * rng.normal(size=3)
-            R = quat_to_rotmat(np.r_[np.sin(np.linalg.norm(angle) / 2) * angle / max(np.linalg.norm(angle), 1e-12),
-                                     np.cos(np.linalg.norm(angle) / 2)])
-            s = float(np.exp(self.drift / 100 * rng.normal()))
-            t = centre - s * R @ centre + self.drift / 100 * spread * rng.normal(size=3)
-            pts[:, b] = apply_sim3(s, R, t, pts[:, b].astype(np.float64)).astype(np.float32)
-        return Pointmaps(torch.from_numpy(pts), out.conf)
-
-
-def make_scene(seed: int, frames: int, size: int) -> tuple[Scene, np.ndarray]:
-    seq = render_sequence(seed=seed, num_frames=frames, width=size, height=size, kind="handheld")
-    cam = backproject_depth(seq.depth, seq.K)
-    world = cam @ np.transpose(seq.c2w[:, None, :3, :3], (0, 1, 3, 2)) + seq.c2w[:, None, None, :3, 3]
-    rgb = np.stack([frame_id_image(im, i) for i, im in enumerate(seq.rgb)])
-    return Scene(rgb, cam.astype(np.float32), world.astype(np.float32), seq.c2w), seq.K
 
 
 def run(scene: Scene, K: np.ndarray, cfg: ReconConfig, drift: float, seed: int, wrong: bool) -> dict:
@@ -151,7 +91,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--frames", type=int, default=300)
-    parser.add_argument("--size", type=int, default=64, help="image size (the oracles are exact at any size)")
     parser.add_argument("--drift", type=float, default=0.3, help="per-registration error scale (see docstring)")
     parser.add_argument("--stride", type=int, default=2, help="keyframe stride (2: one frame registered per call)")
     args = parser.parse_args()
@@ -164,7 +103,7 @@ def main() -> None:
             "wrong-ls": (ReconConfig(**base, loop_closure=True, loop_robust=False), True)}
     table = {}
     for seed in args.seeds:
-        scene, K = make_scene(seed, args.frames, args.size)
+        scene, K = make_loop_scene(seed, args.frames)
         table[seed] = {name: score(run(scene, K, cfg, args.drift, seed, wrong), scene)
                        for name, (cfg, wrong) in runs.items()}
         row = table[seed]

@@ -27,6 +27,9 @@ HELP = {
     "compile": "torch.compile the network blocks (minutes of compilation per input shape on a CPU, then ~5-10%% "
                "faster; eager where it cannot compile)",
     "online_stride": "stride of the streaming driver when keyframe_stride is -1",
+    "registration": "how new frames are placed: l2w (the network) or geometric (robust similarity fit of the I2P "
+                    "window's already-registered frames)",
+    "loop_closure": "detect revisits, verify them and correct all frames with a Sim(3) pose graph (GTSAM)",
 }
 
 

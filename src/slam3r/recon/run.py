@@ -35,7 +35,8 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
 
     size = i2p.cfg.img_size[0]
     writer = ReconWriter(out_dir, scene, conf_thres_l2w=cfg.conf_thres_l2w, num_points_save=cfg.num_points_save,
-                         keep_preds=keep_preds, frame_plys=frame_plys, seed=cfg.seed)
+                         keep_preds=keep_preds or cfg.loop_closure,  # loop corrections are applied to preds/
+                         frame_plys=frame_plys, seed=cfg.seed)
     t0 = time.perf_counter()
     bar = tqdm(desc="reconstructing", unit="frame", disable=not progress)
 
@@ -78,4 +79,9 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
                "fps": round(writer.next_frame / elapsed, 3) if elapsed > 0 else None,
                "timings": {k: round(v, 3) for k, v in engine.timings.items()},
                "buffer_size": len(engine.buffer), "keyframes": engine.keyframes, "device": str(device), "config": to_dict(cfg)}
-    return writer.close(meta, summary)
+    summary = writer.close(meta, summary)
+    if engine.loop is not None:
+        from slam3r.recon.loop import finish_output
+
+        summary = finish_output(out_dir, engine.loop, scene, cfg, summary, keep_preds)
+    return summary
