@@ -122,7 +122,7 @@ def robust_umeyama(
     iters: int = 8,
 ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """Similarity ``dst ~= s * R @ src + t`` robust to outlier pairs: iteratively reweighted :func:`umeyama` with
-    Huber weights on the residuals (threshold ``inlier_thresh``, in ``dst`` units).
+    Huber weights on the residuals (threshold ``inlier_thresh``, in ``dst`` units), then one fit on the inliers.
 
     Args:
         src, dst: corresponding points (N, 3), N >= 3.
@@ -146,7 +146,11 @@ def robust_umeyama(
         w = prior * huber
         if w.sum() <= 0:
             break
-    return s, R, t, (res < inlier_thresh) & (prior > 0)
+    inliers = (res < inlier_thresh) & (prior > 0)
+    if inliers.sum() >= 3:  # Huber weights never reach 0: a last fit on the inliers alone removes the outliers' pull
+        s, R, t = umeyama(src[inliers], dst[inliers], prior[inliers])
+        inliers = (np.linalg.norm(s * src @ R.T + t - dst, axis=1) < inlier_thresh) & (prior > 0)
+    return s, R, t, inliers
 
 
 def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
