@@ -13,7 +13,7 @@ from slam3r.data.synth import render_sequence
 from slam3r.data.trajectory_io import read_tum_trajectory
 from slam3r.eval.trajectory import ate
 from slam3r.geometry.camera import backproject_depth
-from slam3r.geometry.transforms import apply_sim3, quat_to_rotmat, robust_umeyama, sim3_to_matrix
+from slam3r.geometry.transforms import apply_sim3, quat_to_rotmat, robust_umeyama, sim3_to_matrix, umeyama
 from slam3r.models import Pointmaps
 from slam3r.recon.config import ReconConfig
 from test_recon_oracle import OracleI2P, OracleL2W, Scene, frame_id_image
@@ -145,30 +145,49 @@ LOOP_CFG = dict(keyframe_stride=2, win_r=2, num_scene_frame=3, buffer_size=6, bu
                 conf_thres_l2w=3, loop_min_gap=40)
 
 
-def test_offline_loop_closure_through_the_output_directory(loop_scene, tmp_path):
-    """``reconstruct`` with loop closure writes corrected predictions, poses and trajectory: ATE drops, and the
-    corrected points still sit exactly on their (corrected) cameras' rays."""
+@pytest.fixture(scope="module")
+def drift_ate(loop_scene) -> float:
+    """ATE (m) of the drifting reconstruction without loop closure."""
+    from slam3r.recon.offline import run_offline
+
+    scene, K = loop_scene
+    _, it = run_offline(CovisI2P(scene, K), DriftL2W(scene, 0.5, 7), list(scene.rgb), ReconConfig(**LOOP_CFG))
+    return ate(np.stack([r.pose_c2w[:3, 3] for r in it]), scene.c2w[:, :3, 3]).ate_rmse_m
+
+
+def test_offline_loop_closure_through_the_output_directory(loop_scene, drift_ate, tmp_path):
+    """``reconstruct`` with loop closure writes corrected predictions, poses and trajectory: ATE drops; the
+    cloud and the per-frame predictions are corrected too, and ``--no-preds`` is still honoured."""
+    from slam3r.data.ply import read_ply
     from slam3r.recon.run import reconstruct
 
     scene, K = loop_scene
     frames = [(i, im, None) for i, im in enumerate(scene.rgb)]
-    ates = {}
-    for on in (False, True):
-        out = tmp_path / str(on)
-        summary = reconstruct(frames, CovisI2P(scene, K), DriftL2W(scene, 0.5, 7),
-                              ReconConfig(**LOOP_CFG, loop_closure=on), out, progress=False, keep_preds=False)
-        _, poses = read_tum_trajectory(out / "trajectory.txt")
-        ates[on] = ate(poses[:, :3, 3], scene.c2w[:, :3, 3]).ate_rmse_m
-        assert not (out / "preds" / "registered_pcds.npy").exists()  # --no-preds honoured after the correction
-        assert ("loop_closure" in summary) == on
-    info = json.loads((tmp_path / "True" / "summary.json").read_text())["loop_closure"]
+    out = tmp_path / "run"
+    seen = []
+    summary = reconstruct(frames, CovisI2P(scene, K), DriftL2W(scene, 0.5, 7),
+                          ReconConfig(**LOOP_CFG, loop_closure=True), out, progress=False, on_result=seen.append)
+    _, poses = read_tum_trajectory(out / "trajectory.txt")
+    assert ate(poses[:, :3, 3], scene.c2w[:, :3, 3]).ate_rmse_m < 0.75 * drift_ate  # bench_loop.py: 300 frames
+    info = summary["loop_closure"]
     assert info["loop_edges"] and info["optimisations"] >= 1
-    assert ates[True] < 0.75 * ates[False], ates  # short sequence, little drift; bench_loop.py measures the rest
-    cams = json.loads((tmp_path / "True" / "cameras.json").read_text())
+    assert json.loads((out / "summary.json").read_text())["loop_closure"] == info
+    cams = json.loads((out / "cameras.json").read_text())
     np.testing.assert_allclose(np.array([c["pose_c2w"] for c in cams]), poses, atol=1e-6)
+    # every written point moved with its frame's camera: local points through the corrected pose, up to scale
+    preds = np.load(out / "preds" / "registered_pcds.npy")
+    for i in (0, 60, 119):
+        s, R, t = umeyama(seen[i].pts3d_local.reshape(-1, 3), preds[i].reshape(-1, 3))
+        np.testing.assert_allclose(R, poses[i][:3, :3], atol=1e-4)
+    cloud = read_ply(out / "scene_recon.ply")
+    assert len(cloud) == summary["points"]
+    assert np.isin(cloud.xyz[:50, 0], preds[..., 0]).all()  # the cloud was rewritten from corrected predictions
+    reconstruct(frames, CovisI2P(scene, K), DriftL2W(scene, 0.5, 7), ReconConfig(**LOOP_CFG, loop_closure=True),
+                tmp_path / "nopreds", progress=False, keep_preds=False)
+    assert not (tmp_path / "nopreds" / "preds" / "registered_pcds.npy").exists()
 
 
-def test_streaming_map_updates_correct_emitted_frames(loop_scene):
+def test_streaming_map_updates_correct_emitted_frames(loop_scene, drift_ate):
     from slam3r.recon.loop import correct_pose
     from slam3r.recon.streaming import StreamingReconstructor
 
@@ -187,4 +206,4 @@ def test_streaming_map_updates_correct_emitted_frames(loop_scene):
     raw = np.stack([r.pose_c2w[:3, 3] for r in results])
     fixed = np.stack([correct_pose(C, r.pose_c2w)[:3, 3] for C, r in zip(update.corrections, results)])
     gt = scene.c2w[:, :3, 3]
-    assert ate(fixed, gt).ate_rmse_m < 0.85 * ate(raw, gt).ate_rmse_m
+    assert ate(fixed, gt).ate_rmse_m < min(0.75 * drift_ate, ate(raw, gt).ate_rmse_m)

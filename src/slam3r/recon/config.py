@@ -56,7 +56,7 @@ class ReconConfig:
     """Loop candidates are keyframes at least this many frames older than the new keyframe."""
     loop_candidates: int = 2
     """Best-scored candidates verified per new keyframe."""
-    loop_min_inliers: float = 0.6
+    loop_min_inliers: float = 0.5
     """Fraction of valid pixels that must agree for a verified loop."""
     loop_inlier_thresh: float = 0.05
     """Inlier residual, as a fraction of the keyframe's mean point distance."""

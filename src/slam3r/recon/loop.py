@@ -11,7 +11,9 @@ keeps it. For a new keyframe:
 3. **Verification**: I2P on the pair (old keyframe as reference) gives both keyframes' points in the old camera;
    a robust similarity fit (``geometry.robust_umeyama``) of the new keyframe's own points to them measures
    ``T_old^-1 T_new``. The edge is kept when at least ``loop_min_inliers`` of the pixels agree within
-   ``loop_inlier_thresh`` (fraction of the old keyframe's mean point distance) in both fits.
+   ``loop_inlier_thresh`` (fraction of the old keyframe's mean point distance) in both fits, and as large a
+   fraction of the new keyframe's points, seen from the old camera, land on the old keyframe's own surface
+   (depth within ``loop_inlier_thresh``): the views really overlap.
 4. **Optimisation** (``recon.pose_graph``) when a verified loop edge disagrees with the current poses (by more
    than ``loop_inlier_thresh``; loops that agree already are only added, for the final optimisation); each keyframe's correction
    ``C_k = T_k_new T_k_old^-1`` is applied at once to the frames the engine still holds (so later registration
@@ -37,6 +39,7 @@ import torch
 from torch import Tensor
 
 from slam3r.geometry.transforms import matrix_to_sim3, robust_umeyama, sim3_to_matrix
+from slam3r.recon.camera import estimate_focal
 from slam3r.recon.config import ReconConfig
 from slam3r.recon.pose_graph import Edge, GraphResult, optimize_pose_graph
 
@@ -54,6 +57,7 @@ class _Keyframe:
     tokens: Tensor  # (S, C) CPU
     descriptor: Tensor  # (C,) CPU
     local: np.ndarray  # (H*W, 3) float32 camera-frame I2P points
+    shape: tuple[int, int]  # (H, W)
     weight: np.ndarray  # (H*W,) float32, 0 = invalid
     pose: np.ndarray  # (4, 4) similarity camera -> world, current
 
@@ -113,8 +117,8 @@ class LoopCloser:
             s, R, t, _ = robust_umeyama(loc, wld, w, self._thresh(wld), iters=2)
         except ValueError:  # nothing confident: the keyframe cannot anchor anything
             return False
-        kf = _Keyframe(fid, tokens.detach().cpu(), global_descriptor(tokens.detach()).cpu(), loc, w,
-                       sim3_to_matrix(s, R, t))
+        kf = _Keyframe(fid, tokens.detach().cpu(), global_descriptor(tokens.detach()).cpu(), loc,
+                       tuple(local.shape[:2]), w, sim3_to_matrix(s, R, t))
         if self.order:
             prev = self.kfs[self.order[-1]]
             self.edges.append(Edge(prev.fid, fid, np.linalg.inv(prev.pose) @ kf.pose, "odometry"))
@@ -170,10 +174,28 @@ class LoopCloser:
             return None
         ok_a = in_a.sum() >= need * max(1, (old.weight > 0).sum())
         ok_b = in_b.sum() >= need * max(1, (new.weight > 0).sum())
-        if not (ok_a and ok_b):
+        in_view = self._overlap(old, sa * pts[1] @ ra.T + ta, new.weight > 0)
+        if not (ok_a and ok_b and in_view >= need):
             return None
         self.stats["verified"] += 1
         return sim3_to_matrix(s, R, t)
+
+    def _overlap(self, old: _Keyframe, pts: np.ndarray, valid: np.ndarray) -> float:
+        """Fraction of the new keyframe's valid points ``pts`` ``(H*W, 3)`` (in the old camera frame) that land
+        inside the old image on the old keyframe's own surface (depth within ``loop_inlier_thresh``): the pair
+        really overlaps, rather than I2P merely agreeing with itself on the new frame's shape."""
+        h, w = old.shape
+        local = torch.from_numpy(old.local.reshape(h, w, 3))
+        f = float(estimate_focal(local, torch.from_numpy((old.weight > 0).reshape(h, w)).float()))
+        z = pts[:, 2]
+        front = valid & (z > 1e-6)
+        u = np.rint(f * pts[:, 0] / np.maximum(z, 1e-6) + (w - 1) / 2).astype(np.int64)
+        v = np.rint(f * pts[:, 1] / np.maximum(z, 1e-6) + (h - 1) / 2).astype(np.int64)
+        inside = front & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        idx = v[inside] * w + u[inside]
+        za = old.local[idx, 2]
+        agree = (old.weight[idx] > 0) & (np.abs(z[inside] - za) < self.cfg.loop_inlier_thresh * np.abs(za))
+        return float(agree.sum() / max(1, valid.sum()))
 
     def add_loop_edge(self, i: int, j: int, rel: np.ndarray) -> None:
         """Add a loop edge by hand (e.g. a known revisit, or a deliberately wrong one in a robustness test)."""
