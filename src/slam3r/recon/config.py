@@ -60,6 +60,9 @@ class ReconConfig:
     """Fraction of valid pixels that must agree for a verified loop."""
     loop_inlier_thresh: float = 0.05
     """Inlier residual, as a fraction of the keyframe's mean point distance."""
+    loop_optimize_interval: int = 10
+    """While streaming, optimise at most once every this many keyframes (pending loops wait; all are optimised at the
+    end)."""
     loop_robust: bool = True
     """Graduated non-convexity over the loop edges (rejects wrong loops); off = plain least squares."""
     seed: int = 42
@@ -87,7 +90,8 @@ class ReconConfig:
             (self.buffer_size == -1 or self.buffer_size >= self.initial_winsize,
              "buffer_size must be -1 (unbounded) or >= initial_winsize"),
             (self.retrieval_depth >= 1, "retrieval_depth must be >= 1"),
-            (self.loop_min_gap >= 1 and self.loop_candidates >= 1, "loop_min_gap and loop_candidates must be >= 1"),
+            (self.loop_min_gap >= 1 and self.loop_candidates >= 1 and self.loop_optimize_interval >= 1,
+             "loop_min_gap, loop_candidates and loop_optimize_interval must be >= 1"),
             (0 < self.loop_min_inliers <= 1 and self.loop_inlier_thresh > 0,
              "loop_min_inliers must be in (0, 1] and loop_inlier_thresh > 0"),
             (self.online_stride >= 1, "online_stride must be >= 1"),

@@ -44,6 +44,10 @@ from slam3r.recon.config import ReconConfig
 from slam3r.recon.pose_graph import Edge, GraphResult, optimize_pose_graph
 
 
+VERIFY_POINTS = 4096
+"""Pixels (evenly spread) used by the similarity fits of a loop verification."""
+
+
 def global_descriptor(tokens: Tensor) -> Tensor:
     """Global image descriptor from encoder tokens ``(..., S, C)``: mean of the L2-normalised tokens, normalised
     again -> ``(..., C)`` unit vectors (cosine similarity = dot product)."""
@@ -101,14 +105,17 @@ class LoopCloser:
         self.version = 0
         self.last: GraphResult | None = None
         self._dirty = False
+        self._pending = False  # a loop edge disagrees with the current poses
+        self._since_opt = 0  # keyframes since the last optimisation
         self.stats = {"candidates": 0, "verified": 0, "optimisations": 0}
 
     # -------------------------------------------------------------------------------------------- keyframes
     def add_keyframe(self, fid: int, tokens: Tensor, local: Tensor, world: Tensor, weight: Tensor,
                      autocast: Callable[[], AbstractContextManager]) -> bool:
         """Record keyframe ``fid`` (tokens ``(S, C)``, camera / world points ``(H, W, 3)``, weights ``(H, W)``),
-        add its odometry and verified loop edges; returns whether a new loop edge disagrees with the current poses
-        by more than ``loop_inlier_thresh`` (a loop to close now; consistent ones wait for the final optimisation).
+        add its odometry and verified loop edges; returns whether to optimise now: a loop edge disagrees with the
+        current poses by more than ``loop_inlier_thresh`` and ``loop_optimize_interval`` keyframes have passed since
+        the last optimisation (consistent loops only wait for the final one).
         ``autocast()`` gives the networks' autocast context."""
         loc = local.reshape(-1, 3).float().cpu().numpy()
         wld = world.reshape(-1, 3).float().cpu().numpy()
@@ -124,14 +131,14 @@ class LoopCloser:
             self.edges.append(Edge(prev.fid, fid, np.linalg.inv(prev.pose) @ kf.pose, "odometry"))
         self.kfs[fid] = kf
         self.order.append(fid)
-        inconsistent = False
         for cand in self._candidates(kf, autocast):
             rel = self._verify(self.kfs[cand], kf, autocast)
             if rel is not None:
                 self.edges.append(Edge(cand, fid, rel, "loop"))
                 self._dirty = True
-                inconsistent |= self._disagreement(self.kfs[cand], kf, rel) > self.cfg.loop_inlier_thresh
-        return inconsistent
+                self._pending |= self._disagreement(self.kfs[cand], kf, rel) > self.cfg.loop_inlier_thresh
+        self._since_opt += 1
+        return self._pending and self._since_opt >= self.cfg.loop_optimize_interval
 
     def _disagreement(self, old: _Keyframe, new: _Keyframe, rel: np.ndarray) -> float:
         """How far the loop edge would move the new keyframe's points from where the current poses put them, as a
@@ -167,14 +174,17 @@ class LoopCloser:
         pts = out.pts3d[:, 0].float().reshape(2, -1, 3).cpu().numpy()
         conf = out.conf[:, 0].float().reshape(2, -1).cpu().numpy()
         thresh, need = self._thresh(old.local), self.cfg.loop_min_inliers
+        sub = slice(None, None, max(1, len(old.local) // VERIFY_POINTS))  # evenly spread pixels
+        va, vb = old.weight[sub] > 0, new.weight[sub] > 0
         try:  # the pair's scale (and any residual frame change) onto the old keyframe's own points
-            sa, ra, ta, in_a = robust_umeyama(pts[0], old.local, conf[0] * (old.weight > 0), thresh)
-            s, R, t, in_b = robust_umeyama(new.local, sa * pts[1] @ ra.T + ta, conf[1] * (new.weight > 0), thresh)
+            sa, ra, ta, in_a = robust_umeyama(pts[0, sub], old.local[sub], conf[0, sub] * va, thresh)
+            pb = sa * pts[1] @ ra.T + ta
+            s, R, t, in_b = robust_umeyama(new.local[sub], pb[sub], conf[1, sub] * vb, thresh)
         except ValueError:
             return None
-        ok_a = in_a.sum() >= need * max(1, (old.weight > 0).sum())
-        ok_b = in_b.sum() >= need * max(1, (new.weight > 0).sum())
-        in_view = self._overlap(old, sa * pts[1] @ ra.T + ta, new.weight > 0)
+        ok_a = in_a.sum() >= need * max(1, va.sum())
+        ok_b = in_b.sum() >= need * max(1, vb.sum())
+        in_view = self._overlap(old, pb, new.weight > 0)
         if not (ok_a and ok_b and in_view >= need):
             return None
         self.stats["verified"] += 1
@@ -214,7 +224,8 @@ class LoopCloser:
         deltas = {k: self.last.poses[k] @ np.linalg.inv(kf.pose) for k, kf in self.kfs.items()}
         for k, kf in self.kfs.items():
             kf.pose = self.last.poses[k]
-        self._dirty = False
+        self._dirty = self._pending = False
+        self._since_opt = 0
         self.history.append(deltas)
         self.version += 1
         self.stats["optimisations"] += 1
