@@ -99,7 +99,8 @@ def main() -> None:
     import slam3r.recon.loop  # noqa: F401  (fail early without gtsam)
 
     base = dict(keyframe_stride=args.stride, win_r=2, num_scene_frame=3, buffer_size=6, buffer_strategy="fifo",
-                conf_thres_l2w=3, loop_min_gap=60)
+                conf_thres_l2w=3, loop_min_gap=60,
+                loop_score="retrieval")  # the oracle's retrieval head scores GT co-visibility
     runs = {"off": (ReconConfig(**base), False), "on": (ReconConfig(**base, loop_closure=True), False),
             "wrong": (ReconConfig(**base, loop_closure=True), True)}
     if args.contrast:

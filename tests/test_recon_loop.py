@@ -142,7 +142,7 @@ def loop_scene():
 
 
 LOOP_CFG = dict(keyframe_stride=2, win_r=2, num_scene_frame=3, buffer_size=6, buffer_strategy="fifo",
-                conf_thres_l2w=3, loop_min_gap=40)
+                conf_thres_l2w=3, loop_min_gap=40, loop_score="retrieval")  # oracle tokens carry only ids
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,9 @@ class ReconConfig:
     loop_closure: bool = False
     """Detect revisits among all keyframes, verify them with I2P and correct every frame by a Sim(3) pose graph
     (``recon.loop``); ``--loop-closure``."""
-    loop_score: Literal["retrieval", "descriptor"] = "retrieval"
-    """Loop candidate scoring: the retrieval head, or the cosine of encoder-token global descriptors."""
+    loop_score: Literal["retrieval", "descriptor"] = "descriptor"
+    """Loop candidate scoring: the cosine of encoder-token global descriptors, or the retrieval head (with the
+    bundled model the descriptor's top candidate is 3x more co-visible: ``bench/bench_loop_scoring.py``)."""
     loop_min_gap: int = 50
     """Loop candidates are keyframes at least this many frames older than the new keyframe."""
     loop_candidates: int = 2

@@ -306,9 +306,10 @@ def finish_output(out_dir: str | Path, loop: LoopCloser, scene: str, cfg: ReconC
                   keep_preds: bool) -> dict:
     """After ``ReconWriter.close``: apply the final loop corrections to the directory (predictions, poses,
     trajectory), rewrite the point cloud files from the corrected predictions, record the loop statistics in
-    ``summary.json`` (key ``loop_closure``) and drop ``preds/`` if the run did not ask to keep them."""
-    from slam3r.recon.export import PRED_FILES, select_points, write_glb
+    ``summary.json`` (key ``loop_closure``) and drop ``preds/`` if the run did not ask to keep them. Per-frame
+    PLYs (``--frame-plys``) stay as registered, before the correction."""
     from slam3r.data.ply import write_ply
+    from slam3r.recon.export import PRED_FILES, select_points, write_glb
 
     out = Path(out_dir)
     apply_corrections(out, loop.corrections())
