@@ -113,7 +113,8 @@ def main() -> None:
         row = table[seed]
         print(f"seed {seed}: ATE off {row['off']['ate']:.2f} / on {row['on']['ate']:.2f} / wrong "
               f"{row['wrong']['ate']:.2f} / wrong-ls {row.get('wrong-ls', {}).get('ate', float('nan')):.2f} cm; "
-              f"loops {row['on']['loops']} (kept {row['on']['kept']})", flush=True)
+              f"loops {row['on']['loops']} (kept {row['on']['kept']}); acc off {row['off']['acc']:.2f} / on "
+              f"{row['on']['acc']:.2f}, comp off {row['off']['comp']:.2f} / on {row['on']['comp']:.2f} cm", flush=True)
     print("\n| seed | ATE off | ATE on | gain | acc off | acc on | comp off | comp on | ATE wrong loop (robust) | "
           "wrong / on | ATE wrong loop (least squares) | loops found / kept | s off / on |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
