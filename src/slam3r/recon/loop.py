@@ -120,8 +120,9 @@ class LoopCloser:
         loc = local.reshape(-1, 3).float().cpu().numpy()
         wld = world.reshape(-1, 3).float().cpu().numpy()
         w = weight.reshape(-1).float().cpu().numpy()
+        sub = slice(None, None, max(1, len(loc) // VERIFY_POINTS))
         try:
-            s, R, t, _ = robust_umeyama(loc, wld, w, self._thresh(wld), iters=2)
+            s, R, t, _ = robust_umeyama(loc[sub], wld[sub], w[sub], self._thresh(wld[sub]), iters=2)
         except ValueError:  # nothing confident: the keyframe cannot anchor anything
             return False
         kf = _Keyframe(fid, tokens.detach().cpu(), global_descriptor(tokens.detach()).cpu(), loc,
@@ -177,9 +178,9 @@ class LoopCloser:
         sub = slice(None, None, max(1, len(old.local) // VERIFY_POINTS))  # evenly spread pixels
         va, vb = old.weight[sub] > 0, new.weight[sub] > 0
         try:  # the pair's scale (and any residual frame change) onto the old keyframe's own points
-            sa, ra, ta, in_a = robust_umeyama(pts[0, sub], old.local[sub], conf[0, sub] * va, thresh)
+            sa, ra, ta, in_a = robust_umeyama(pts[0, sub], old.local[sub], conf[0, sub] * va, thresh, iters=3)
             pb = sa * pts[1] @ ra.T + ta
-            s, R, t, in_b = robust_umeyama(new.local[sub], pb[sub], conf[1, sub] * vb, thresh)
+            s, R, t, in_b = robust_umeyama(new.local[sub], pb[sub], conf[1, sub] * vb, thresh, iters=3)
         except ValueError:
             return None
         ok_a = in_a.sum() >= need * max(1, va.sum())
