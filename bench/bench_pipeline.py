@@ -139,6 +139,8 @@ def main() -> None:
     ap.add_argument("--params", choices=["reference", "bundled"], default="reference",
                     help="pipeline parameters: the reference demo's, or the bundled model's recon.yaml")
     ap.add_argument("--weights", default=None, help="load real weights (e.g. default) instead of random ones")
+    ap.add_argument("--loop-closure", action="store_true", help="loop closure on (ReconConfig.loop_closure)")
+    ap.add_argument("--registration", choices=["l2w", "geometric"], default="l2w", help="registration backend")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,7 +157,8 @@ def main() -> None:
         params = weights_defaults("default")  # the bundled model's recon.yaml
     else:
         params = dict(DEMO)
-    cfg = ReconConfig(**params, precision=args.precision, compile=args.compile)
+    cfg = ReconConfig(**params, precision=args.precision, compile=args.compile, loop_closure=args.loop_closure,
+                      registration=args.registration)
     rows = []
     decisions: dict = {}
 

@@ -21,6 +21,7 @@ from slam3r.errors import EXIT_USAGE, Slam3rError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "recon": ("slam3r.recon.cli", "reconstruct a video / image folder / stream into a world-frame point cloud"),
+    "export": ("slam3r.recon.interop", "export a reconstruction as a COLMAP sparse model / nerfstudio transforms.json"),
     "demo": ("slam3r.demo", "reconstruct a held-out synthetic scene with the bundled model and score it"),
     "synth": ("slam3r.data.cli", "render a procedural indoor scene sequence with ground truth"),
     "eval": ("slam3r.eval.cli", "score a reconstruction against ground truth (published protocol)"),

@@ -71,7 +71,7 @@ def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, cf
     from slam3r.config import to_dict
     from slam3r.data import jsonio
     from slam3r.data.pointmaps import gt_pointmaps
-    from slam3r.data.trajectory_io import write_tum_trajectory
+    from slam3r.data.trajectory_io import read_tum_trajectory, write_tum_trajectory
     from slam3r.eval.recon import EvalConfig, evaluate_pointmaps
     from slam3r.eval.trajectory import ate
     from slam3r.recon.run import reconstruct
@@ -82,17 +82,18 @@ def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, cf
     seq = render_heldout(seed, num_frames, size)
     t_render = time.perf_counter() - t0
     gt_pts, gt_valid = gt_pointmaps(seq.depth, seq.K, seq.c2w, size)
-    results = []
     frames = [(i, rgb, None) for i, rgb in enumerate(seq.rgb)]
     summary = reconstruct(frames, i2p, l2w, cfg, out, device=device, scene=f"synth_{seed}", progress=progress,
-                          on_result=results.append, settings=settings)
+                          settings=settings)
     write_tum_trajectory(out / "trajectory_gt.txt", np.arange(num_frames, dtype=float), seq.c2w)
-    pred = np.stack([r.pts3d_world for r in results])
-    conf = np.stack([r.conf for r in results])
+    # scored from what was written (after any loop-closure correction of the output directory)
+    pred = np.load(out / "preds" / "registered_pcds.npy")
+    conf = np.load(out / "preds" / "registered_confs.npy")
+    _, poses = read_tum_trajectory(out / "trajectory.txt")
     t0 = time.perf_counter()
     ecfg = EvalConfig(conf_thresh=eval_conf)
     model = evaluate_pointmaps(pred, conf, gt_pts, gt_valid, ecfg)
-    traj = ate(np.stack([r.pose_c2w[:3, 3] for r in results]), seq.c2w[:, :3, 3])
+    traj = ate(poses[:, :3, 3], seq.c2w[:, :3, 3])
     base = evaluate_pointmaps(plane_baseline(seq.depth, seq.K, seq.c2w), conf, gt_pts, gt_valid, ecfg)
     t_eval = time.perf_counter() - t0
     report = {

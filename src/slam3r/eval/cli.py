@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--traj", default=None,
                         help="predicted camera trajectory (TUM format) scored by ATE against the GT poses; GT "
                              "without timestamps (Replica) uses frame indices as timestamps")
+    parser.add_argument("--evo", action="store_true",
+                        help="also compute the trajectory's ATE with the evo package and report it beside the "
+                             "project's own (report key trajectory_evo; they should agree to about 1e-6 m)")
     parser.add_argument("--conf-thresh", type=float, default=None,
                         help="keep predicted points with confidence above this (a recon output directory or .npz; "
                              "default: eval.conf_thresh from the settings: the weights' recon.yaml < --config < "
@@ -68,6 +71,8 @@ def _print_summary(report: dict) -> None:
     if "trajectory" in report:
         rows += [("ATE RMSE (cm)", report["trajectory"]["ate_rmse_m"] * 100),
                  ("matched poses", report["trajectory"]["num_poses"])]
+    if "trajectory_evo" in report:
+        rows += [("ATE RMSE, evo (cm)", report["trajectory_evo"]["ate_rmse_m"] * 100)]
     for name, value in rows:
         print(f"{name:<24} {value:.4f}" if isinstance(value, float) else f"{name:<24} {value}")
 
@@ -122,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from slam3r.data.trajectory_io import read_tum_trajectory
     from slam3r.errors import InputError
     from slam3r.eval.recon import evaluate_pointcloud, evaluate_pointmaps
-    from slam3r.eval.trajectory import evaluate_trajectory
+    from slam3r.eval.trajectory import evaluate_trajectory, evo_ate
 
     try:
         pred_path = Path(args.pred)

@@ -50,3 +50,28 @@ def evaluate_trajectory(pred_t: np.ndarray, pred_c2w: np.ndarray, gt_t: np.ndarr
     if len(ia) < 3:
         raise ValueError(f"only {len(ia)} predicted poses match a GT timestamp within {max_diff}; need >= 3")
     return ate(np.asarray(pred_c2w)[ia, :3, 3], np.asarray(gt_c2w)[ib, :3, 3], with_scale)
+
+
+def evo_ate(pred_t: np.ndarray, pred_c2w: np.ndarray, gt_t: np.ndarray, gt_c2w: np.ndarray,
+            max_diff: float = 0.02, with_scale: bool = True) -> dict[str, Any]:
+    """The same ATE computed by ``evo`` (the field's standard tool): timestamps associated by
+    ``evo.core.sync.associate_trajectories`` (nearest time within ``max_diff``), Umeyama alignment of positions
+    (``correct_scale`` = ``with_scale``), APE of the translation part. Returns evo's statistics (metres) and
+    ``num_poses``; ``slam3r eval --evo`` reports them beside the project's own :func:`evaluate_trajectory`."""
+    try:
+        from evo.core import metrics, sync
+        from evo.core.trajectory import PoseTrajectory3D
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise ImportError(f"--evo needs the evo package ({exc}); install it with `pip install evo`") from exc
+
+    est = PoseTrajectory3D(poses_se3=list(np.asarray(pred_c2w, dtype=np.float64)),
+                           timestamps=np.asarray(pred_t, dtype=np.float64))
+    ref = PoseTrajectory3D(poses_se3=list(np.asarray(gt_c2w, dtype=np.float64)),
+                           timestamps=np.asarray(gt_t, dtype=np.float64))
+    ref, est = sync.associate_trajectories(ref, est, max_diff=max_diff)
+    est.align(ref, correct_scale=with_scale)
+    ape = metrics.APE(metrics.PoseRelation.translation_part)
+    ape.process_data((ref, est))
+    stats = ape.get_all_statistics()
+    return {"ate_rmse_m": float(stats["rmse"]), "ate_mean_m": float(stats["mean"]),
+            "ate_median_m": float(stats["median"]), "ate_max_m": float(stats["max"]), "num_poses": int(est.num_poses)}

@@ -105,6 +105,45 @@ def umeyama(
     return float(s), R.numpy(), t.numpy()
 
 
+def robust_umeyama(
+    src: np.ndarray,
+    dst: np.ndarray,
+    weights: np.ndarray | None = None,
+    inlier_thresh: float = 0.05,
+    iters: int = 8,
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Similarity ``dst ~= s * R @ src + t`` robust to outlier pairs: iteratively reweighted :func:`umeyama` with
+    Huber weights on the residuals (threshold ``inlier_thresh``, in ``dst`` units), then one fit on the inliers.
+
+    Args:
+        src, dst: corresponding points (N, 3), N >= 3.
+        weights: optional prior per-pair weights (N,) >= 0 (e.g. confidences).
+        inlier_thresh: residual below which a pair is an inlier (and keeps its full weight).
+        iters: reweighting rounds after the first (plain weighted) fit.
+    Returns:
+        ``(s, R (3, 3), t (3,), inliers (N,) bool)``; inliers = pairs with a positive prior weight whose final
+        residual is below ``inlier_thresh``.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    prior = np.ones(len(src)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    if inlier_thresh <= 0:
+        raise ValueError(f"inlier_thresh must be > 0, got {inlier_thresh}")
+    w = prior
+    for _ in range(iters + 1):
+        s, R, t = umeyama(src, dst, w)
+        res = np.linalg.norm(s * src @ R.T + t - dst, axis=1)
+        huber = np.minimum(1.0, inlier_thresh / np.maximum(res, 1e-12))
+        w = prior * huber
+        if w.sum() <= 0:
+            break
+    inliers = (res < inlier_thresh) & (prior > 0)
+    if inliers.sum() >= 3:  # Huber weights never reach 0: a last fit on the inliers alone removes the outliers' pull
+        s, R, t = umeyama(src[inliers], dst[inliers], prior[inliers])
+        inliers = (np.linalg.norm(s * src @ R.T + t - dst, axis=1) < inlier_thresh) & (prior > 0)
+    return s, R, t, inliers
+
+
 def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
     """Geodesic angle (degrees) of rotation matrices ``(..., 3, 3)``: ``(...)``, in [0, 180]."""
     R = np.asarray(R, dtype=np.float64)

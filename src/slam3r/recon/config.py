@@ -59,6 +59,28 @@ class ReconConfig:
     ``anchor`` first maps them into the camera frame of the latest scene frame (a similarity fit of its camera
     points to its world points) and maps the outputs back, so the origin sits at a nearby camera as in L2W
     training, however far the camera has travelled from the first keyframe."""
+    registration: Literal["l2w", "geometric"] = "l2w"
+    """How a new frame is placed in the world: ``l2w`` (the network) or ``geometric``: a robust similarity fit of
+    its I2P window's points of already-registered frames to their world points (``recon.registration``)."""
+    loop_closure: bool = False
+    """Detect revisits among all keyframes, verify them with I2P and correct every frame by a Sim(3) pose graph
+    (``recon.loop``); ``--loop-closure``."""
+    loop_score: Literal["retrieval", "descriptor"] = "descriptor"
+    """Loop candidate scoring: the cosine of encoder-token global descriptors, or the retrieval head (with the
+    bundled model the descriptor's top candidate is 3x more co-visible: ``bench/bench_loop_scoring.py``)."""
+    loop_min_gap: int = 50
+    """Loop candidates are keyframes at least this many frames older than the new keyframe."""
+    loop_candidates: int = 2
+    """Best-scored candidates verified per new keyframe."""
+    loop_min_inliers: float = 0.5
+    """Fraction of valid pixels that must agree for a verified loop."""
+    loop_inlier_thresh: float = 0.05
+    """Inlier residual, as a fraction of the keyframe's mean point distance."""
+    loop_optimize_interval: int = 10
+    """While streaming, optimise at most once every this many keyframes (pending loops wait; all are optimised at the
+    end)."""
+    loop_robust: bool = True
+    """Graduated non-convexity over the loop edges (rejects wrong loops); off = plain least squares."""
     seed: int = 42
     """Seed of the random choices (automatic-stride windows, reservoir buffer, point subsampling)."""
     online_stride: int = 3
@@ -85,6 +107,10 @@ class ReconConfig:
             (self.buffer_size == -1 or self.buffer_size >= self.initial_winsize,
              "buffer_size must be -1 (unbounded) or >= initial_winsize"),
             (self.retrieval_depth >= 1, "retrieval_depth must be >= 1"),
+            (self.loop_min_gap >= 1 and self.loop_candidates >= 1 and self.loop_optimize_interval >= 1,
+             "loop_min_gap, loop_candidates and loop_optimize_interval must be >= 1"),
+            (0 < self.loop_min_inliers <= 1 and self.loop_inlier_thresh > 0,
+             "loop_min_inliers must be in (0, 1] and loop_inlier_thresh > 0"),
             (self.online_stride >= 1, "online_stride must be >= 1"),
             (self.conf_thres_i2p >= 1 and self.conf_thres_l2w >= 1 and self.init_conf_thres >= 1
              and self.low_conf_frame_thresh >= 1, "confidence thresholds are >= 1 (confidences are 1 + exp(c))"),

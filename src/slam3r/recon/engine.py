@@ -28,6 +28,8 @@ from slam3r.models.registry import compile_blocks
 from slam3r.recon.camera import (estimate_focal, normalize_pointmaps, pose_from_pnp, pose_from_pointmaps,
                                  similarity_fit)
 from slam3r.recon.config import ReconConfig
+from slam3r.recon.loop import LoopCloser, apply_sim3_matrix
+from slam3r.recon.registration import register_from_window
 from slam3r.recon.types import FrameResult
 
 
@@ -43,6 +45,7 @@ class _Frame:
     pts_cam: Tensor | None = None  # (H, W, 3) normalised camera-frame points, invalid = 0 (L2W input)
     world: Tensor | None = None  # (H, W, 3)
     conf_l2w: Tensor | None = None  # (H, W)
+    window: tuple[list[int], Tensor, Tensor] | None = None  # geometric registration: window ids, points, confs
 
 
 def select_by_scores(scores: Tensor, k: int) -> list[int]:
@@ -104,6 +107,8 @@ class Engine:
         self.l2w_mean: dict[int, float] = {}
         self.timings: dict[str, float] = defaultdict(float)
         self._span_pending = False
+        self.loop = LoopCloser(i2p, cfg, self.device) if cfg.loop_closure else None
+        self._loop_seen = 0  # keyframes already handed to the loop closer
 
     # ------------------------------------------------------------------------------------------------ input
     def add(self, rgbs: Sequence[np.ndarray], timestamps: Sequence[int | None] | None = None) -> None:
@@ -165,13 +170,16 @@ class Engine:
                 win = self.window(v)
                 assert win is not None, f"window of frame {v} not ready"
                 groups[len(win)].append((v, win))
+        geometric = self.cfg.registration == "geometric"  # needs the window's other views too
         for items in groups.values():
             tokens = torch.stack([self._tokens(win)[:, 0] for _, win in items], dim=1)  # (V, B, S, C)
             with self._timed("i2p"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
-                out = self.i2p(tokens, 0, ref_only=True)
-            for b, (v, _) in enumerate(items):
+                out = self.i2p(tokens, 0, ref_only=not geometric)
+            for b, (v, win) in enumerate(items):
                 f = self.frames[v]
                 f.local, f.conf_i2p = out.pts3d[0, b].float(), out.conf[0, b].float()
+                if geometric:
+                    f.window = (win, out.pts3d[:, b].float(), out.conf[:, b].float())
                 f.pts_cam, _ = normalize_pointmaps(f.local, self._valid(f.conf_i2p))
                 self.local_mean[v] = f.conf_i2p.mean().item()
 
@@ -355,6 +363,65 @@ class Engine:
             for v in [v for v in table if v < self.milestone and v not in buffered]:
                 del table[v]
 
+    # ------------------------------------------------------------------------------------------------ geometric
+    def _register_geometric(self, batch: Sequence[int]) -> None:
+        """``registration: geometric``: each frame by a robust similarity fit of its I2P window's registered frames
+        to their world points (``recon.registration``); frames whose window has none fall back to L2W. The final
+        confidence of a geometrically registered frame is its I2P confidence."""
+        fallback = []
+        for v in batch:
+            f = self.frames[v]
+            win, pts, conf = f.window
+            used = [j for j, u in enumerate(win) if j > 0 and self.frames[u].world is not None]
+            if not used:
+                fallback.append(v)
+                continue
+            weights = torch.stack([conf[j] * self._valid(self.frames[win[j]].conf_i2p) *
+                                   (1 - 1 / self.frames[win[j]].conf_l2w) for j in used])
+            with self._timed("register"):
+                try:
+                    T, _ = register_from_window(pts[used].cpu().numpy(), weights.cpu().numpy(),
+                                                torch.stack([self.frames[win[j]].world for j in used]).cpu().numpy())
+                except ValueError:
+                    fallback.append(v)
+                    continue
+            f.world = torch.from_numpy(apply_sim3_matrix(T, f.local.cpu().numpy())).to(f.local.device)
+            f.conf_l2w = f.conf_i2p.clone()
+            self.l2w_mean[v] = f.conf_l2w.mean().item()
+            f.window = None
+        if fallback:
+            self._l2w(self._retrieve(fallback[::2]), [fallback])
+
+    # ------------------------------------------------------------------------------------------------ loop closure
+    def _emit(self, ids: Sequence[int]) -> list[FrameResult]:
+        """Results of frames ``ids``; the loop closer notes which keyframe pose each was emitted against."""
+        results = [self._result(v) for v in ids]
+        if self.loop is not None:
+            for v in ids:
+                self.loop.note_emitted(v)
+        return results
+
+    def _loop_step(self) -> None:
+        """Hand new keyframes to the loop closer; after a loop closes, move every frame still held by its
+        keyframe's correction so that registration continues in the corrected world."""
+        if self.loop is None:
+            return
+        with self._timed("loop"):
+            closed = False
+            for k in self.keyframes[self._loop_seen:]:
+                f = self.frames[k]
+                weight = self._valid(f.conf_i2p).float() * (1 - 1 / f.conf_l2w)
+                closed |= self.loop.add_keyframe(k, f.tokens, f.local, f.world, weight,
+                                                 lambda: autocast_context(self.device, self.cfg.precision))
+            self._loop_seen = len(self.keyframes)
+            if not closed:
+                return
+            deltas = self.loop.optimize()
+            for v, f in self.frames.items():
+                if f.world is not None:
+                    C = deltas[self.loop.keyframe_of(v)]
+                    f.world = torch.from_numpy(apply_sim3_matrix(C, f.world.cpu().numpy())).to(f.world.device)
+
     # ------------------------------------------------------------------------------------------------ driver
     def advance(self) -> list[FrameResult]:
         """Do all the work the frames seen so far allow; returns newly registered frames in order."""
@@ -368,7 +435,8 @@ class Engine:
             if span is None:
                 return out
             self._span_pending = False
-            out += [self._result(v) for v in span]
+            self._loop_step()
+            out += self._emit(span)
         while self.next_id < self.n:
             batch = list(range(self.next_id, min(self.next_id + self.num_register, self.n)))
             if len(batch) < self.num_register and not self.final:
@@ -376,10 +444,13 @@ class Engine:
             if any(self.window(v) is None for v in batch):
                 break
             self._run_i2p(batch)
-            scene = self._retrieve(batch[::2])
-            self._l2w(scene, [batch])
+            if self.cfg.registration == "geometric":
+                self._register_geometric(batch)
+            else:
+                self._l2w(self._retrieve(batch[::2]), [batch])
             self.next_id += len(batch)
             self._update_buffer()
-            out += [self._result(v) for v in batch]  # after the buffer update, so is_keyframe is current
+            self._loop_step()
+            out += self._emit(batch)  # after the buffer update, so is_keyframe is current
             self._evict()
         return out

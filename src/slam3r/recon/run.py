@@ -105,8 +105,8 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
     """
     stop = stop or StopRequest()
     writer = ReconWriter(out_dir, scene, conf_thres_l2w=cfg.conf_thres_l2w, num_points_save=cfg.num_points_save,
-                         keep_preds=keep_preds, frame_plys=frame_plys, seed=cfg.seed,
-                         low_conf_frame_thresh=cfg.low_conf_frame_thresh)
+                         keep_preds=keep_preds or cfg.loop_closure,  # loop corrections are applied to preds/
+                         frame_plys=frame_plys, seed=cfg.seed, low_conf_frame_thresh=cfg.low_conf_frame_thresh)
     run = {"mode": "online" if online else "offline", "device": str(device), "config": to_dict(cfg),
            "settings": settings or {}}
     t0 = time.perf_counter()
@@ -127,7 +127,12 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
         raise
     reason = stop.reason or (f"input failed: {input_error}" if input_error else None) \
         or getattr(source, "end_reason", None) or "end of input"
-    return _finish(writer, engine, time.perf_counter() - t0, reason, source, run)
+    summary = _finish(writer, engine, time.perf_counter() - t0, reason, source, run)
+    if engine.loop is not None:  # loop closure: correct the written frames with the optimised pose graph
+        from slam3r.recon.loop import finish_output
+
+        summary = finish_output(out_dir, engine.loop, scene, cfg, summary, keep_preds)
+    return summary
 
 
 def _finish(writer: ReconWriter, engine: object | None, elapsed: float, reason: str, source: object | None,

@@ -1,0 +1,84 @@
+"""Which loop-candidate score finds real revisits with the bundled model: the retrieval head or a global descriptor
+of the encoder tokens?
+
+    python bench/bench_loop_scoring.py [--seeds 1000001 ...] [--frames 150] [--weights default]
+
+Each held-out scene is rendered for one 1.25-loop traversal. Keyframes are every 3rd frame; queries are the
+keyframes of the last 20% (the revisit); candidates are keyframes at least 40% of the run older (as
+``loop_min_gap`` would allow), taken one frame off the queries' grid (``--offset``): the generator's loops are
+periodic, so a 1.25-loop run otherwise contains pixel-identical repeats that any descriptor finds. A candidate's ground-truth co-visibility with the query is the fraction of its GT
+points (8 x 8 sample) that the query camera sees on its own GT surface (depth within 5%). Printed per scoring
+method: the mean GT co-visibility of the top-1 candidate and how often the top-1 is the best co-visible one, beside
+a random pick and the GT-best (ceiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from slam3r.data.preprocess import to_tensor
+from slam3r.demo import DEMO_LOOP_FRAMES, render_heldout
+from slam3r.geometry.camera import backproject_depth
+from slam3r.models.registry import load_models
+from slam3r.recon.loop import global_descriptor
+
+SEEDS = (1_000_001, 1_000_002, 1_000_003, 1_000_004, 1_000_005)
+
+
+def covisibility(seq, q: int, c: int) -> float:
+    """Fraction of candidate ``c``'s GT points (8 x 8 sample) seen by query ``q`` on its own GT surface."""
+    h, w = seq.depth.shape[1:]
+    grid_v, grid_u = np.linspace(0, h - 1, 8).astype(int), np.linspace(0, w - 1, 8).astype(int)
+    cam = backproject_depth(seq.depth[c:c + 1], seq.K)[0][grid_v][:, grid_u].reshape(-1, 3)
+    world = cam @ seq.c2w[c, :3, :3].T + seq.c2w[c, :3, 3]
+    w2c = np.linalg.inv(seq.c2w[q])
+    p = world @ w2c[:3, :3].T + w2c[:3, 3]
+    z = p[:, 2]
+    uv = p[:, :2] / np.maximum(z, 1e-6)[:, None] * seq.K[[0, 1], [0, 1]] + seq.K[:2, 2]
+    u, v = np.rint(uv[:, 0]).astype(int), np.rint(uv[:, 1]).astype(int)
+    inside = (z > 0.05) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    ok = np.zeros(len(z), bool)
+    ok[inside] = np.abs(seq.depth[q][v[inside], u[inside]] - z[inside]) < 0.05 * z[inside]
+    return float(ok.mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--frames", type=int, default=DEMO_LOOP_FRAMES)
+    parser.add_argument("--weights", default="default")
+    parser.add_argument("--offset", type=int, default=1,
+                        help="candidates lie this many frames off the queries' keyframe grid (default 1): the "
+                             "generator's loops are periodic, so with 0 a candidate can be an exact repeat")
+    args = parser.parse_args()
+    i2p, _ = load_models(args.weights)
+    size = i2p.cfg.img_size[0]
+    stats: dict[str, list[tuple[float, bool]]] = {"retrieval head": [], "descriptor": [], "random": [],
+                                                   "GT best": []}
+    rng = np.random.default_rng(0)
+    for seed in args.seeds:
+        seq = render_heldout(seed, args.frames, size)
+        with torch.no_grad():
+            tokens = i2p.encode(to_tensor(seq.rgb))
+            desc = global_descriptor(tokens)
+        kfs = list(range(0, args.frames, 3))
+        for q in [k for k in kfs if k >= 0.8 * args.frames]:
+            cands = [k + args.offset for k in kfs if k + args.offset <= q - 0.4 * args.frames]
+            gt = np.array([covisibility(seq, q, c) for c in cands])
+            with torch.no_grad():
+                head = i2p.corr_scores(tokens[q:q + 1], tokens[cands]).float().mean(dim=(1, 2)).numpy()
+            cos = (desc[cands] @ desc[q]).numpy()
+            for name, pick in (("retrieval head", int(np.argmax(head))), ("descriptor", int(np.argmax(cos))),
+                               ("random", int(rng.integers(len(cands)))), ("GT best", int(np.argmax(gt)))):
+                stats[name].append((gt[pick], pick == int(np.argmax(gt))))
+        print(f"seed {seed}: {sum(1 for k in kfs if k >= 0.8 * args.frames)} queries", flush=True)
+    print("\n| candidate score | mean GT co-visibility of top-1 | top-1 = GT best |\n|---|---|---|")
+    for name, vals in stats.items():
+        print(f"| {name} | {np.mean([v[0] for v in vals]):.3f} | {np.mean([v[1] for v in vals]):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""Loop closure over all keyframes: detection, geometric verification, Sim(3) pose graph, per-frame corrections.
+
+Every keyframe the engine inserts into its buffering set is recorded here (tokens on the CPU, camera-frame I2P
+points, its similarity ``T_k`` camera -> world as the registration placed it), whether or not the bounded buffer
+keeps it. For a new keyframe:
+
+1. **Odometry edge** to the previous keyframe: ``T_prev^-1 T_k`` from the registration.
+2. **Detection**: keyframes at least ``loop_min_gap`` frames older are scored against it, by the retrieval head
+   (``loop_score: retrieval``, the network's own co-visibility score) or by the cosine of global descriptors
+   (``descriptor``: mean of the L2-normalised encoder tokens); the ``loop_candidates`` best are verified.
+3. **Verification**: I2P on the pair (old keyframe as reference) gives both keyframes' points in the old camera;
+   a robust similarity fit (``geometry.robust_umeyama``) of the new keyframe's own points to them measures
+   ``T_old^-1 T_new``. The edge is kept when at least ``loop_min_inliers`` of the pixels agree within
+   ``loop_inlier_thresh`` (fraction of the old keyframe's mean point distance) in both fits, and as large a
+   fraction of the new keyframe's points, seen from the old camera, land on the old keyframe's own surface
+   (depth within ``loop_inlier_thresh``): the views really overlap.
+4. **Optimisation** (``recon.pose_graph``) when a verified loop edge disagrees with the current poses (by more
+   than ``loop_inlier_thresh``; loops that agree already are only added, for the final optimisation); each keyframe's correction
+   ``C_k = T_k_new T_k_old^-1`` is applied at once to the frames the engine still holds (so later registration
+   continues in the corrected world) and accumulated for frames already emitted.
+
+A frame's keyframe is the recorded keyframe nearest to it in the stream; a frame emitted before an optimisation
+takes its keyframe's correction from it (:meth:`LoopCloser.corrections`).
+Offline runs apply them to the output directory (:func:`apply_corrections`); streaming consumers read
+:meth:`LoopCloser.map_update` after each optimisation (``version`` increments).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from slam3r.geometry.transforms import matrix_to_sim3, robust_umeyama, sim3_to_matrix
+from slam3r.recon.camera import estimate_focal
+from slam3r.recon.config import ReconConfig
+from slam3r.recon.pose_graph import Edge, GraphResult, optimize_pose_graph
+
+
+VERIFY_POINTS = 4096
+"""Pixels (evenly spread) used by the similarity fits of a loop verification."""
+
+
+def global_descriptor(tokens: Tensor) -> Tensor:
+    """Global image descriptor from encoder tokens ``(..., S, C)``: mean of the L2-normalised tokens, normalised
+    again -> ``(..., C)`` unit vectors (cosine similarity = dot product)."""
+    d = torch.nn.functional.normalize(tokens.float(), dim=-1).mean(dim=-2)
+    return torch.nn.functional.normalize(d, dim=-1)
+
+
+@dataclass
+class _Keyframe:
+    fid: int
+    tokens: Tensor  # (S, C) CPU
+    descriptor: Tensor  # (C,) CPU
+    local: np.ndarray  # (H*W, 3) float32 camera-frame I2P points
+    shape: tuple[int, int]  # (H, W)
+    weight: np.ndarray  # (H*W,) float32, 0 = invalid
+    pose: np.ndarray  # (4, 4) similarity camera -> world, current
+
+
+@dataclass
+class MapUpdate:
+    """Corrections of frames already emitted: ``corrections[i]`` (4x4 world similarity) maps the world points and
+    poses emitted for ``frame_ids[i]`` into the current, loop-corrected world. Cumulative: replace, do not chain."""
+
+    version: int
+    frame_ids: list[int]
+    corrections: np.ndarray  # (N, 4, 4)
+    loops: list[tuple[int, int]] = field(default_factory=list)
+
+
+def apply_sim3_matrix(C: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Points ``(..., 3)`` mapped by a 4x4 similarity matrix ``C`` (same dtype as ``pts``)."""
+    return (pts @ C[:3, :3].T.astype(pts.dtype) + C[:3, 3].astype(pts.dtype)).astype(pts.dtype)
+
+
+def correct_pose(C: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """Rigid camera-to-world pose ``(4, 4)`` moved by the world similarity ``C``: rotation and centre follow, the
+    result stays rigid (the scale acts on the world, not on the camera)."""
+    s, R, _ = matrix_to_sim3(C)
+    out = np.eye(4)
+    out[:3, :3] = R @ c2w[:3, :3]
+    out[:3, 3] = C[:3, :3] @ c2w[:3, 3] + C[:3, 3]
+    return out
+
+
+class LoopCloser:
+    """Keyframe memory + pose graph (see module docstring). ``i2p`` verifies candidate pairs."""
+
+    def __init__(self, i2p, cfg: ReconConfig, device: torch.device) -> None:
+        self.i2p, self.cfg, self.device = i2p, cfg, device
+        self.kfs: dict[int, _Keyframe] = {}
+        self.order: list[int] = []  # keyframe ids in insertion (= frame) order
+        self.edges: list[Edge] = []
+        self.emitted: dict[int, int] = {}  # emitted frame -> map version at its emission
+        self.history: list[dict[int, np.ndarray]] = []  # per optimisation: world correction by keyframe
+        self.version = 0
+        self.last: GraphResult | None = None
+        self._dirty = False
+        self._pending = False  # a loop edge disagrees with the current poses
+        self._since_opt = 0  # keyframes since the last optimisation
+        self.stats = {"candidates": 0, "verified": 0, "optimisations": 0}
+
+    # -------------------------------------------------------------------------------------------- keyframes
+    def add_keyframe(self, fid: int, tokens: Tensor, local: Tensor, world: Tensor, weight: Tensor,
+                     autocast: Callable[[], AbstractContextManager]) -> bool:
+        """Record keyframe ``fid`` (tokens ``(S, C)``, camera / world points ``(H, W, 3)``, weights ``(H, W)``),
+        add its odometry and verified loop edges; returns whether to optimise now: a loop edge disagrees with the
+        current poses by more than ``loop_inlier_thresh`` and ``loop_optimize_interval`` keyframes have passed since
+        the last optimisation (consistent loops only wait for the final one).
+        ``autocast()`` gives the networks' autocast context."""
+        loc = local.reshape(-1, 3).float().cpu().numpy()
+        wld = world.reshape(-1, 3).float().cpu().numpy()
+        w = weight.reshape(-1).float().cpu().numpy()
+        sub = slice(None, None, max(1, len(loc) // VERIFY_POINTS))
+        try:
+            s, R, t, _ = robust_umeyama(loc[sub], wld[sub], w[sub], self._thresh(wld[sub]), iters=2)
+        except ValueError:  # nothing confident: the keyframe cannot anchor anything
+            return False
+        kf = _Keyframe(fid, tokens.detach().cpu(), global_descriptor(tokens.detach()).cpu(), loc,
+                       tuple(local.shape[:2]), w, sim3_to_matrix(s, R, t))
+        if self.order:
+            prev = self.kfs[self.order[-1]]
+            self.edges.append(Edge(prev.fid, fid, np.linalg.inv(prev.pose) @ kf.pose, "odometry"))
+        self.kfs[fid] = kf
+        self.order.append(fid)
+        for cand in self._candidates(kf, autocast):
+            rel = self._verify(self.kfs[cand], kf, autocast)
+            if rel is not None:
+                self.edges.append(Edge(cand, fid, rel, "loop"))
+                self._dirty = True
+                self._pending |= self._disagreement(self.kfs[cand], kf, rel) > self.cfg.loop_inlier_thresh
+        self._since_opt += 1
+        return self._pending and self._since_opt >= self.cfg.loop_optimize_interval
+
+    def _disagreement(self, old: _Keyframe, new: _Keyframe, rel: np.ndarray) -> float:
+        """How far the loop edge would move the new keyframe's points from where the current poses put them, as a
+        fraction of their mean distance from the camera (0 = the loop is already closed)."""
+        pts = new.local[new.weight > 0][::16]
+        moved = apply_sim3_matrix(old.pose @ rel, pts) - apply_sim3_matrix(new.pose, pts)
+        scale = np.linalg.norm(apply_sim3_matrix(new.pose, pts) - new.pose[:3, 3], axis=1).mean() + 1e-12
+        return float(np.linalg.norm(moved, axis=1).mean() / scale)
+
+    def _thresh(self, pts: np.ndarray) -> float:
+        return self.cfg.loop_inlier_thresh * float(np.linalg.norm(pts, axis=1).mean() + 1e-12)
+
+    def _candidates(self, kf: _Keyframe, autocast) -> list[int]:
+        old = [k for k in self.order if k <= kf.fid - self.cfg.loop_min_gap]
+        if not old:
+            return []
+        if self.cfg.loop_score == "descriptor":
+            scores = torch.stack([self.kfs[k].descriptor for k in old]) @ kf.descriptor
+        else:
+            with torch.no_grad(), autocast():
+                cand = torch.stack([self.kfs[k].tokens for k in old]).to(self.device)
+                scores = self.i2p.corr_scores(kf.tokens[None].to(self.device), cand,
+                                              self.cfg.retrieval_depth).float().mean(dim=(1, 2)).cpu()
+        best = torch.argsort(scores, descending=True)[:self.cfg.loop_candidates].tolist()
+        self.stats["candidates"] += len(best)
+        return [old[i] for i in best]
+
+    def _verify(self, old: _Keyframe, new: _Keyframe, autocast) -> np.ndarray | None:
+        """``T_old^-1 T_new`` measured by I2P on the pair, or ``None`` when too few pixels agree."""
+        tokens = torch.stack([old.tokens, new.tokens])[:, None].to(self.device)
+        with torch.no_grad(), autocast():
+            out = self.i2p(tokens, 0)
+        pts = out.pts3d[:, 0].float().reshape(2, -1, 3).cpu().numpy()
+        conf = out.conf[:, 0].float().reshape(2, -1).cpu().numpy()
+        thresh, need = self._thresh(old.local), self.cfg.loop_min_inliers
+        sub = slice(None, None, max(1, len(old.local) // VERIFY_POINTS))  # evenly spread pixels
+        va, vb = old.weight[sub] > 0, new.weight[sub] > 0
+        try:  # the pair's scale (and any residual frame change) onto the old keyframe's own points
+            sa, ra, ta, in_a = robust_umeyama(pts[0, sub], old.local[sub], conf[0, sub] * va, thresh, iters=3)
+            pb = sa * pts[1] @ ra.T + ta
+            s, R, t, in_b = robust_umeyama(new.local[sub], pb[sub], conf[1, sub] * vb, thresh, iters=3)
+        except ValueError:
+            return None
+        ok_a = in_a.sum() >= need * max(1, va.sum())
+        ok_b = in_b.sum() >= need * max(1, vb.sum())
+        in_view = self._overlap(old, pb, new.weight > 0)
+        if not (ok_a and ok_b and in_view >= need):
+            return None
+        self.stats["verified"] += 1
+        return sim3_to_matrix(s, R, t)
+
+    def _overlap(self, old: _Keyframe, pts: np.ndarray, valid: np.ndarray) -> float:
+        """Fraction of the new keyframe's valid points ``pts`` ``(H*W, 3)`` (in the old camera frame) that land
+        inside the old image on the old keyframe's own surface (depth within ``loop_inlier_thresh``): the pair
+        really overlaps, rather than I2P merely agreeing with itself on the new frame's shape."""
+        h, w = old.shape
+        local = torch.from_numpy(old.local.reshape(h, w, 3))
+        f = float(estimate_focal(local, torch.from_numpy((old.weight > 0).reshape(h, w)).float()))
+        z = pts[:, 2]
+        front = valid & (z > 1e-6)
+        u = np.rint(f * pts[:, 0] / np.maximum(z, 1e-6) + (w - 1) / 2).astype(np.int64)
+        v = np.rint(f * pts[:, 1] / np.maximum(z, 1e-6) + (h - 1) / 2).astype(np.int64)
+        inside = front & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        idx = v[inside] * w + u[inside]
+        za = old.local[idx, 2]
+        agree = (old.weight[idx] > 0) & (np.abs(z[inside] - za) < self.cfg.loop_inlier_thresh * np.abs(za))
+        return float(agree.sum() / max(1, valid.sum()))
+
+    def add_loop_edge(self, i: int, j: int, rel: np.ndarray) -> None:
+        """Add a loop edge by hand (e.g. a known revisit, or a deliberately wrong one in a robustness test)."""
+        if i not in self.kfs or j not in self.kfs:
+            raise ValueError(f"loop edge {i} -> {j}: both ends must be recorded keyframes")
+        self.edges.append(Edge(i, j, np.asarray(rel, dtype=np.float64), "loop"))
+        self._dirty = True
+
+    # -------------------------------------------------------------------------------------------- graph
+    def optimize(self) -> dict[int, np.ndarray]:
+        """Optimise the graph; returns this round's world correction ``C_k`` per keyframe (and updates poses)."""
+        if not self._dirty:
+            return {}
+        self.last = optimize_pose_graph({k: kf.pose for k, kf in self.kfs.items()}, self.edges,
+                                        robust=self.cfg.loop_robust)
+        deltas = {k: self.last.poses[k] @ np.linalg.inv(kf.pose) for k, kf in self.kfs.items()}
+        for k, kf in self.kfs.items():
+            kf.pose = self.last.poses[k]
+        self._dirty = self._pending = False
+        self._since_opt = 0
+        self.history.append(deltas)
+        self.version += 1
+        self.stats["optimisations"] += 1
+        return deltas
+
+    def keyframe_of(self, fid: int, among: list[int] | None = None) -> int:
+        """The keyframe nearest to frame ``fid`` by frame index (the earlier one on a tie), among ``among``
+        (sorted ids; default all recorded keyframes)."""
+        ids = self.order if among is None else among
+        i = bisect.bisect_left(ids, fid)
+        if i == 0:
+            return ids[0]
+        if i == len(ids) or fid - ids[i - 1] <= ids[i] - fid:
+            return ids[i - 1]
+        return ids[i]
+
+    def note_emitted(self, fid: int) -> None:
+        """Remember the map version the frame's result was emitted in (later corrections apply to it)."""
+        self.emitted[fid] = self.version
+
+    def corrections(self) -> dict[int, np.ndarray]:
+        """Per emitted frame: the 4x4 world similarity taking its emitted points / pose to the corrected world,
+        the product of its nearest keyframe's correction in every optimisation since its emission (after a final
+        optimisation if edges were added since the last one)."""
+        self.optimize()
+        keys = [sorted(d) for d in self.history]
+        out = {}
+        for f, version in self.emitted.items():
+            C = np.eye(4)
+            for deltas, ids in zip(self.history[version:], keys[version:]):
+                C = deltas[self.keyframe_of(f, ids)] @ C
+            out[f] = C
+        return out
+
+    def map_update(self) -> MapUpdate:
+        """Current corrections of every emitted frame, for streaming consumers (see :class:`MapUpdate`)."""
+        corr = self.corrections()
+        ids = sorted(corr)
+        mats = np.stack([corr[f] for f in ids]) if ids else np.zeros((0, 4, 4))
+        loops = [(e.i, e.j) for e in self.edges if e.kind == "loop"]
+        return MapUpdate(self.version, ids, mats, loops)
+
+    def summary(self) -> dict:
+        """Counts for ``summary.json``: keyframes, loop edges found / kept by the robust graph, optimisations."""
+        loops = [e for e in self.edges if e.kind == "loop"]
+        kept = self.last.loop_inliers if self.last is not None else []
+        return {"keyframes": len(self.order), "loop_edges": [[e.i, e.j] for e in loops],
+                "loop_edges_kept": int(sum(kept)), **self.stats}
+
+
+def apply_corrections(out_dir: str | Path, corrections: dict[int, np.ndarray]) -> None:
+    """Apply per-frame world corrections (frame id -> 4x4 similarity) to a finished recon directory in place:
+    ``preds/registered_pcds.npy``, ``cameras.json`` poses and ``trajectory.txt``; the point cloud files are then
+    rewritten by the caller (``recon.export.ReconWriter`` owns them)."""
+    from slam3r.data.trajectory_io import read_tum_trajectory, write_tum_trajectory
+
+    out = Path(out_dir)
+    cams = json.loads((out / "cameras.json").read_text())
+    pts_path = out / "preds" / "registered_pcds.npy"
+    pts = np.load(pts_path, mmap_mode="r+") if pts_path.is_file() else None
+    stamps, poses = read_tum_trajectory(out / "trajectory.txt")
+    for i, cam in enumerate(cams):
+        C = corrections.get(cam["frame_id"])
+        if C is None:
+            continue
+        poses[i] = correct_pose(C, np.asarray(cam["pose_c2w"]))
+        cam["pose_c2w"] = np.round(poses[i], 8).tolist()
+        if pts is not None:
+            pts[i] = apply_sim3_matrix(C, np.asarray(pts[i]))
+    if pts is not None:
+        pts.flush()
+        del pts
+    (out / "cameras.json").write_text(json.dumps(cams))
+    write_tum_trajectory(out / "trajectory.txt", stamps, poses)
+
+
+def finish_output(out_dir: str | Path, loop: LoopCloser, scene: str, cfg: ReconConfig, summary: dict,
+                  keep_preds: bool) -> dict:
+    """After ``ReconWriter.close``: apply the final loop corrections to the directory (predictions, poses,
+    trajectory), rewrite the point cloud files from the corrected predictions, record the loop statistics in
+    ``summary.json`` (key ``loop_closure``) and drop ``preds/`` if the run did not ask to keep them. Per-frame
+    PLYs (``--frame-plys``) stay as registered, before the correction."""
+    from slam3r.data.ply import write_ply
+    from slam3r.recon.export import PRED_FILES, select_points, write_glb
+
+    out = Path(out_dir)
+    apply_corrections(out, loop.corrections())
+    arrays = [np.load(out / "preds" / f"{name}.npy", mmap_mode="r")
+              for name in ("registered_pcds", "registered_confs", "input_imgs")]
+    cloud = select_points(*arrays, conf_thres=cfg.conf_thres_l2w, num_points=cfg.num_points_save, seed=cfg.seed)
+    del arrays
+    write_ply(out / f"{scene}_recon.ply", cloud.xyz, cloud.rgb, cloud.conf)
+    write_glb(out / f"{scene}_recon.glb", cloud.xyz, cloud.rgb)
+    summary = {**summary, "loop_closure": loop.summary()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if not keep_preds:
+        for name in PRED_FILES:
+            (out / "preds" / f"{name}.npy").unlink()
+    return summary
