@@ -86,8 +86,8 @@ def test_engine_caches_reproduce_the_plain_engine(tiny_models, monkeypatch):
         monkeypatch.setattr(engine_mod.Engine, "__init__", original)
     (cached, eng), (plain, _) = runs[True], runs[False]
     assert eng.cache and eng.timings.get("encode", 0.0) == 0.0  # every frame's tokens came from the stride search
-    assert eng.candidates_seen > cfg.num_scene_frame  # retrieval ran on cached candidates
-    assert all(eng.frames[v].i2p_src is not None and eng.frames[v].l2w_scene is not None for v in eng.buffer)
+    assert eng.timings.get("retrieval", 0.0) > 0  # retrieval ran, on cached candidate features
+    assert sum(eng.frames[v].l2w_scene is not None for v in eng.buffer) >= cfg.num_scene_frame
     assert [r.frame_id for r in cached] == [r.frame_id for r in plain] == list(range(22))
     assert [r.is_keyframe for r in cached] == [r.is_keyframe for r in plain]
     for a, b in zip(cached, plain):
