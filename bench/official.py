@@ -287,6 +287,8 @@ class _Server:
                      "scene_frame_retrieve", "l2w_inference"):
             originals[name] = getattr(recon, name)
             setattr(recon, name, _recorder(name, originals[name], calls))
+        originals["save_recon"] = recon.save_recon  # point-cloud export: not timed on the slam3r side either
+        recon.save_recon = lambda *a, **k: None
         with tempfile.TemporaryDirectory() as tmp:
             args = argparse.Namespace(**{**WILD_DEMO, **params}, device="cpu", num_points_save=200_000,
                                       norm_input=params.get("norm_input", False), save_all_views=False,
