@@ -42,12 +42,14 @@ def quality(args, device) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for prec in ("fp32", "bf16"):
-                r = evaluate_scene(i2p, l2w, seed, args.frames or DEMO_FRAMES, Path(tmp) / f"{seed}_{prec}",
-                                   recon={"precision": prec}, device=str(device))["model"]
+                rep = evaluate_scene(i2p, l2w, seed, args.frames or DEMO_FRAMES, Path(tmp) / f"{seed}_{prec}",
+                                     recon={"precision": prec}, device=str(device))
+                r = rep["model"]
+                print(seed, prec, {m: round(r[m], 3) for m in (*METRICS, "fps")},
+                      {k: round(v, 1) for k, v in rep["seconds"].items()}, flush=True)
                 for m in (*METRICS, "fps"):
                     per[prec][m].append(r[m])
                 rows.append({"seed": seed, "precision": prec, **{m: round(r[m], 3) for m in (*METRICS, "fps")}})
-            print(rows[-2], rows[-1], flush=True)
     mean = {p: {m: float(np.mean(v)) for m, v in d.items()} for p, d in per.items()}
     rel = {m: mean["bf16"][m] / mean["fp32"][m] - 1 for m in METRICS}
     ok = all(abs(v) <= args.tol for v in rel.values())
