@@ -13,7 +13,8 @@ AMX = {"avx512_bf16": False, "amx_bf16": True}
 PLAIN = {"avx512_bf16": False, "amx_bf16": False, "avx512_f": True}
 
 
-def test_cpu_flags_decide_auto():
+def test_cpu_flags_decide_auto(monkeypatch):
+    monkeypatch.setattr(precision, "CPU_AUTO_BF16", True)
     assert cpu_has_fast_bf16(FAST) and cpu_has_fast_bf16(AMX) and not cpu_has_fast_bf16(PLAIN)
     assert autocast_dtype("cpu", "auto", capabilities=FAST) is torch.bfloat16
     assert autocast_dtype("cpu", "auto", capabilities=AMX) is torch.bfloat16
