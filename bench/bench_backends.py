@@ -5,7 +5,7 @@
 The ``bench/bench_quality.py`` protocol (``slam3r.demo.evaluate_scene``: the demo's pipeline parameters, published
 scoring with RANSAC + ICP alignment, confidence threshold 1), run once per configuration on the same scenes:
 
-* ``l2w``: the shipped pipeline (``DEMO_RECON``);
+* ``l2w``: the shipped pipeline (the weights' ``recon.yaml``);
 * ``geometric``: ``registration: geometric`` (robust Sim(3) fit of the I2P window's registered frames);
 * ``...+loop``: with ``loop_closure`` on (retrieval-head candidates, I2P pair verification, GTSAM pose graph).
 
@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from slam3r.demo import DEMO_LOOP_FRAMES, evaluate_scene
-from slam3r.models.registry import load_models
+from slam3r.eval.recon import EvalConfig
+from slam3r.recon.config import ReconConfig
+from slam3r.runtime import load_runtime, resolve_settings
 
 SEEDS = (1_000_001, 1_000_002, 1_000_003, 1_000_004, 1_000_005)
 RUNS = {
@@ -45,12 +47,14 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/bench_backends")
     args = parser.parse_args()
     gap = args.loop_min_gap or max(1, int(0.4 * args.frames))
-    i2p, l2w = load_models(args.weights)
+    rt = load_runtime(args.weights, "cpu", None)
+    eval_conf = resolve_settings(EvalConfig, "eval", weights=args.weights).value.conf_thresh
     rows: dict[str, list[dict]] = {name: [] for name in args.runs}
     for seed in args.seeds:
         for name in args.runs:
             recon = {**RUNS[name], **({"loop_min_gap": gap} if "loop" in name else {})}
-            r = evaluate_scene(i2p, l2w, seed, args.frames, Path(args.out) / name / str(seed), recon=recon)
+            cfg = resolve_settings(ReconConfig, "recon", weights=args.weights, flags=recon).value
+            r = evaluate_scene(rt.i2p, rt.l2w, seed, args.frames, Path(args.out) / name / str(seed), cfg, eval_conf)
             m = r["model"]
             rows[name].append({"seed": seed, "ate": m["ate_cm"], "acc": m["accuracy_cm"], "comp": m["completion_cm"],
                                "fps": m["fps"]})

@@ -16,9 +16,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import rss  # noqa: E402
 from common import device_name, make_models, report, synthetic_frames  # noqa: E402
 from naive import NaiveI2P, NaiveL2W  # noqa: E402
 
+from slam3r.models.precision import describe  # noqa: E402
 from slam3r.models.registry import resolve_device  # noqa: E402
 from slam3r.recon.config import ReconConfig  # noqa: E402
 from slam3r.recon.offline import run_offline  # noqa: E402
@@ -126,22 +128,60 @@ def run_per_frame(timings: dict, frames: int) -> float:
     return sum(v for k, v in timings.items() if k != "init") / frames
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="tiny", help="model size preset: tiny, default, released")
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--mode", choices=["offline", "streaming"], default="offline")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--precision", default="fp32", choices=["auto", "fp32", "fp16", "bf16"])
+    ap.add_argument("--precision", default="fp32", choices=["auto", "fp32", "fp16", "bf16"],
+                    help="slam3r's precision (auto: see slam3r.models.precision); the yardsticks run fp32")
     ap.add_argument("--compile", action="store_true", help="torch.compile the fast path's network blocks")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive reference path")
-    ap.add_argument("--params", choices=["reference", "bundled"], default="reference",
-                    help="pipeline parameters: the reference demo's, or the bundled model's recon.yaml")
+    ap.add_argument("--params", choices=["reference", "wild", "bundled"], default=None,
+                    help="pipeline parameters: the reference Replica demo's (fixed stride 3), the official wild "
+                         "demo's (automatic stride; the default with --official), or the bundled model's recon.yaml")
+    ap.add_argument("--stride", type=int, default=None, help="override the keyframe stride (-1 = automatic)")
     ap.add_argument("--weights", default=None, help="load real weights (e.g. default) instead of random ones")
+    ap.add_argument("--official", metavar="DIR", default=None,
+                    help="checkout of github.com/PKU-VCL-3DV/SLAM3R: time it (offline) on the same frames and "
+                         "weights instead of the naive path, interleaved with slam3r")
+    ap.add_argument("--repeat", type=int, default=1, help="with --official: interleaved runs of each")
     ap.add_argument("--loop-closure", action="store_true", help="loop closure on (ReconConfig.loop_closure)")
     ap.add_argument("--registration", choices=["l2w", "geometric"], default="l2w", help="registration backend")
     args = ap.parse_args()
+    if args.params is None:
+        args.params = "wild" if args.official else "reference"
+    if args.official and args.mode != "offline":
+        ap.error("--official compares the offline pipeline (the official code has no streaming driver)")
+    return args
+
+
+def pipeline_params(args: argparse.Namespace) -> dict:
+    if args.params == "bundled":
+        from slam3r.runtime import weights_defaults
+        params = weights_defaults("default")  # the bundled model's recon.yaml
+    elif args.params == "wild":
+        from official import WILD_DEMO
+        params = dict(WILD_DEMO)
+    else:
+        params = dict(DEMO)
+    if args.stride is not None:
+        params["keyframe_stride"] = args.stride
+    return params
+
+
+def device_summary(device: torch.device, size: int, fps: float) -> str:
+    """The one line a GPU run is for: FPS at the network size, peak device memory, the device."""
+    if device.type != "cuda":
+        return f"{fps:.2f} FPS at {size} px on {device_name(device)}"
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    return f"{fps:.2f} FPS at {size} px on {device_name(device)}; peak device memory {peak:.2f} GiB"
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -152,28 +192,30 @@ def main() -> None:
         i2p, l2w = make_models(args.size, device)
     size = i2p.cfg.img_size[0]
     frames = synthetic_frames(args.frames, size)
-    if args.params == "bundled":
-        from slam3r.runtime import weights_defaults
-        params = weights_defaults("default")  # the bundled model's recon.yaml
-    else:
-        params = dict(DEMO)
+    params = pipeline_params(args)
     cfg = ReconConfig(**params, precision=args.precision, compile=args.compile, loop_closure=args.loop_closure,
                       registration=args.registration)
     rows = []
     decisions: dict = {}
 
     def measure(name: str, nets, run_cfg, replay: bool):
+        rss.reset_peak()
         res, stamps, tm, steps, engine = run(*nets, frames, run_cfg, args.mode, device, decisions, replay=replay)
         pf = run_per_frame(tm, len(res))
         steady, counted = steady_state(steps, tm, len(res), run_cfg, engine.s)
         rows.append({"path": name, "s/frame": round(pf, 4),
-                     "steady s/frame": None if steady is None else round(steady, 4), "steady frames": counted, "fps": round(1 / pf, 2), "wall_s": round(stamps[-1], 1),
-                     **{k: round(v, 2) for k, v in tm.items()}})
+                     "steady s/frame": None if steady is None else round(steady, 4), "steady frames": counted,
+                     "fps": round(1 / pf, 2), "wall_s": round(stamps[-1], 1), "stride": engine.s,
+                     "peak_rss_gib": round(rss.peak_gib(), 2), **{k: round(v, 2) for k, v in tm.items()}})
         return res, pf, steady
 
-    fast, fast_pf, fast_steady = measure("slam3r", (i2p, l2w), cfg, False)
     extra = {"size": args.weights or args.size, "mode": args.mode, "frames": args.frames, "params": args.params,
-             "device": device_name(device), "fast_s_per_frame": fast_pf, "fast_steady_s_per_frame": fast_steady}
+             "precision": describe(device, args.precision), "device": device_name(device)}
+    if args.official:
+        compare_official(args, i2p, l2w, frames, params, measure, rows, extra)
+        return
+    fast, fast_pf, fast_steady = measure("slam3r", (i2p, l2w), cfg, False)
+    extra.update(fast_s_per_frame=fast_pf, fast_steady_s_per_frame=fast_steady)
     if not args.no_naive:
         naive, naive_pf, naive_steady = measure("naive reference", (NaiveI2P(i2p), NaiveL2W(l2w)),
                                                 ReconConfig(**params, precision="fp32"), True)
@@ -186,10 +228,69 @@ def main() -> None:
                      steady_speedup=steady_speedup, max_abs_diff_world=diff, world_scale=scale,
                      max_rel_diff_conf=cdiff)
     report(f"pipeline {args.mode} — {args.weights or args.size} — {device_name(device)}", rows, extra)
+    print(device_summary(device, size, 1 / fast_pf))
     if "speedup" in extra:
         steady = "n/a: too few frames" if steady_speedup is None else f"{steady_speedup:.2f}x"
         print(f"speedup {extra['speedup']:.2f}x (steady state {steady}); "
-              f"max |world diff| {extra['max_abs_diff_world']:.2e} (values up to {extra['world_scale']:.2f}); max relative conf diff {extra['max_rel_diff_conf']:.2e}")
+              f"max |world diff| {extra['max_abs_diff_world']:.2e} (values up to {extra['world_scale']:.2f}); "
+              f"max relative conf diff {extra['max_rel_diff_conf']:.2e}")
+
+
+def compare_official(args, i2p, l2w, frames, params, measure, rows, extra) -> None:
+    """slam3r and the official code alternately on the same frames and weights (``--repeat`` runs each): total and
+    steady-state seconds per frame (min / median), their ratios, peak RSS, and how far the world points differ."""
+    import statistics
+    import tempfile
+
+    from official import Official, save_weights
+
+    cfg = ReconConfig(**params, precision=args.precision, compile=args.compile)
+    with tempfile.TemporaryDirectory() as tmp, \
+            Official(args.official, save_weights(i2p, l2w, Path(tmp) / "weights"), args.threads) as official:
+        np.savez(Path(tmp) / "frames.npz", frames=np.stack(frames))
+        ours, theirs, world = [], [], None
+        for r in range(args.repeat):
+            res, pf, steady = measure("slam3r", (i2p, l2w), cfg, False)
+            ours.append((rows[-1]["wall_s"] / len(frames), steady))
+            out = official.call("pipeline", inputs=str(Path(tmp) / "frames.npz"), params=params, seed=cfg.seed,
+                                out=str(Path(tmp) / "official.npz") if r == 0 else None)
+            theirs.append((out["s_per_frame"], out["steady_s_per_frame"]))
+            rows.append({"path": "official", "s/frame": round(out["s_per_frame"], 4),
+                         "steady s/frame": out["steady_s_per_frame"] and round(out["steady_s_per_frame"], 4),
+                         "steady frames": out["steady_frames"], "fps": round(1 / out["s_per_frame"], 2),
+                         "wall_s": round(out["seconds"], 1), "stride": out["stride"],
+                         "peak_rss_gib": round(out["peak_rss_gib"], 2),
+                         **{k: round(v, 2) for k, v in out["stages"].items()}})
+            print(rows[-2], rows[-1], sep="\n", flush=True)
+            if r == 0:
+                with np.load(Path(tmp) / "official.npz") as z:
+                    world = z["world"]
+                ours_world = np.stack([x.pts3d_world for x in res])
+    same_stride = rows[0]["stride"] == rows[1]["stride"]
+    extra["stride_slam3r"], extra["stride_official"] = rows[0]["stride"], rows[1]["stride"]
+    for key, i in (("total", 0), ("steady", 1)):
+        a, b = [x[i] for x in ours], [x[i] for x in theirs]
+        if None in a or None in b:
+            continue
+        extra[f"{key}_s_per_frame"] = {"slam3r_min": min(a), "slam3r_median": statistics.median(a),
+                                       "official_min": min(b), "official_median": statistics.median(b)}
+        extra[f"{key}_speedup_median"] = statistics.median(b) / statistics.median(a)
+        extra[f"{key}_speedup_min"] = min(b) / min(a)
+    if same_stride and world is not None:
+        dev = np.linalg.norm(ours_world - world.reshape(ours_world.shape), axis=-1)
+        scale = float(np.median(np.linalg.norm(world.reshape(-1, 3) - np.median(world.reshape(-1, 3), 0), axis=1)))
+        extra.update(max_abs_diff_world=float(dev.max()), median_rel_diff_world=float(np.median(dev)) / scale)
+    report(f"pipeline offline vs official — {args.weights or args.size} — {extra['device']}", rows, extra)
+    for key in ("total", "steady"):
+        if f"{key}_speedup_median" in extra:
+            print(f"{key}: slam3r ({extra['precision']}) {extra[f'{key}_speedup_median']:.2f}x faster per frame than "
+                  f"the official code (median; min {extra[f'{key}_speedup_min']:.2f}x)")
+    if not same_stride:
+        print(f"strides differ (slam3r {extra['stride_slam3r']}, official {extra['stride_official']}: their random "
+              "stride-search windows differ); outputs not compared; pass --stride N for equal work")
+    elif "max_abs_diff_world" in extra:
+        print(f"world points: max |diff| {extra['max_abs_diff_world']:.2e}, median {extra['median_rel_diff_world']:.2e}"
+              " of the scene scale")
 
 
 if __name__ == "__main__":

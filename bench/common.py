@@ -68,3 +68,14 @@ def report(title: str, rows: list[dict], extra: dict | None = None) -> None:
         for r in rows:
             print("  ".join(str(r.get(k, "")).ljust(w) for k, w in zip(keys, widths)))
     print("BENCH " + json.dumps({"bench": title, "rows": rows, **(extra or {})}))
+
+
+def matmul_peak(device: torch.device, precision: str = "fp32", n: int | None = None, repeat: int = 5) -> float:
+    """The machine's matmul rate now: best GFLOP/s of ``repeat`` ``n x n`` products in ``precision`` (fp32 / bf16 /
+    fp16; the yardstick for "share of peak"). Measured, so it drops as other processes load the machine."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = timeit(lambda: torch.mm(a, b), device, repeat=repeat)
+    return 2 * n**3 / best / 1e9

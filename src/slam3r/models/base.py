@@ -30,6 +30,43 @@ class Pointmaps:
     conf: Tensor
 
 
+@dataclass
+class ViewFeatures:
+    """Views of one decoder stream with their first-layer work done, the part of a decoder pass that depends on
+    the view alone and so can be computed once per frame and reused by every window it joins.
+
+    For layer-0 inputs ``x0`` ``(V, B, S, D)`` (decoder inputs, plus the point embedding ``pe`` for L2W):
+    ``attended`` = this stream's ``blocks[0].self_attend(x0)``; ``k`` / ``v`` ``(V, B, heads, S, d)`` = the other
+    stream's ``blocks[0].memory(x0)`` (this stream's views as its memories); ``pe`` ``(V, B, S, D)`` or ``None``,
+    added to the input of every later layer.
+    """
+
+    attended: Tensor
+    k: Tensor
+    v: Tensor
+    pe: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.attended.shape[0]
+
+    def select(self, ids: Sequence[int] | slice) -> "ViewFeatures":
+        """The views ``ids`` (a list or slice of view indices)."""
+        ids = ids if isinstance(ids, slice) else list(ids)
+        return ViewFeatures(self.attended[ids], self.k[ids], self.v[ids], None if self.pe is None else self.pe[ids])
+
+    @staticmethod
+    def stack(items: Sequence["ViewFeatures"], dim: int = 0) -> "ViewFeatures":
+        """Concatenate along views (``dim=0``) or batch (``dim=1``)."""
+        pe = None if items[0].pe is None else torch.cat([f.pe for f in items], dim)
+        return ViewFeatures(*(torch.cat([getattr(f, n) for f in items], dim) for n in ("attended", "k", "v")), pe)
+
+    def expand(self, batch: int) -> "ViewFeatures":
+        """Broadcast batch size 1 to ``batch`` (views shared by every batch element)."""
+        def ex(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.expand(t.shape[0], batch, *t.shape[2:])
+        return ViewFeatures(ex(self.attended), ex(self.k), ex(self.v), ex(self.pe))
+
+
 class PatchEmbed(nn.Module):
     """Conv 16x16 / 16 patch embedding: images ``(N, 3, H, W)`` -> tokens ``(N, S, C)``."""
 
@@ -114,7 +151,7 @@ class MultiViewTransformer(nn.Module):
         out = []
         tokens_per_frame = self.cfg.grid[0] * self.cfg.grid[1]
         for chunk in images.split(min(self.cfg.enc_minibatch, views_per_chunk(len(images), tokens_per_frame))):
-            x = self.patch_embed(chunk)
+            x = self.patch_embed(chunk).float()  # fp32 residual stream under autocast (models.precision)
             for blk in self.enc_blocks:
                 x = blk(x, rope)
             out.append(x)
@@ -123,7 +160,16 @@ class MultiViewTransformer(nn.Module):
     # ----------------------------------------------------------------------------------------------- decoder
     def embed(self, tokens: Tensor) -> Tensor:
         """Cached encoder tokens ``(V, B, S, enc_dim)`` -> decoder inputs ``(V, B, S, dec_dim)`` (own enc_norm)."""
-        return self.decoder_embed(self.enc_norm(tokens))
+        return self.decoder_embed(self.enc_norm(tokens)).float()  # fp32 residual stream under autocast
+
+    def features(self, x: Tensor, stream: int, pe: Tensor | None = None) -> ViewFeatures:
+        """First-layer work of views ``x`` ``(V, B, S, D)`` (decoder inputs) in decoder ``stream`` 1 or 2, with the
+        point embedding ``pe`` (same shape) if any; see :class:`ViewFeatures`."""
+        rope = self.rope(self.cfg.dec_embed_dim // self.cfg.dec_num_heads, x.device)
+        own, other = (self.mv_dec_blocks1, self.mv_dec_blocks2) if stream == 1 else \
+            (self.mv_dec_blocks2, self.mv_dec_blocks1)
+        x0 = x if pe is None else x + pe
+        return ViewFeatures(own[0].self_attend(x0, rope), *other[0].memory(x0, rope), pe)
 
     def decode(self, x1: Tensor, x2: Tensor, pe1: Tensor | None = None, pe2: Tensor | None = None, *,
                need: tuple[bool, bool] = (True, True)) -> tuple[Tensor | None, Tensor | None]:
@@ -133,13 +179,26 @@ class MultiViewTransformer(nn.Module):
         shapes) are added to the input of every layer (L2W point embedding). A stream whose output is not
         ``need``-ed skips its last layer (nothing reads it) and returns ``None``.
         """
-        rope = self.rope(self.cfg.dec_embed_dim // self.cfg.dec_num_heads, x1.device)
+        return self.decode_features(self.features(x1, 1, pe1), self.features(x2, 2, pe2), need=need)
+
+    def decode_features(self, f1: ViewFeatures, f2: ViewFeatures, *,
+                        need: tuple[bool, bool] = (True, True)) -> tuple[Tensor | None, Tensor | None]:
+        """:meth:`decode` from both streams' :class:`ViewFeatures` (batch sizes equal, or 1 for views shared by
+        every batch element)."""
+        b = max(f1.attended.shape[1], f2.attended.shape[1])
+        f1, f2 = f1.expand(b), f2.expand(b)
+        rope = self.rope(self.cfg.dec_embed_dim // self.cfg.dec_num_heads, f1.attended.device)
         last = len(self.mv_dec_blocks1) - 1
+        x1 = x2 = None
         for i, (blk1, blk2) in enumerate(zip(self.mv_dec_blocks1, self.mv_dec_blocks2)):
-            if pe1 is not None:
-                x1, x2 = x1 + pe1, x2 + pe2
-            y1 = blk1(x1, x2, rope) if i < last or need[0] else None
-            y2 = blk2(x2, x1, rope) if i < last or need[1] else None
+            if i == 0:
+                y1 = blk1(f1.attended, None, rope, memory=(f2.k, f2.v), attended=True) if last or need[0] else None
+                y2 = blk2(f2.attended, None, rope, memory=(f1.k, f1.v), attended=True) if last or need[1] else None
+            else:
+                x1 = x1 if f1.pe is None else x1 + f1.pe
+                x2 = x2 if f2.pe is None else x2 + f2.pe
+                y1 = blk1(x1, x2, rope) if i < last or need[0] else None
+                y2 = blk2(x2, x1, rope) if i < last or need[1] else None
             x1, x2 = y1, y2
         return (self.dec_norm(x1) if need[0] else None), (self.dec_norm(x2) if need[1] else None)
 

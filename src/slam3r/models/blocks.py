@@ -117,20 +117,38 @@ class MultiviewDecoderBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.norm_y = layer_norm(dim)
 
-    def forward(self, x: Tensor, y: Tensor, rope: Rope) -> Tensor:
-        v, b, n, c = x.shape
-        m = y.shape[0]
+    def memory(self, y: Tensor, rope: Rope) -> tuple[Tensor, Tensor]:
+        """Keys / values of memories ``y`` ``(M, B, N, C)``: two ``(M, B, heads, N, d)`` tensors. They depend only
+        on ``y``, so a caller may compute them once per frame and pass them to :meth:`forward`."""
+        m, b, n, c = y.shape
         h, d = self.num_heads, c // self.num_heads
         ca = self.cross_attn
         k, val = [], []
-        for yc in y.split(views_per_chunk(m, b * y.shape[2])):  # memory keys / values, once per view
-            ym = self.norm_y(yc.reshape(-1, yc.shape[2], c))
+        for yc in y.split(views_per_chunk(m, b * n)):
+            ym = self.norm_y(yc.reshape(-1, n, c))
             k.append(apply_rope(split_heads(ca.projk(ym), h), *rope).view(yc.shape[0], b, h, -1, d))
             val.append(split_heads(ca.projv(ym), h).view(yc.shape[0], b, h, -1, d))
-        k, val = torch.cat(k), torch.cat(val)
-        return torch.cat([self._update(xc, k, val, rope) for xc in x.split(views_per_chunk(v, b * n))])
+        return torch.cat(k), torch.cat(val)
 
-    def _update(self, x: Tensor, k: Tensor, val: Tensor, rope: Rope) -> Tensor:
+    def self_attend(self, x: Tensor, rope: Rope) -> Tensor:
+        """The self-attention step ``x + selfattn(norm1 x)`` of views ``x`` ``(V, B, N, C)`` alone (cacheable per
+        view: it does not read the other stream)."""
+        v, b, n, c = x.shape
+        out = []
+        for xc in x.split(views_per_chunk(v, b * n)):
+            flat = xc.reshape(-1, n, c)
+            out.append((flat + self.attn(self.norm1(flat), rope)).view(xc.shape))
+        return torch.cat(out)
+
+    def forward(self, x: Tensor, y: Tensor | None, rope: Rope, *, memory: tuple[Tensor, Tensor] | None = None,
+                attended: bool = False) -> Tensor:
+        """One layer for views ``x`` against memories ``y``. ``memory``: precomputed :meth:`memory` of ``y`` (then
+        ``y`` is not read); ``attended``: ``x`` is already :meth:`self_attend`-ed."""
+        v, b, n, c = x.shape
+        k, val = memory if memory is not None else self.memory(y, rope)
+        return torch.cat([self._update(xc, k, val, rope, attended) for xc in x.split(views_per_chunk(v, b * n))])
+
+    def _update(self, x: Tensor, k: Tensor, val: Tensor, rope: Rope, attended: bool = False) -> Tensor:
         """One chunk of views ``(v, B, N, C)`` against all memories' keys / values ``(M, B, heads, N_y, d)``.
 
         The cross-attention of every view to one memory is a single attention call over the views' concatenated
@@ -140,7 +158,8 @@ class MultiviewDecoderBlock(nn.Module):
         h, d = self.num_heads, c // self.num_heads
         ca = self.cross_attn
         flat = x.reshape(v * b, n, c)
-        flat = flat + self.attn(self.norm1(flat), rope)
+        if not attended:
+            flat = flat + self.attn(self.norm1(flat), rope)
         q = apply_rope(split_heads(ca.projq(self.norm2(flat)), h), *rope)  # (v*B, h, N, d)
         q = q.view(v, b, h, n, d).permute(1, 2, 0, 3, 4).reshape(1, b, h, v * n, d)
         cross = None

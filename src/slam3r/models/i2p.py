@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from slam3r.models.base import MultiViewTransformer, Pointmaps
+from slam3r.models.base import MultiViewTransformer, Pointmaps, ViewFeatures
 from slam3r.models.blocks import Mlp
 from slam3r.models.config import ModelConfig
 
@@ -39,11 +39,28 @@ class Image2PointsModel(MultiViewTransformer):
             raise ValueError("an I2P window needs at least 2 views")
         x = self.embed(tokens)
         src = torch.cat([x[:ref_id], x[ref_id + 1:]])
-        f1, f2 = self.decode(x[ref_id:ref_id + 1], src, need=(True, not ref_only))
-        ref = self.heads(f1, 1)
-        if f2 is None:
-            return Pointmaps(*ref)
-        return self._merge_views(v, [ref_id], ref, self.heads(f2, 2))
+        out = self.forward_features(self.features(x[ref_id:ref_id + 1], 1), self.features(src, 2), ref_only=ref_only)
+        return out if ref_only else self._merge_views(v, [ref_id], *out)
+
+    def view_features(self, tokens: Tensor, role: str) -> ViewFeatures:
+        """Per-frame cacheable work of encoder tokens ``(V, B, S, enc_dim)`` in ``role`` ``"ref"`` (decoder stream
+        1: a window's keyframe, a retrieval query) or ``"src"`` (stream 2: the other views of a window, retrieval
+        candidates); see :class:`~slam3r.models.base.ViewFeatures`."""
+        self._check_tokens(tokens)
+        if role not in ("ref", "src"):
+            raise ValueError(f"role must be 'ref' or 'src', got {role!r}")
+        return self.features(self.embed(tokens), 1 if role == "ref" else 2)
+
+    def forward_features(self, ref: ViewFeatures, src: ViewFeatures, *, ref_only: bool = False):
+        """A window from cached :meth:`view_features`: ``ref`` (1, B) in role ``ref``, ``src`` (V-1, B) in role
+        ``src``. Returns the reference's ``Pointmaps`` when ``ref_only``, else the (ref, src) head outputs."""
+        if len(ref) != 1 or len(src) < 1:
+            raise ValueError(f"an I2P window needs 1 reference and at least 1 source view, got {len(ref)} and "
+                             f"{len(src)}")
+        f1, f2 = self.decode_features(ref, src, need=(True, not ref_only))
+        if ref_only:
+            return Pointmaps(*self.heads(f1, 1))
+        return self.heads(f1, 1), self.heads(f2, 2)
 
     def corr_logits(self, ref_tokens: Tensor, cand_tokens: Tensor, depth: int | None = None) -> Tensor:
         """Raw per-token retrieval logits ``(M, B, S)`` of ``M`` candidates for ``B`` reference frames.
@@ -55,16 +72,29 @@ class Image2PointsModel(MultiViewTransformer):
         Only the first ``depth`` decoder layers run: the reference stream for ``depth - 1`` layers, the candidate
         stream for ``depth`` (each layer reading the other stream's previous output).
         """
+        if cand_tokens.dim() == 3:  # shared by the batch: their features are computed once
+            cand_tokens = cand_tokens.unsqueeze(1)
+        self._check_tokens(ref_tokens.unsqueeze(0), "ref_tokens")
+        self._check_tokens(cand_tokens, "cand_tokens")
+        if cand_tokens.shape[1] not in (1, ref_tokens.shape[0]):
+            raise ValueError(f"cand_tokens batch {cand_tokens.shape[1]} does not match {ref_tokens.shape[0]} "
+                             "reference frames")
+        return self.corr_logits_features(self.view_features(ref_tokens.unsqueeze(0), "ref"),
+                                         self.view_features(cand_tokens, "src"), depth)
+
+    def corr_logits_features(self, ref: ViewFeatures, cand: ViewFeatures, depth: int | None = None) -> Tensor:
+        """:meth:`corr_logits` from cached :meth:`view_features`: ``ref`` (1, B) in role ``ref``, ``cand`` (M, B)
+        or (M, 1) in role ``src``."""
         depth = self.cfg.corr_depth if depth is None else depth
         if not 1 <= depth <= self.cfg.dec_depth:
             raise ValueError(f"retrieval depth {depth} must be in [1, {self.cfg.dec_depth}]")
-        if cand_tokens.dim() == 3:
-            cand_tokens = cand_tokens.unsqueeze(1).expand(-1, ref_tokens.shape[0], -1, -1)
-        self._check_tokens(ref_tokens.unsqueeze(0), "ref_tokens")
-        self._check_tokens(cand_tokens, "cand_tokens")
-        rope = self.rope(self.cfg.dec_embed_dim // self.cfg.dec_num_heads, ref_tokens.device)
-        x1, x2 = self.embed(ref_tokens.unsqueeze(0)), self.embed(cand_tokens)
-        for i in range(depth):
+        b = max(ref.attended.shape[1], cand.attended.shape[1])
+        ref, cand = ref.expand(b), cand.expand(b)
+        rope = self.rope(self.cfg.dec_embed_dim // self.cfg.dec_num_heads, ref.attended.device)
+        x2 = self.mv_dec_blocks2[0](cand.attended, None, rope, memory=(ref.k, ref.v), attended=True)
+        if depth > 1:
+            x1 = self.mv_dec_blocks1[0](ref.attended, None, rope, memory=(cand.k, cand.v), attended=True)
+        for i in range(1, depth):
             new_x2 = self.mv_dec_blocks2[i](x2, x1, rope)
             if i + 1 < depth:
                 x1 = self.mv_dec_blocks1[i](x1, x2, rope)

@@ -86,7 +86,9 @@ class ReconConfig:
     online_stride: int = 3
     """Stride used by the causal (streaming) driver when ``keyframe_stride`` is -1 (the later release's default)."""
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    """Autocast dtype: auto = bf16 on CUDA devices that support it (else fp16), fp32 on CPU."""
+    """Autocast dtype: auto = bf16 on CUDA devices that support it (else fp16); on CPUs fp32, or bf16 where the CPU
+    has AVX-512 BF16 / AMX once its accuracy checks have passed (``slam3r.models.precision``). ``fp32`` forces exact
+    arithmetic, ``bf16`` forces bf16 autocast."""
     compile: bool = False
     """``torch.compile`` the networks' blocks (``models.registry.compile_blocks``): minutes of compilation per input
     shape on a CPU for about 5-10% less time per call; eager where it cannot compile."""

@@ -24,6 +24,8 @@ from torch import Tensor
 
 from slam3r.data.preprocess import to_tensor
 from slam3r.models import Image2PointsModel, Local2WorldModel
+from slam3r.models.base import ViewFeatures
+from slam3r.models.precision import autocast as precision_autocast
 from slam3r.models.registry import compile_blocks
 from slam3r.recon.camera import (estimate_focal, normalize_pointmaps, pose_from_pnp, pose_from_pointmaps,
                                  similarity_fit)
@@ -46,6 +48,10 @@ class _Frame:
     world: Tensor | None = None  # (H, W, 3)
     conf_l2w: Tensor | None = None  # (H, W)
     window: tuple[list[int], Tensor, Tensor] | None = None  # geometric registration: window ids, points, confs
+    # per-frame network work reused by every window / retrieval / L2W call the frame joins (Engine._features)
+    i2p_ref: ViewFeatures | None = None  # as a window's keyframe or a retrieval query
+    i2p_src: ViewFeatures | None = None  # as a window's other view or a retrieval candidate
+    l2w_scene: ViewFeatures | None = None  # as an L2W scene frame (valid while `world` is fed unchanged)
 
 
 def select_by_scores(scores: Tensor, k: int) -> list[int]:
@@ -56,14 +62,8 @@ def select_by_scores(scores: Tensor, k: int) -> list[int]:
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for the networks: fp32 on CPU, bf16 / fp16 on CUDA as configured."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return contextlib.nullcontext()
-    if precision == "auto":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    """Autocast for the networks at ``precision`` (``auto``: see :mod:`slam3r.models.precision`)."""
+    return precision_autocast(device, precision)
 
 
 class Engine:
@@ -109,18 +109,27 @@ class Engine:
         self._span_pending = False
         self.loop = LoopCloser(i2p, cfg, self.device) if cfg.loop_closure else None
         self._loop_seen = 0  # keyframes already handed to the loop closer
+        # networks that expose per-view features get them cached per frame (the bench's naive wrappers do not)
+        self.cache = all(hasattr(net, "view_features") for net in (i2p, l2w))
+        self._init_out: dict[tuple[tuple[int, ...], int], object] = {}  # initial-window search -> _initialize
 
     # ------------------------------------------------------------------------------------------------ input
-    def add(self, rgbs: Sequence[np.ndarray], timestamps: Sequence[int | None] | None = None) -> None:
-        """Add network-resolution frames ``(S, S, 3)`` uint8 (already cropped) and encode them in one batch."""
+    def add(self, rgbs: Sequence[np.ndarray], timestamps: Sequence[int | None] | None = None,
+            tokens: Sequence[Tensor | None] | None = None) -> None:
+        """Add network-resolution frames ``(S, S, 3)`` uint8 (already cropped) and encode them in one batch;
+        ``tokens``: encoder tokens ``(S, C)`` already computed for some of them (``None`` for the others)."""
         if self.final:
             raise RuntimeError("frames added after finish()")
         if not len(rgbs):
             return
         timestamps = list(timestamps) if timestamps is not None else [None] * len(rgbs)
-        with self._timed("encode"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
-            images = to_tensor(np.stack(rgbs)).to(self.device)
-            tokens = self.i2p.encode(images)
+        tokens = list(tokens) if tokens is not None else [None] * len(rgbs)
+        todo = [j for j, t in enumerate(tokens) if t is None]
+        if todo:
+            with self._timed("encode"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
+                images = to_tensor(np.stack([rgbs[j] for j in todo])).to(self.device)
+                for j, tok in zip(todo, self.i2p.encode(images)):
+                    tokens[j] = tok
         for rgb, ts, tok in zip(rgbs, timestamps, tokens):
             self.frames[self.n] = _Frame(rgb=rgb, timestamp_ns=ts, tokens=tok)
             self.n += 1
@@ -162,6 +171,31 @@ class Engine:
         """``(V, 1, S, C)`` tokens of frames ``ids``."""
         return torch.stack([self.frames[i].tokens for i in ids])[:, None]
 
+    def _features(self, ids: Sequence[int], attr: str) -> ViewFeatures:
+        """``(V, 1)`` cached per-frame features ``attr`` (a :class:`_Frame` field) of frames ``ids``, computing the
+        missing ones in one batch (call under no_grad / autocast)."""
+        missing = [i for i in dict.fromkeys(ids) if getattr(self.frames[i], attr) is None]
+        if missing:
+            tok = self._tokens(missing)
+            if attr == "l2w_scene":
+                feats = self.l2w.view_features(tok, torch.stack([self.frames[i].world for i in missing])[:, None],
+                                               "scene")
+            else:
+                feats = self.i2p.view_features(tok, "ref" if attr == "i2p_ref" else "src")
+            for j, i in enumerate(missing):
+                setattr(self.frames[i], attr, feats.select([j]))
+        return ViewFeatures.stack([getattr(self.frames[i], attr) for i in ids])
+
+    def _i2p_windows(self, windows: Sequence[Sequence[int]], ref_only: bool = True):
+        """Pointmaps ``(1 or V, B, ...)`` of B equal-size windows (keyframe first): the keyframe's only, or with
+        ``ref_only=False`` every view's (in the keyframe's camera frame)."""
+        if not self.cache:
+            return self.i2p(torch.stack([self._tokens(win)[:, 0] for win in windows], dim=1), 0, ref_only=ref_only)
+        ref = ViewFeatures.stack([self._features(win[:1], "i2p_ref") for win in windows], dim=1)
+        src = ViewFeatures.stack([self._features(win[1:], "i2p_src") for win in windows], dim=1)
+        out = self.i2p.forward_features(ref, src, ref_only=ref_only)
+        return out if ref_only else self.i2p._merge_views(len(windows[0]), [0], *out)
+
     def _run_i2p(self, ids: Sequence[int]) -> None:
         """Local pointmaps of frames ``ids`` (their windows must be ready), windows of equal size batched."""
         groups: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
@@ -172,9 +206,8 @@ class Engine:
                 groups[len(win)].append((v, win))
         geometric = self.cfg.registration == "geometric"  # needs the window's other views too
         for items in groups.values():
-            tokens = torch.stack([self._tokens(win)[:, 0] for _, win in items], dim=1)  # (V, B, S, C)
             with self._timed("i2p"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
-                out = self.i2p(tokens, 0, ref_only=not geometric)
+                out = self._i2p_windows([win for _, win in items], ref_only=not geometric)
             for b, (v, win) in enumerate(items):
                 f = self.frames[v]
                 f.local, f.conf_i2p = out.pts3d[0, b].float(), out.conf[0, b].float()
@@ -198,13 +231,8 @@ class Engine:
         scale = None
         if self.cfg.norm_input:
             world, scale = normalize_pointmaps(world, world.norm(dim=-1) > 0)
-        b = len(batches)
-        tokens = torch.cat([tok_scene.expand(-1, b, -1, -1),
-                            torch.stack([self._tokens(g)[:, 0] for g in batches], dim=1)])
-        pts = torch.cat([world[:, None].expand(-1, b, -1, -1, -1),
-                         torch.stack([torch.stack([self.frames[i].pts_cam for i in g]) for g in batches], dim=1)])
         with self._timed("l2w"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
-            out = self.l2w(tokens, pts, list(range(nr)), sources_only=True)
+            out = self._l2w_call(scene_ids, tok_scene, world, batches)
         registered = out.pts3d.float() * (scale if scale is not None else 1.0)
         if anchor is not None:
             registered = sa * registered @ ra.T + ta
@@ -215,15 +243,38 @@ class Engine:
                 f.conf_l2w = out.conf[j, bi].float()
                 self.l2w_mean[v] = f.conf_l2w.mean().item()
 
+    def _l2w_call(self, scene_ids: Sequence[int], tok_scene: Tensor, world: Tensor,
+                  batches: Sequence[Sequence[int]]):
+        """The L2W network on scene frames (tokens ``(R, 1, S, C)``, points as fed ``(R, H, W, 3)``) and B groups
+        of keyframes; the scene frames' features are cached when the points fed are their stored world points."""
+        b = len(batches)
+        src_tok = torch.stack([self._tokens(g)[:, 0] for g in batches], dim=1)
+        src_pts = torch.stack([torch.stack([self.frames[i].pts_cam for i in g]) for g in batches], dim=1)
+        if not self.cache:
+            return self.l2w(torch.cat([tok_scene.expand(-1, b, -1, -1), src_tok]),
+                            torch.cat([world[:, None].expand(-1, b, -1, -1, -1), src_pts]),
+                            list(range(len(scene_ids))), sources_only=True)
+        if self.cfg.norm_input or self.cfg.l2w_frame != "world":  # points fed differ per call: nothing to reuse
+            scene = self.l2w.view_features(tok_scene, world[:, None], "scene")
+        else:
+            scene = self._features(scene_ids, "l2w_scene")
+        return self.l2w.register(scene, self.l2w.view_features(src_tok, src_pts, "src"))
+
     def _retrieve(self, query_ids: Sequence[int]) -> list[int]:
         """Scene frames (frame ids) for the frames ``query_ids`` from the buffering set."""
         k = self.cfg.num_scene_frame
         if k >= len(self.buffer):
             return list(self.buffer)
         with self._timed("retrieval"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
-            ref = torch.stack([self.frames[i].tokens for i in query_ids])
-            cand = torch.stack([self.frames[i].tokens for i in self.buffer])
-            scores = self.i2p.corr_scores(ref, cand, self.cfg.retrieval_depth)
+            if self.cache:
+                ref = ViewFeatures.stack([self._features([i], "i2p_ref") for i in query_ids], dim=1)
+                logits = self.i2p.corr_logits_features(ref, self._features(self.buffer, "i2p_src"),
+                                                       self.cfg.retrieval_depth)
+                scores = 1.0 + logits.exp()
+            else:
+                ref = torch.stack([self.frames[i].tokens for i in query_ids])
+                cand = torch.stack([self.frames[i].tokens for i in self.buffer])
+                scores = self.i2p.corr_scores(ref, cand, self.cfg.retrieval_depth)
         return [self.buffer[i] for i in select_by_scores(scores, k)]
 
     # ------------------------------------------------------------------------------------------------ stages
@@ -240,8 +291,11 @@ class Engine:
                              f"(need at least {s + 1})")
         w, best_ref = self._choose_init_window([i * s for i in range(w)])
         ids = [i * s for i in range(w)]
-        with torch.no_grad(), autocast_context(self.device, self.cfg.precision):
-            out = self.i2p(self._tokens(ids), best_ref)
+        out = self._init_out.pop((tuple(ids), best_ref), None)  # computed by the search already
+        self._init_out.clear()
+        if out is None:
+            with torch.no_grad(), autocast_context(self.device, self.cfg.precision):
+                out = self.i2p(self._tokens(ids), best_ref)
         pts, conf = out.pts3d[:, 0].float(), out.conf[:, 0].float()
         world, _ = normalize_pointmaps(pts, self._valid(conf))
         for j, v in enumerate(ids):
@@ -265,9 +319,11 @@ class Engine:
             best, best_ref = -1.0, 0
             with self._timed("init"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
                 for r in range(w):
-                    mean_conf = self.i2p(tokens, r).conf.float().mean().item()
+                    out = self.i2p(tokens, r)
+                    mean_conf = out.conf.float().mean().item()
                     if mean_conf > best:
                         best, best_ref = mean_conf, r
+                        self._init_out = {(tuple(ids[:w]), r): out}  # _initialize reuses the winner's output
             if w > 3 and best < self.cfg.init_conf_thres:
                 w -= 1
                 continue
@@ -359,6 +415,9 @@ class Engine:
         buffered = set(self.buffer)
         for v in [v for v in self.frames if v < keep_from and v not in buffered]:
             del self.frames[v]
+        for v, f in self.frames.items():  # registered frames are never a keyframe or a query again
+            if v < self.next_id:
+                f.i2p_ref = None
         for table in (self.local_mean, self.l2w_mean):
             for v in [v for v in table if v < self.milestone and v not in buffered]:
                 del table[v]

@@ -17,15 +17,16 @@ from slam3r.recon.types import FrameResult
 
 
 def choose_stride(i2p: Image2PointsModel, frames: Sequence[np.ndarray], cfg: ReconConfig,
-                  device: torch.device) -> tuple[int, dict[int, float]]:
+                  device: torch.device, cache: dict[int, torch.Tensor] | None = None) -> tuple[int, dict[int, float]]:
     """Automatic keyframe stride: for each candidate s, the mean I2P confidence of up to
     ``cfg.auto_stride_windows`` random 7-frame windows (centre -+ i*s, i = 1..3); the best mean wins.
-    Returns the stride and the mean confidence of every stride tried."""
+    Returns the stride and the mean confidence of every stride tried; ``cache`` (frame index -> encoder tokens)
+    receives the tokens it computed, so the reconstruction need not encode those frames again."""
     n = len(frames)
     rng = np.random.default_rng(cfg.seed)
     hi = min((n - 1) // 6, cfg.keyframe_adapt_max)
     tried: dict[int, float] = {}
-    cache: dict[int, torch.Tensor] = {}
+    cache = {} if cache is None else cache
     for s in range(cfg.keyframe_adapt_min, hi + 1, cfg.keyframe_adapt_stride):
         centres = rng.choice(np.arange(3 * s, n - 3 * s), min(n - 6 * s, cfg.auto_stride_windows), replace=False)
         wins = [[int(c)] + [int(c) + d * i * s for i in range(1, 4) for d in (-1, 1)] for c in centres]
@@ -52,8 +53,9 @@ def run_offline(i2p: Image2PointsModel, l2w: Local2WorldModel, frames: Sequence[
     if n < 2:
         raise InputError(f"need at least 2 frames to reconstruct, got {n}")
     stride = cfg.keyframe_stride
+    tokens: dict[int, torch.Tensor] = {}  # encoded by the stride search, handed to the engine (then dropped)
     if stride == -1:
-        stride, _ = choose_stride(i2p, frames, cfg, device)
+        stride, _ = choose_stride(i2p, frames, cfg, device, tokens)
     if on_stride is not None:
         on_stride(stride)
     engine = Engine(i2p, l2w, cfg, stride, causal=False, device=device, intrinsics_net=intrinsics_net)
@@ -61,7 +63,8 @@ def run_offline(i2p: Image2PointsModel, l2w: Local2WorldModel, frames: Sequence[
 
     def results() -> Iterator[FrameResult]:
         for start in range(0, n, chunk):
-            engine.add(frames[start:start + chunk], ts[start:start + chunk])
+            engine.add(frames[start:start + chunk], ts[start:start + chunk],
+                       [tokens.pop(i, None) for i in range(start, min(n, start + chunk))])
             if engine.n == n:
                 engine.finish()
             yield from engine.advance()

@@ -82,11 +82,13 @@ class StepBatches(torch.utils.data.Dataset):
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 matmuls natively (CUDA with bf16 support; CPU with AVX-512 BF16 or AMX),
-    i.e. faster than fp32 rather than emulated."""
+    """Whether ``device`` runs bfloat16 matmuls natively (CUDA with bf16 support; CPU with AVX-512 BF16 or AMX:
+    :func:`slam3r.models.precision.cpu_has_fast_bf16`), i.e. faster than fp32 rather than emulated."""
+    from slam3r.models.precision import cpu_has_fast_bf16
+
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return device.type == "cpu" and cpu_has_fast_bf16()
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
