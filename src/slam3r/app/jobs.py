@@ -1,6 +1,6 @@
 """One reconstruction running in a background thread, watched by the page through periodic updates (frames read,
-frames registered, the newest incremental preview), and stoppable (the input ends early; what was read is still
-registered and exported)."""
+frames registered, the newest incremental preview), and stoppable: reading ends, the pipeline stops before its next
+registered frame, and what was registered so far is exported."""
 
 from __future__ import annotations
 
@@ -32,15 +32,17 @@ class JobUpdate:
     done: bool = False
     summary: dict | None = None
     error: str | None = None
+    stopping: bool = False
 
 
 class ReconJob:
     """Runs :func:`slam3r.recon.run.reconstruct` on ``frames`` into ``out_dir`` in a thread; a preview snapshot is
-    written every ``preview_every`` registered frames."""
+    written every ``preview_every`` registered frames. ``slot`` (held, if given, by the caller) is released when
+    the thread ends, so a server-wide one-at-a-time limit covers the whole run, stopping and exporting included."""
 
     def __init__(self, frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2WorldModel, cfg: ReconConfig,
                  out_dir: Path, *, scene: str, online: bool, device: torch.device | str, preview: PreviewCloud,
-                 preview_every: int = 10) -> None:
+                 preview_every: int = 10, slot: threading.Lock | None = None, label: str = "reconstruction") -> None:
         self.frames, self.i2p, self.l2w, self.cfg = frames, i2p, l2w, cfg
         self.out_dir, self.scene, self.online, self.device = out_dir, scene, online, device
         self.preview_cloud, self.preview_every = preview, max(1, preview_every)
@@ -48,6 +50,7 @@ class ReconJob:
         self.preview: Path | None = None
         self.summary: dict | None = None
         self.error: str | None = None
+        self.slot, self.label = slot, label
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"slam3r-job-{scene}", daemon=True)
 
@@ -69,24 +72,44 @@ class ReconJob:
             with torch.no_grad():
                 self.summary = reconstruct(self._read(), self.i2p, self.l2w, self.cfg, self.out_dir,
                                            online=self.online, device=self.device, scene=self.scene, progress=False,
-                                           on_result=self._on_result)
+                                           on_result=self._on_result, stop=self._stop.is_set)
+            if self.frames_registered == 0 and self._stop.is_set():
+                self.summary, self.error = None, "stopped before any frame was registered; nothing was kept"
         except ValueError as exc:  # bad input (too few frames, unreadable data, invalid parameters)
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - reported in the page; the server keeps running
-            log.exception("reconstruction %s failed", self.scene)
+            log.exception("%s failed: %s", self.label, self.scene)
             self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if self.summary is not None:
+                log.info("%s %s: %s, %d frames, %d points", self.label, "stopped" if self.summary.get("stopped")
+                         else "finished", self.scene, self.summary["frames"], self.summary["points"])
+            else:
+                log.info("%s failed: %s: %s", self.label, self.scene, self.error)
+            if self.slot is not None:
+                self.slot.release()
 
     def start(self) -> "ReconJob":
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        """End the input after the current frame; the job then registers and exports what it has."""
+        """End the input and stop before the next registered frame; the job then exports what it has."""
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end; returns whether it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def state(self) -> JobUpdate:
         done = not self._thread.is_alive()
-        return JobUpdate(self.frames_read, self.frames_registered, self.preview, done, self.summary, self.error)
+        return JobUpdate(self.frames_read, self.frames_registered, self.preview, done, self.summary, self.error,
+                         self.stopping)
 
     def updates(self, interval: float = 0.5) -> Iterator[JobUpdate]:
         """Yield the job's state whenever it changed (checked every ``interval`` seconds), ending with the final
@@ -94,7 +117,7 @@ class ReconJob:
         last: tuple | None = None
         while True:
             st = self.state()
-            key = (st.frames_read, st.frames_registered, st.preview, st.done)
+            key = (st.frames_read, st.frames_registered, st.preview, st.done, st.stopping)
             if key != last:
                 last = key
                 yield st

@@ -24,12 +24,14 @@ Frame = tuple[int, np.ndarray, "int | None"]
 def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2WorldModel, cfg: ReconConfig,
                 out_dir: str | Path, *, online: bool = False, device: torch.device | str = "cpu",
                 scene: str = "scene", keep_preds: bool = True, frame_plys: bool = False,
-                progress: bool = True, on_result: Callable[[FrameResult], None] | None = None) -> dict:
+                progress: bool = True, on_result: Callable[[FrameResult], None] | None = None,
+                stop: Callable[[], bool] | None = None) -> dict:
     """Reconstruct ``frames`` (``(index, rgb (H, W, 3) uint8, timestamp_ns | None)``) into ``out_dir``.
 
     Offline mode reads every frame first (network-resolution copies, 150 kB each at 224 px) and runs the reference
     algorithm; online mode registers frames causally as they are read. Returns the summary dict (also written to
-    ``summary.json``).
+    ``summary.json``). ``stop`` (checked before each registered frame) ends the run early: the frames registered
+    so far are exported and the summary says ``"stopped": true``.
     """
     from tqdm import tqdm
 
@@ -69,6 +71,8 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
                                       on_stride=lambda s: bar.set_postfix(stride=s))
         bar.total = len(net)
         for r in results:
+            if stop is not None and stop():
+                break
             emit([r])
     bar.close()
     elapsed = time.perf_counter() - t0
@@ -77,5 +81,6 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
     summary = {"mode": "online" if online else "offline", "seconds": round(elapsed, 3),
                "fps": round(writer.next_frame / elapsed, 3) if elapsed > 0 else None,
                "timings": {k: round(v, 3) for k, v in engine.timings.items()},
-               "buffer_size": len(engine.buffer), "keyframes": engine.keyframes, "device": str(device), "config": to_dict(cfg)}
+               "buffer_size": len(engine.buffer), "keyframes": engine.keyframes, "device": str(device), "config": to_dict(cfg),
+               "stopped": bool(stop is not None and stop())}
     return writer.close(meta, summary)
