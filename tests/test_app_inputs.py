@@ -3,6 +3,7 @@ a reconstruction job on bad input (reported, not raised)."""
 
 from __future__ import annotations
 
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -129,6 +130,35 @@ def test_live_job_stops_and_exports_what_it_read(tmp_path: Path, tiny_models) ->
     assert st.summary["frames"] == st.frames_read >= 8  # every frame read was registered and exported
     assert (tmp_path / "out" / "live_recon.ply").is_file()
     assert len(list((tmp_path / "preview").glob("preview_*.glb"))) == 2  # only the newest two are kept
+
+
+def test_offline_job_stops_and_keeps_what_was_registered(tmp_path: Path, tiny_models) -> None:
+    rng = np.random.default_rng(0)
+    tex = rng.integers(0, 256, (48, 64 + 2 * 120, 3), dtype=np.uint8)
+    frames = [(i, np.ascontiguousarray(tex[:, 2 * i:2 * i + 64]), None) for i in range(120)]
+    slot = threading.Lock()
+    slot.acquire()  # as the app does: the job releases the server's slot when its thread ends
+    job = ReconJob(iter(frames), *tiny_models, ReconConfig(conf_thres_l2w=1.0, keyframe_stride=1), tmp_path / "out",
+                   scene="up", online=False, device="cpu", preview=PreviewCloud(tmp_path / "preview", 1.0),
+                   slot=slot).start()
+    for st in job.updates(0.02):
+        if st.frames_registered > 0 and not st.stopping:
+            job.stop()
+    assert st.done and st.error is None and st.stopping
+    assert 0 < st.summary["frames"] == st.frames_registered < 120  # everything read, not everything registered
+    assert st.summary["stopped"] is True
+    assert len(np.load(tmp_path / "out" / "preds" / "registered_confs.npy")) == st.summary["frames"]
+    assert slot.acquire(blocking=False)
+
+
+def test_job_stopped_before_any_registration_keeps_nothing(tmp_path: Path, tiny_models) -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    job = ReconJob(iter([(i, rgb, None) for i in range(10)]), *tiny_models, ReconConfig(keyframe_stride=1),
+                   tmp_path / "out", scene="x", online=False, device="cpu",
+                   preview=PreviewCloud(tmp_path / "preview", 1.0))
+    job.stop()
+    final = list(job.start().updates(0.02))[-1]
+    assert final.summary is None and "before any frame was registered" in final.error
 
 
 def test_app_command_reports_bad_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -73,21 +73,24 @@ class ReconJob:
                 self.summary = reconstruct(self._read(), self.i2p, self.l2w, self.cfg, self.out_dir,
                                            online=self.online, device=self.device, scene=self.scene, progress=False,
                                            on_result=self._on_result, stop=self._stop.is_set)
-            if self.frames_registered == 0 and self._stop.is_set():
-                self.summary, self.error = None, "stopped before any frame was registered; nothing was kept"
         except ValueError as exc:  # bad input (too few frames, unreadable data, invalid parameters)
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - reported in the page; the server keeps running
             log.exception("%s failed: %s", self.label, self.scene)
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
-            if self.summary is not None:
-                log.info("%s %s: %s, %d frames, %d points", self.label, "stopped" if self.summary.get("stopped")
-                         else "finished", self.scene, self.summary["frames"], self.summary["points"])
-            else:
-                log.info("%s failed: %s: %s", self.label, self.scene, self.error)
+            self._report()
             if self.slot is not None:
                 self.slot.release()
+
+    def _report(self) -> None:
+        if self.frames_registered == 0 and self._stop.is_set():
+            self.summary, self.error = None, "stopped before any frame was registered; nothing was kept"
+        if self.summary is not None:
+            log.info("%s %s: %s, %d frames, %d points", self.label, "stopped" if self.summary.get("stopped")
+                     else "finished", self.scene, self.summary["frames"], self.summary["points"])
+        else:
+            log.info("%s failed: %s: %s", self.label, self.scene, self.error)
 
     def start(self) -> "ReconJob":
         self._thread.start()

@@ -31,8 +31,9 @@ def connection_error_reason(exc: BaseException, timeout_s: float = HANDSHAKE_TIM
     """A readable reason for a failed AMQP connection (pika nests the cause in ``args``; its own text is often
     empty)."""
     import pika.exceptions as pe
+    from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
 
-    if isinstance(exc, pe.AMQPConnectorStackTimeout):
+    if isinstance(exc, AMQPConnectorStackTimeout):
         return f"no AMQP handshake within {timeout_s:g} s (is this a RabbitMQ port?)"
     if isinstance(exc, pe.IncompatibleProtocolError):
         return "the server does not speak AMQP 0-9-1 (not a RabbitMQ port?)"
@@ -44,7 +45,8 @@ def connection_error_reason(exc: BaseException, timeout_s: float = HANDSHAKE_TIM
         return "connection refused (nothing listens on that host and port)"
     if isinstance(exc, OSError):
         return exc.strerror or str(exc) or type(exc).__name__
-    for arg in exc.args:  # wrapped causes, e.g. AMQPConnectionError(AMQPConnectorSocketConnectError(OSError))
+    # wrapped causes, e.g. AMQPConnectionError(AMQPConnectorSocketConnectError(exception=OSError))
+    for arg in (*exc.args, getattr(exc, "exception", None)):
         if isinstance(arg, BaseException):
             return connection_error_reason(arg, timeout_s)
     text = str(exc).strip()
@@ -104,7 +106,7 @@ class ServiceFeed(threading.Thread):
             conn = pika.BlockingConnection(params)
         except Exception as exc:  # noqa: BLE001 - any failure to connect is reported in the page
             self.error = (f"cannot connect to {without_credentials(self.cfg.rabbitmq_url)}: "
-                          f"{connection_error_reason(exc)}")
+                          f"{connection_error_reason(exc, HANDSHAKE_TIMEOUT_S)}")
             return
         try:
             ch = conn.channel()
