@@ -146,7 +146,7 @@ def test_offline_job_stops_and_keeps_what_was_registered(tmp_path: Path, tiny_mo
             job.stop()
     assert st.done and st.error is None and st.stopping
     assert 0 < st.summary["frames"] == st.frames_registered < 120  # everything read, not everything registered
-    assert st.summary["stopped"] is True
+    assert st.summary["interrupted"] is True and st.summary["stop_reason"] == "Stop pressed in the page"
     assert len(np.load(tmp_path / "out" / "preds" / "registered_confs.npy")) == st.summary["frames"]
     assert slot.acquire(blocking=False)
 

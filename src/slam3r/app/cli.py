@@ -34,11 +34,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline server
-    import importlib.util
-
-    if importlib.util.find_spec("gradio") is None:  # checked, not imported: GRADIO_TEMP_DIR is set below
-        print("slam3r app: missing dependency 'gradio'; install it with `pip install gradio`", file=sys.stderr)
+    try:
+        from slam3r.app.ui import AppOptions, ReconApp
+    except ModuleNotFoundError as exc:
+        print(f"slam3r app: missing dependency {exc.name!r}; install it with `pip install {exc.name}`",
+              file=sys.stderr)
         return 1
+    from slam3r.app.inputs import UploadLimits
     from slam3r.models import CheckpointError
     from slam3r.models.registry import configure_threads, load_models, resolve_device
 
@@ -54,19 +56,16 @@ def run(args: argparse.Namespace) -> int:
     temporary = args.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="slam3r-app-") if temporary else args.work_dir).resolve()
     os.environ.setdefault("GRADIO_TEMP_DIR", str(work / "gradio"))  # uploads too live in the work folder
+    options = AppOptions(work_dir=work, limits=UploadLimits(args.max_upload_mb, args.max_frames),
+                         video_fps=args.video_fps, preview_every=args.preview_every)
+    page = ReconApp(i2p, l2w, device, options).build()
+    page.queue(default_concurrency_limit=1)
 
     def terminate(signum: int, frame: object) -> None:  # docker stop: shut down as Ctrl-C does
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
-    try:
-        from slam3r.app.inputs import UploadLimits
-        from slam3r.app.ui import AppOptions, ReconApp, app_defaults
-
-        options = AppOptions(work_dir=work, limits=UploadLimits(args.max_upload_mb, args.max_frames),
-                             video_fps=args.video_fps, preview_every=args.preview_every, defaults=app_defaults())
-        page = ReconApp(i2p, l2w, device, options).build()
-        page.queue(default_concurrency_limit=1)
+    try:  # results are served from the session folders only (static paths set by the page), not all of work
         page.launch(server_name=args.host, server_port=args.port, max_file_size=f"{args.max_upload_mb:g}mb",
                     footer_links=[])
     except KeyboardInterrupt:

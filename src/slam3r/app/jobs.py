@@ -16,7 +16,7 @@ import torch
 from slam3r.app.preview import PreviewCloud
 from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.recon.config import ReconConfig
-from slam3r.recon.run import Frame, reconstruct
+from slam3r.recon.run import Frame, StopRequest, reconstruct
 from slam3r.recon.types import FrameResult
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,12 @@ class ReconJob:
         self.summary: dict | None = None
         self.error: str | None = None
         self.slot, self.label = slot, label
-        self._stop = threading.Event()
+        self._stop = StopRequest()
         self._thread = threading.Thread(target=self._run, name=f"slam3r-job-{scene}", daemon=True)
 
     def _read(self) -> Iterator[Frame]:
         for frame in self.frames:
-            if self._stop.is_set():
+            if self._stop.requested:
                 return
             self.frames_read += 1
             yield frame
@@ -72,7 +72,7 @@ class ReconJob:
             with torch.no_grad():
                 self.summary = reconstruct(self._read(), self.i2p, self.l2w, self.cfg, self.out_dir,
                                            online=self.online, device=self.device, scene=self.scene, progress=False,
-                                           on_result=self._on_result, stop=self._stop.is_set)
+                                           on_result=self._on_result, stop=self._stop)
         except ValueError as exc:  # bad input (too few frames, unreadable data, invalid parameters)
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - reported in the page; the server keeps running
@@ -84,10 +84,10 @@ class ReconJob:
                 self.slot.release()
 
     def _report(self) -> None:
-        if self.frames_registered == 0 and self._stop.is_set():
+        if self.frames_registered == 0 and self._stop.requested:
             self.summary, self.error = None, "stopped before any frame was registered; nothing was kept"
         if self.summary is not None:
-            log.info("%s %s: %s, %d frames, %d points", self.label, "stopped" if self.summary.get("stopped")
+            log.info("%s %s: %s, %d frames, %d points", self.label, "stopped" if self.summary.get("interrupted")
                      else "finished", self.scene, self.summary["frames"], self.summary["points"])
         else:
             log.info("%s failed: %s: %s", self.label, self.scene, self.error)
@@ -98,11 +98,11 @@ class ReconJob:
 
     def stop(self) -> None:
         """End the input and stop before the next registered frame; the job then exports what it has."""
-        self._stop.set()
+        self._stop.request("Stop pressed in the page")
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self._stop.requested
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread to end; returns whether it did."""

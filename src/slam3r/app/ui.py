@@ -105,12 +105,7 @@ class AppOptions:
     preview_every: int = 10
     update_interval: float = 0.5
     defaults: ReconConfig = field(default_factory=ReconConfig)
-    """The pipeline settings the page starts from (see :func:`app_defaults`)."""
-
-
-def app_defaults() -> ReconConfig:
-    """The one place the page's initial pipeline settings come from."""
-    return ReconConfig()
+    """The pipeline settings the page starts from; every run's config is ``make_config(defaults, widgets)``."""
 
 
 class ReconApp:
@@ -191,8 +186,8 @@ class ReconApp:
 
     def _summary_text(self, result: Result, s: dict) -> str:
         e = export_settings(s)
-        head = "Stopped" if s.get("stopped") else "Done"
-        kept = " (the frames registered before Stop were kept)" if s.get("stopped") else ""
+        head = "Stopped" if s.get("interrupted") else "Done"
+        kept = f" ({s.get('stop_reason')}: the frames registered so far were kept)" if s.get("interrupted") else ""
         pct = (f" and above the {e['conf_percentile']:g}th percentile ({e['effective_conf_thres']:.3g})"
                if e["conf_percentile"] else "")
         lines = [f"**{head}: `{result.scene}`** — {s['frames']} frames{kept}, keyframe stride "

@@ -21,17 +21,32 @@ from slam3r.recon.types import FrameResult
 Frame = tuple[int, np.ndarray, "int | None"]
 
 
+class StopRequest:
+    """Asks a running :func:`reconstruct` to stop and finish what it has (thread-safe to set)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    @property
+    def requested(self) -> bool:
+        return self.reason is not None
+
+
 def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2WorldModel, cfg: ReconConfig,
                 out_dir: str | Path, *, online: bool = False, device: torch.device | str = "cpu",
                 scene: str = "scene", keep_preds: bool = True, frame_plys: bool = False,
                 progress: bool = True, on_result: Callable[[FrameResult], None] | None = None,
-                stop: Callable[[], bool] | None = None) -> dict:
+                stop: StopRequest | None = None) -> dict:
     """Reconstruct ``frames`` (``(index, rgb (H, W, 3) uint8, timestamp_ns | None)``) into ``out_dir``.
 
     Offline mode reads every frame first (network-resolution copies, 150 kB each at 224 px) and runs the reference
     algorithm; online mode registers frames causally as they are read. Returns the summary dict (also written to
-    ``summary.json``). ``stop`` (checked before each registered frame) ends the run early: the frames registered
-    so far are exported and the summary says ``"stopped": true``.
+    ``summary.json``). ``stop`` ends an offline run before its next registered frame: the frames registered so far
+    are exported, with ``"interrupted": true`` and the ``stop_reason`` in the summary.
     """
     from tqdm import tqdm
 
@@ -71,7 +86,7 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
                                       on_stride=lambda s: bar.set_postfix(stride=s))
         bar.total = len(net)
         for r in results:
-            if stop is not None and stop():
+            if stop is not None and stop.requested:
                 break
             emit([r])
     bar.close()
@@ -81,6 +96,7 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
     summary = {"mode": "online" if online else "offline", "seconds": round(elapsed, 3),
                "fps": round(writer.next_frame / elapsed, 3) if elapsed > 0 else None,
                "timings": {k: round(v, 3) for k, v in engine.timings.items()},
-               "buffer_size": len(engine.buffer), "keyframes": engine.keyframes, "device": str(device), "config": to_dict(cfg),
-               "stopped": bool(stop is not None and stop())}
+               "buffer_size": len(engine.buffer), "keyframes": engine.keyframes, "device": str(device),
+               "config": to_dict(cfg), "interrupted": bool(stop is not None and stop.requested),
+               "stop_reason": stop.reason if stop is not None and stop.requested else "end of input"}
     return writer.close(meta, summary)
