@@ -267,7 +267,7 @@ def log_count(log: Path, pattern: str) -> int:
 
 def error_badges(page) -> int:
     """Gradio's own red "Error" badges on components (shown when it refuses a value before the app sees it)."""
-    return page.locator(".error:visible, [data-testid=status-tracker] :text-is('Error'):visible").count()
+    return page.locator("[data-testid=status-tracker] :text-is('Error'):visible").count()
 
 
 def test_first_page_inputs_errors_next_to_the_button(page, inputs) -> None:
@@ -402,6 +402,8 @@ def test_stop_an_upload_run_keeps_what_was_registered(page, inputs, server, tmp_
     wait_status(page, r"registered: [1-9]\d* of 200 \(3D preview updating\)")
     page.wait_for_selector("#viewer canvas")
     shot(page, "app_running")
+    set_number(page, "conf-thres-l2w", 1.6, "Tab")  # changed during the run: applies to this run's export
+    wait_status(page, "will be applied to this run's export when it finishes")
     t0 = time.monotonic()
     page.click("#stop")
     match = wait_status(page, r"Stopped: long — (\d+) frames")
@@ -409,10 +411,15 @@ def test_stop_an_upload_run_keeps_what_was_registered(page, inputs, server, tmp_
     assert elapsed < 5.0, f"stopping took {elapsed:.1f} s"
     kept = int(match.group(1))
     assert 0 < kept < LONG_FRAMES
+    assert "export settings changed during the run were applied" in status(page)
     (result,) = result_dirs(server[2], "long")
     summary = json.loads((result / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["frames"] == kept
-    assert len(downloaded_ply(page, tmp_path)) == summary["points"] > 0
+    assert summary["export"]["conf_thres_l2w"] == 1.6
+    ply = downloaded_ply(page, tmp_path)
+    assert len(ply) == summary["points"] > 0 and (ply.conf > 1.6).all()
+    set_number(page, "conf-thres-l2w", 1.5, "Tab")
+    wait_status(page, r"L2W confidence > 1.5,")
     assert log_count(server[1], r"inference run \d+ stopped: long") == 1
     set_number(page, "video-fps", 5, "Tab")
     set_stride(page, "auto")

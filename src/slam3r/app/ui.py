@@ -166,6 +166,8 @@ class ReconApp:
     def _finished(self, result: Result, summary: dict, session: str, view: ViewOptions) -> Update:
         """The page update for a finished (or stopped) run; applies export settings changed during the run."""
         pending = self.pending.pop(session, None)
+        if not (result.out_dir / "summary.json").is_file():  # the tab closed meanwhile: its files are gone
+            return {self.status: "The session ended; its files were deleted."}
         note = ""
         if pending is not None and pending != _export_key(summary):
             summary = refilter(result.out_dir, **pending)
