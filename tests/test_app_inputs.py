@@ -64,6 +64,19 @@ def test_images_are_ordered_like_a_folder(tmp_path: Path) -> None:
     assert [int(rgb[0, 0, 0]) for _, rgb, _ in source] == [10, 20, 100]
 
 
+def test_folder_upload_skips_other_files(tmp_path: Path) -> None:
+    paths = [image(tmp_path / f"{i}.png", 10 * i) for i in (2, 1, 3)]
+    (tmp_path / ".DS_Store").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("a folder's other files")
+    listing = [str(p) for p in paths] + [str(tmp_path / ".DS_Store"), str(tmp_path / "notes.txt")]
+    with pytest.raises(UploadError, match="notes.txt|DS_Store"):  # as single files they are refused ...
+        open_upload(listing, tmp_path, LIMITS)
+    source, _ = open_upload(listing, tmp_path, LIMITS, skip_other_files=True)  # ... in a folder, skipped
+    assert [int(rgb[0, 0, 0]) for _, rgb, _ in source] == [10, 20, 30]
+    with pytest.raises(UploadError, match="the folder holds no images"):
+        open_upload(listing[3:], tmp_path, LIMITS, skip_other_files=True)
+
+
 def test_zip_of_a_folder(tmp_path: Path) -> None:
     archive = tmp_path / "room.zip"
     with zipfile.ZipFile(archive, "w") as zf:

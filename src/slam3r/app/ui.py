@@ -465,9 +465,9 @@ class ReconApp:
         e = self.export
         gr.on([e["conf_thres_l2w"].release, e["conf_percentile"].release, e["num_points_save"].submit,
                e["num_points_save"].blur], self.reexport, {*params, *view}, outputs[:4], concurrency_id="export",
-              show_progress_on=[self.viewer])
+              show_progress_on=[self.viewer], trigger_mode="always_last")  # one trigger must not swallow another
         gr.on([self.show_cameras.input, self.show_trajectory.input, self.highlight.input], self.redraw, view,
-              self.viewer, concurrency_id="export")
+              self.viewer, concurrency_id="export", trigger_mode="always_last")
         self.gallery.select(self.select_frame, view, [self.result, self.viewer, self.status], concurrency_id="export",
                             show_progress_on=[self.viewer])
         for tab, shown in ((b["upload_tab"], True), (b["live_tab"], True), (b["service_tab"], False)):
