@@ -176,8 +176,8 @@ def clear_files(page) -> None:
 
 
 def wait_listed(page, name: str) -> None:
-    # the file name also appears in hidden elements; wait for a visible one
-    page.locator("#upload").get_by_text(name).locator("visible=true").first.wait_for()
+    """Wait until the upload widget lists ``name`` (its file table labels each row with the file name)."""
+    page.locator(f"#upload td.filename[aria-label='{name}']").first.wait_for()
 
 
 def set_number(page, elem_id: str, value: float, key: str) -> None:
