@@ -470,7 +470,8 @@ def test_live_stream_tab(page, inputs, server) -> None:
 
 def test_rabbitmq_wrong_port_is_an_error_with_a_reason(page) -> None:
     page.get_by_role("tab", name="RabbitMQ service").click()
-    assert not page.locator("#export").is_visible() and not page.locator("#pipeline").is_visible()
+    page.locator("#conf-thres-l2w").wait_for(state="hidden")  # controls of reconstructions only are hidden
+    assert not page.get_by_text("Pipeline parameters").is_visible() and not page.locator("#frames").is_visible()
     with socket.socket() as silent:  # accepts connections but never speaks AMQP
         silent.bind(("127.0.0.1", 0))
         silent.listen()
@@ -528,4 +529,4 @@ def test_rabbitmq_service_tab(page) -> None:
             ch.exchange_delete(cfg.name(base))
         conn.close()
     page.get_by_role("tab", name="Upload").click()
-    page.locator("#export").wait_for(state="visible")
+    page.locator("#conf-thres-l2w").wait_for(state="visible")

@@ -26,7 +26,8 @@ def frustum_segments(c2w: np.ndarray, focal: np.ndarray, size: int, depth: float
     ``size`` x ``size`` image, pyramid ``depth`` in scene units -> line segments ``(N * 8, 2, 3)`` (4 edges from
     the centre to the image corners, 4 around the image rectangle)."""
     c2w = np.asarray(c2w, np.float64).reshape(-1, 4, 4)
-    half = size / 2 / np.asarray(focal, np.float64).reshape(-1)  # (N,) image half-width at unit depth
+    # (N,) image half-width at unit depth, at most 1 (a 90 degree view): implausible focals stay readable
+    half = np.minimum(size / 2 / np.maximum(np.asarray(focal, np.float64).reshape(-1), 1e-6), 1.0)
     signs = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
     corners_cam = np.concatenate([signs[None] * half[:, None, None], np.ones((len(half), 4, 1))], -1) * depth
     corners = np.einsum("nij,nkj->nki", c2w[:, :3, :3], corners_cam) + c2w[:, None, :3, 3]  # (N, 4, 3)
