@@ -106,11 +106,11 @@ def test_session_folders_are_separate_and_deleted_on_close(tmp_path: Path) -> No
     upload = uploads / "abc" / "clip.mp4"
     upload.write_bytes(b"x")
     sessions = Sessions(tmp_path / "work", uploads)
-    a, b = sessions.new_run_dir("A", "upload"), sessions.new_run_dir("B", "upload")
+    a, b = sessions.new_run_dir("session-A", "upload"), sessions.new_run_dir("session-B", "upload")
     assert a.parent != b.parent and a.parent.parent == b.parent.parent == sessions.root
-    assert "A" not in a.parent.name and len(a.parent.name) >= 20  # not the browser's id, not guessable
-    assert sessions.owns("A", a) and not sessions.owns("A", b)
-    sessions.note_uploads("A", [str(upload), str(tmp_path / "elsewhere.mp4")])
+    assert "session" not in a.parent.name and len(a.parent.name) >= 20  # not the browser's id, not guessable
+    assert sessions.owns("session-A", a) and not sessions.owns("session-A", b)
+    sessions.note_uploads("session-A", [str(upload), str(tmp_path / "elsewhere.mp4")])
 
     class Job:
         stopped = threading.Event()
@@ -122,9 +122,9 @@ def test_session_folders_are_separate_and_deleted_on_close(tmp_path: Path) -> No
             return self.stopped.wait(timeout)
 
     job = Job()
-    sessions.set_running("A", job)
-    sessions.close("A")
-    assert job.stopped.is_set() and sessions.running("A") is None
+    sessions.set_running("session-A", job)
+    sessions.close("session-A")
+    assert job.stopped.is_set() and sessions.running("session-A") is None
     assert not a.parent.exists() and not upload.exists() and not (uploads / "abc").exists()
     assert b.exists()
 
