@@ -299,8 +299,11 @@ def test_reconstruct_refilter_download(page, inputs, server, tmp_path: Path) -> 
     upload(page, inputs["video"])
     page.click("#run")
     wait_status(page, "Done: room")
+    page.wait_for_function(  # the 3D view follows the summary
+        "() => /\\/view_\\d+\\.glb$/.test(document.querySelector('#viewer a[data-testid=model3d-download-link]')"
+        "?.href || '')")
     page.wait_for_selector("#viewer canvas")
-    assert re.search(r"/view_\d+\.glb$", viewer_glb(page)[0])
+    page.locator("#frames button img").nth(14).wait_for()
     (result,) = result_dirs(work, "room")
     assert len(list(result.parent.glob("preview/preview_*.glb"))) >= 1  # the incremental preview was written
     assert "on this server" not in status(page)  # no server-wide run count

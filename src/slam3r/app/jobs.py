@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -115,8 +114,8 @@ class ReconJob:
                          self.stopping)
 
     def updates(self, interval: float = 0.5) -> Iterator[JobUpdate]:
-        """Yield the job's state whenever it changed (checked every ``interval`` seconds), ending with the final
-        state (``done`` set, with the summary or the error)."""
+        """Yield the job's state whenever it changed (checked every ``interval`` seconds, and at once when the job
+        ends), ending with the final state (``done`` set, with the summary or the error)."""
         last: tuple | None = None
         while True:
             st = self.state()
@@ -126,4 +125,4 @@ class ReconJob:
                 yield st
             if st.done:
                 return
-            time.sleep(interval)
+            self._thread.join(interval)  # wakes at once when the job ends

@@ -158,13 +158,17 @@ class ReconApp:
                     yield {self.status: _error(f"reconstruction failed: {st.error}"), self.viewer: self.axes,
                            self.downloads: None, self.result: None}
                 else:
-                    yield self._finished(Result(run_dir / "result", scene), st.summary, session, view)
+                    result = Result(run_dir / "result", scene)
+                    yield self._finished(result, st.summary, session)
+                    if result.out_dir.is_dir():  # then the heavier 3D view and gallery
+                        yield {self.viewer: result.view(view), self.gallery: result.gallery()}
         finally:
             job.stop()  # the page went away or the run ended: never leave a stream running
             self.sessions.set_running(session, None)
 
-    def _finished(self, result: Result, summary: dict, session: str, view: ViewOptions) -> Update:
-        """The page update for a finished (or stopped) run; applies export settings changed during the run."""
+    def _finished(self, result: Result, summary: dict, session: str) -> Update:
+        """The page update for a finished (or stopped) run, first of two (the 3D view follows); applies export
+        settings changed during the run."""
         pending = self.pending.pop(session, None)
         if not (result.out_dir / "summary.json").is_file():  # the tab closed meanwhile: its files are gone
             return {self.status: "The session ended; its files were deleted."}
@@ -172,8 +176,8 @@ class ReconApp:
         if pending is not None and pending != _export_key(summary):
             summary = refilter(result.out_dir, **pending)
             note = "\n- export settings changed during the run were applied to this result"
-        return {self.status: self._summary_text(result, summary) + note, self.viewer: result.view(view),
-                self.downloads: result.files(), self.result: result, self.gallery: result.gallery()}
+        return {self.status: self._summary_text(result, summary) + note, self.downloads: result.files(),
+                self.result: result}
 
     def _progress_text(self, scene: str, st: JobUpdate, total: int | None, session: str) -> str:
         of = f" of {total}" if total else ""
