@@ -176,6 +176,7 @@ class ReconApp:
         if pending is not None and pending != _export_key(summary):
             summary = refilter(result.out_dir, **pending)
             note = "\n- export settings changed during the run were applied to this result"
+        log.info("result shown: %s", result.scene)
         return {self.status: self._summary_text(result, summary) + note, self.downloads: result.files(),
                 self.result: result}
 
@@ -323,6 +324,7 @@ class ReconApp:
         if running is None:
             return "Nothing is running."
         running.stop()
+        log.info("stop requested")
         return "**Stopping** …"
 
     def close_session(self, request: gr.Request) -> None:
