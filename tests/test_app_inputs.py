@@ -3,6 +3,7 @@ a reconstruction job on bad input (reported, not raised)."""
 
 from __future__ import annotations
 
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -61,6 +62,19 @@ def test_images_are_ordered_like_a_folder(tmp_path: Path) -> None:
                                 LIMITS)
     assert scene == "images"
     assert [int(rgb[0, 0, 0]) for _, rgb, _ in source] == [10, 20, 100]
+
+
+def test_folder_upload_skips_other_files(tmp_path: Path) -> None:
+    paths = [image(tmp_path / f"{i}.png", 10 * i) for i in (2, 1, 3)]
+    (tmp_path / ".DS_Store").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("a folder's other files")
+    listing = [str(p) for p in paths] + [str(tmp_path / ".DS_Store"), str(tmp_path / "notes.txt")]
+    with pytest.raises(UploadError, match="notes.txt|DS_Store"):  # as single files they are refused ...
+        open_upload(listing, tmp_path, LIMITS)
+    source, _ = open_upload(listing, tmp_path, LIMITS, skip_other_files=True)  # ... in a folder, skipped
+    assert [int(rgb[0, 0, 0]) for _, rgb, _ in source] == [10, 20, 30]
+    with pytest.raises(UploadError, match="the folder holds no images"):
+        open_upload(listing[3:], tmp_path, LIMITS, skip_other_files=True)
 
 
 def test_zip_of_a_folder(tmp_path: Path) -> None:
@@ -129,6 +143,35 @@ def test_live_job_stops_and_exports_what_it_read(tmp_path: Path, tiny_models) ->
     assert st.summary["frames"] == st.frames_read >= 8  # every frame read was registered and exported
     assert (tmp_path / "out" / "live_recon.ply").is_file()
     assert len(list((tmp_path / "preview").glob("preview_*.glb"))) == 2  # only the newest two are kept
+
+
+def test_offline_job_stops_and_keeps_what_was_registered(tmp_path: Path, tiny_models) -> None:
+    rng = np.random.default_rng(0)
+    tex = rng.integers(0, 256, (48, 64 + 2 * 120, 3), dtype=np.uint8)
+    frames = [(i, np.ascontiguousarray(tex[:, 2 * i:2 * i + 64]), None) for i in range(120)]
+    slot = threading.Lock()
+    slot.acquire()  # as the app does: the job releases the server's slot when its thread ends
+    job = ReconJob(iter(frames), *tiny_models, ReconConfig(conf_thres_l2w=1.0, keyframe_stride=1), tmp_path / "out",
+                   scene="up", online=False, device="cpu", preview=PreviewCloud(tmp_path / "preview", 1.0),
+                   slot=slot).start()
+    for st in job.updates(0.02):
+        if st.frames_registered > 0 and not st.stopping:
+            job.stop()
+    assert st.done and st.error is None and st.stopping
+    assert 0 < st.summary["frames"] == st.frames_registered < 120  # everything read, not everything registered
+    assert st.summary["interrupted"] is True and st.summary["stop_reason"] == "Stop pressed in the page"
+    assert len(np.load(tmp_path / "out" / "preds" / "registered_confs.npy")) == st.summary["frames"]
+    assert slot.acquire(blocking=False)
+
+
+def test_job_stopped_before_any_registration_keeps_nothing(tmp_path: Path, tiny_models) -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    job = ReconJob(iter([(i, rgb, None) for i in range(10)]), *tiny_models, ReconConfig(keyframe_stride=1),
+                   tmp_path / "out", scene="x", online=False, device="cpu",
+                   preview=PreviewCloud(tmp_path / "preview", 1.0))
+    job.stop()
+    final = list(job.start().updates(0.02))[-1]
+    assert final.summary is None and "before any frame was registered" in final.error
 
 
 def test_app_command_reports_bad_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slam3r.app.refilter import load_cloud, refilter, select_points
+from slam3r.app.refilter import highest_confidence, load_cloud, percentile_threshold, refilter, select_points
 from slam3r.data.ply import read_ply
 from slam3r.recon.export import ReconWriter
 from slam3r.recon.types import FrameResult
@@ -76,7 +76,32 @@ def test_refilter_rewrites_ply_glb_and_summary(tmp_path: Path) -> None:
     doc = json.loads(glb[20:20 + int.from_bytes(glb[12:16], "little")])
     assert doc["accessors"][0]["count"] == 20
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert saved["export"] == {"conf_thres_l2w": 2.45, "num_points_save": 20} and saved["points"] == 20
+    assert saved["export"] == {"conf_thres_l2w": 2.45, "num_points_save": 20, "conf_percentile": 0.0,
+                               "effective_conf_thres": 2.45} and saved["points"] == 20
+
+
+def test_percentile_filter_drops_the_least_confident_share(tmp_path: Path) -> None:
+    _, confs, _ = hand_made_preds(tmp_path)  # 48 distinct confidences 1.0 .. 4.5
+    cut = percentile_threshold(confs, 25)
+    assert cut == pytest.approx(np.percentile(confs, 25))
+    summary = refilter(tmp_path, conf_thres=1.0, num_points=10**6, percentile=25)
+    assert summary["points"] == int((confs > cut).sum()) == 36  # the lowest quarter (12 of 48) is dropped
+    assert summary["export"]["effective_conf_thres"] == pytest.approx(cut)
+    # the absolute threshold still applies when it is the stricter one
+    assert refilter(tmp_path, conf_thres=3.05, num_points=10**6, percentile=25)["points"] == int((confs > 3.05).sum())
+    assert percentile_threshold(confs, 0) == 1.0
+    with pytest.raises(ValueError, match="percentile"):
+        percentile_threshold(confs, 100)
+    assert highest_confidence(tmp_path) == pytest.approx(confs.max())
+
+
+def test_percentile_of_large_results_uses_a_pixel_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    import slam3r.app.refilter as rf
+
+    confs = np.random.default_rng(0).exponential(3.0, (4, 64, 64)).astype(np.float32) + 1
+    monkeypatch.setattr(rf, "PERCENTILE_SAMPLE", 4 * 16 * 16)  # every 4th pixel in each direction
+    assert rf.percentile_threshold(confs, 60) == pytest.approx(np.percentile(confs[:, ::4, ::4], 60))
+    assert abs(rf.percentile_threshold(confs, 60) - np.percentile(confs, 60)) < 0.2
 
 
 def test_refilter_needs_predictions(tmp_path: Path) -> None:

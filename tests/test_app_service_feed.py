@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from slam3r.app.preview import PreviewCloud
-from slam3r.app.service_feed import ServiceFeed, message_points, without_credentials
+from slam3r.app.service_feed import ServiceFeed, connection_error_reason, message_points, without_credentials
 from slam3r.recon.types import FrameResult
 from slam3r.service.config import ServiceConfig
 from slam3r.service.messages import Codec, decode_payload
@@ -84,4 +84,47 @@ def test_unreachable_broker_is_reported_without_credentials(tmp_path: Path) -> N
     feed.start()
     feed.join(30)
     assert not feed.is_alive() and not feed.connected.is_set()
-    assert feed.error.startswith("cannot connect to amqp://127.0.0.1:1/") and "secret" not in feed.error
+    assert feed.error == "cannot connect to amqp://127.0.0.1:1/: connection refused (nothing listens on that host " \
+        "and port)" and "secret" not in feed.error
+
+
+def test_a_port_that_is_no_broker_is_reported_with_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import threading
+
+    import slam3r.app.service_feed as sf
+
+    monkeypatch.setattr(sf, "HANDSHAKE_TIMEOUT_S", 1.0)
+    with socket.socket() as silent, socket.socket() as talker:  # one never answers, one answers in HTTP
+        for s in (silent, talker):
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+
+        def answer_http() -> None:
+            conn, _ = talker.accept()
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            conn.close()
+
+        threading.Thread(target=answer_http, daemon=True).start()
+        for sock, reason in ((silent, "no AMQP handshake within 1 s (is this a RabbitMQ port?)"),
+                             (talker, "the server does not speak AMQP 0-9-1 (not a RabbitMQ port?)")):
+            url = f"amqp://guest:guest@127.0.0.1:{sock.getsockname()[1]}/"
+            feed = ServiceFeed(ServiceConfig(rabbitmq_url=url), PreviewCloud(tmp_path, 1.0))
+            feed.start()
+            feed.join(30)
+            assert not feed.connected.is_set()
+            assert feed.error == f"cannot connect to {without_credentials(url)}: {reason}"
+
+
+def test_connection_error_reasons() -> None:
+    import pika.exceptions as pe
+    from pika.adapters.utils.connection_workflow import AMQPConnectorSocketConnectError
+
+    assert connection_error_reason(pe.AMQPConnectionError(AMQPConnectorSocketConnectError(
+        ConnectionRefusedError(111, "Connection refused")))) == "connection refused (nothing listens on that host " \
+        "and port)"
+    assert connection_error_reason(pe.ProbableAuthenticationError("403")).startswith("login refused")
+    assert connection_error_reason(pe.ProbableAccessDeniedError("530")).startswith("access refused")
+    assert connection_error_reason(OSError(113, "No route to host")) == "No route to host"
+    assert connection_error_reason(pe.AMQPConnectionError()) == "AMQPConnectionError"  # never an empty reason
+    assert connection_error_reason(RuntimeError("boom")) == "RuntimeError: boom"

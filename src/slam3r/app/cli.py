@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import os
     import shutil
+    import signal
     import sys
     import tempfile
     from pathlib import Path
@@ -48,13 +49,21 @@ def run(args: argparse.Namespace) -> int:
     i2p, l2w, device = rt.i2p, rt.l2w, rt.device
     temporary = args.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="slam3r-app-") if temporary else args.work_dir).resolve()
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(work / "gradio"))  # uploads too live in the work folder
     options = AppOptions(work_dir=work, limits=UploadLimits(args.max_upload_mb, args.max_frames),
                          video_fps=args.video_fps, preview_every=args.preview_every, defaults=defaults)
     page = ReconApp(i2p, l2w, device, options).build()
     page.queue(default_concurrency_limit=1)
-    try:
+
+    def terminate(signum: int, frame: object) -> None:  # docker stop: shut down as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:  # results are served from the session folders only (static paths set by the page), not all of work
         page.launch(server_name=args.host, server_port=args.port, max_file_size=f"{args.max_upload_mb:g}mb",
-                    allowed_paths=[str(work)], footer_links=[])
+                    footer_links=[])
+    except KeyboardInterrupt:
+        pass
     finally:
         if temporary:
             shutil.rmtree(work, ignore_errors=True)

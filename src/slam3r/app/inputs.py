@@ -73,13 +73,18 @@ def _extract_images(archive: Path, dest: Path, limits: UploadLimits) -> Path:
 
 
 def open_upload(paths: Sequence[str | Path] | None, work_dir: str | Path, limits: UploadLimits,
-                fps: float | None = None) -> tuple[FrameSource, str]:
+                fps: float | None = None, skip_other_files: bool = False) -> tuple[FrameSource, str]:
     """Check the uploaded ``paths`` and open them as frames; returns the source and a scene name.
 
-    One video (subsampled to ``fps``), one zip, or any number of images (ordered as SLAM3R orders a folder)."""
+    One video (subsampled to ``fps``), one zip, or any number of images (ordered as SLAM3R orders a folder).
+    ``skip_other_files`` (a folder upload) ignores files that are not images instead of refusing them."""
     files = [Path(p) for p in (paths or [])]
+    if skip_other_files:
+        files = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
+        if paths and not files:
+            raise UploadError(f"the folder holds no images ({', '.join(IMAGE_EXTS)})")
     if not files:
-        raise UploadError("nothing uploaded: add a video, images or a zip of an image folder")
+        raise UploadError("nothing uploaded: add a video, images, a zip or a folder of images")
     kinds = [_kind(p) for p in files]
     total = sum(p.stat().st_size for p in files)
     if total > limits.max_bytes:

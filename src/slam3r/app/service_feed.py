@@ -23,6 +23,36 @@ def without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+HANDSHAKE_TIMEOUT_S = 5.0
+"""How long the feed waits for a broker's AMQP handshake (a port that accepts but is no broker fails after this)."""
+
+
+def connection_error_reason(exc: BaseException, timeout_s: float = HANDSHAKE_TIMEOUT_S) -> str:
+    """A readable reason for a failed AMQP connection (pika nests the cause in ``args``; its own text is often
+    empty)."""
+    import pika.exceptions as pe
+    from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
+
+    if isinstance(exc, AMQPConnectorStackTimeout):
+        return f"no AMQP handshake within {timeout_s:g} s (is this a RabbitMQ port?)"
+    if isinstance(exc, pe.IncompatibleProtocolError):
+        return "the server does not speak AMQP 0-9-1 (not a RabbitMQ port?)"
+    if isinstance(exc, pe.ProbableAuthenticationError):
+        return "login refused: check the user name and password in the URL"
+    if isinstance(exc, pe.ProbableAccessDeniedError):
+        return "access refused: the virtual host does not exist or the user may not use it"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens on that host and port)"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    # wrapped causes, e.g. AMQPConnectionError(AMQPConnectorSocketConnectError(exception=OSError))
+    for arg in (*exc.args, getattr(exc, "exception", None)):
+        if isinstance(arg, BaseException):
+            return connection_error_reason(arg, timeout_s)
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def message_points(msg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """xyz ``(N, 3)`` float32 and rgb ``(N, 3)`` uint8 of a decoded point-cloud message (JSON rows
     ``[x, y, z, r, g, b]`` or msgpack ``xyz`` / ``rgb`` arrays)."""
@@ -34,7 +64,8 @@ def message_points(msg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 class ServiceFeed(threading.Thread):
     """Consumes ``cfg``'s point-cloud and pose exchanges until :meth:`stop`; counts and previews what arrives.
-    ``error`` holds the reason if the connection failed or dropped."""
+    ``connected`` is set once both queues are declared, bound and consumed (messages published from then on are
+    received); ``error`` holds the reason if the connection failed or dropped."""
 
     def __init__(self, cfg: ServiceConfig, preview: PreviewCloud) -> None:
         super().__init__(name="slam3r-service-feed", daemon=True)
@@ -69,11 +100,13 @@ class ServiceFeed(threading.Thread):
         import pika
 
         params = pika.URLParameters(self.cfg.rabbitmq_url)
-        params.connection_attempts, params.socket_timeout = 1, 5
+        params.connection_attempts, params.socket_timeout = 1, HANDSHAKE_TIMEOUT_S
+        params.stack_timeout = HANDSHAKE_TIMEOUT_S
         try:
             conn = pika.BlockingConnection(params)
         except Exception as exc:  # noqa: BLE001 - any failure to connect is reported in the page
-            self.error = f"cannot connect to {without_credentials(self.cfg.rabbitmq_url)}: {exc or type(exc).__name__}"
+            self.error = (f"cannot connect to {without_credentials(self.cfg.rabbitmq_url)}: "
+                          f"{connection_error_reason(exc, HANDSHAKE_TIMEOUT_S)}")
             return
         try:
             ch = conn.channel()
@@ -89,7 +122,8 @@ class ServiceFeed(threading.Thread):
                 conn.process_data_events(time_limit=0.2)
         except Exception as exc:  # noqa: BLE001 - a dropped connection / bad message ends the feed, with a reason
             log.exception("service feed failed")
-            self.error = f"{type(exc).__name__}: {exc}"
+            self.error = f"connection to {without_credentials(self.cfg.rabbitmq_url)} lost: " + \
+                connection_error_reason(exc)
         finally:
             if conn.is_open:
                 conn.close()

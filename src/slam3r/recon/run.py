@@ -31,6 +31,8 @@ from slam3r.recon.streaming import StreamingReconstructor, intrinsics_to_net
 from slam3r.recon.types import FrameResult
 
 Frame = tuple[int, np.ndarray, "int | None"]
+OFFLINE_CHUNK = 8
+"""Frames added to the engine per offline step (results do not depend on it): a stop acts after at most one step."""
 
 
 class StopRequest:
@@ -200,9 +202,11 @@ def _register(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2WorldM
         if cfg.intrinsics is not None and shape is not None:
             k = intrinsics_to_net(cfg.intrinsics, shape[1], shape[0], size)
         engine, results = run_offline(i2p, l2w, net, cfg, device=device, timestamps=stamps, intrinsics_net=k,
-                                      on_stride=lambda s: bar.set_postfix(stride=s))
+                                      on_stride=lambda s: bar.set_postfix(stride=s), chunk=OFFLINE_CHUNK)
         bar.total = len(net)
         for r in results:
+            if stop is not None and stop.requested:
+                break
             emit([r])
             if stop.requested:
                 break

@@ -1,0 +1,153 @@
+"""The page's 3D view of a finished reconstruction: the exported points, optionally camera frusta, the trajectory
+and one frame's pointmap highlighted, written as one glTF binary with a POINTS primitive and LINES primitives.
+
+World coordinates are the pipeline's (OpenCV axes: x right, y down, z forward, scene units); like
+:func:`slam3r.recon.export.write_glb` the file is flipped to glTF's y-up, z-back convention.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FRUSTUM_RGB = (255, 200, 0)
+KEYFRAME_RGB = (255, 60, 60)
+TRAJECTORY_RGB = (80, 200, 255)
+HIGHLIGHT_RGB = (255, 0, 255)
+_FLIP = np.array([1, -1, -1], np.float32)  # OpenCV -> glTF axes
+
+
+def frustum_segments(c2w: np.ndarray, focal: np.ndarray, size: int, depth: float) -> np.ndarray:
+    """Wire-frame camera pyramids: ``c2w (N, 4, 4)`` camera-to-world poses, ``focal (N,)`` pixels for a square
+    ``size`` x ``size`` image, pyramid ``depth`` in scene units -> line segments ``(N * 8, 2, 3)`` (4 edges from
+    the centre to the image corners, 4 around the image rectangle)."""
+    c2w = np.asarray(c2w, np.float64).reshape(-1, 4, 4)
+    # (N,) image half-width at unit depth, at most 1 (a 90 degree view): implausible focals stay readable
+    half = np.minimum(size / 2 / np.maximum(np.asarray(focal, np.float64).reshape(-1), 1e-6), 1.0)
+    signs = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
+    corners_cam = np.concatenate([signs[None] * half[:, None, None], np.ones((len(half), 4, 1))], -1) * depth
+    corners = np.einsum("nij,nkj->nki", c2w[:, :3, :3], corners_cam) + c2w[:, None, :3, 3]  # (N, 4, 3)
+    centre = np.repeat(c2w[:, None, :3, 3], 4, axis=1)
+    rim = np.roll(corners, -1, axis=1)
+    segs = np.concatenate([np.stack([centre, corners], 2), np.stack([corners, rim], 2)], axis=1)  # (N, 8, 2, 3)
+    return segs.reshape(-1, 2, 3).astype(np.float32)
+
+
+def trajectory_segments(centres: np.ndarray) -> np.ndarray:
+    """Camera centres ``(N, 3)`` in order -> the path between them as segments ``(N - 1, 2, 3)``."""
+    c = np.asarray(centres, np.float32).reshape(-1, 3)
+    return np.stack([c[:-1], c[1:]], axis=1)
+
+
+@dataclass
+class SceneGLB:
+    """Primitives of one glTF file, added in order; :meth:`write` saves them."""
+
+    _parts: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (mode, xyz, rgb)
+
+    def points(self, xyz: np.ndarray, rgb: np.ndarray) -> "SceneGLB":
+        """Add points ``(N, 3)`` with colours ``(N, 3)`` uint8."""
+        self._parts.append((0, np.asarray(xyz, np.float32).reshape(-1, 3), np.asarray(rgb, np.uint8).reshape(-1, 3)))
+        return self
+
+    def lines(self, segments: np.ndarray, rgb: tuple[int, int, int] | np.ndarray) -> "SceneGLB":
+        """Add line segments ``(M, 2, 3)`` in one colour ``(3,)`` or one per segment ``(M, 3)`` uint8."""
+        segs = np.asarray(segments, np.float32).reshape(-1, 3)
+        col = np.broadcast_to(np.asarray(rgb, np.uint8).reshape(-1, 1, 3), (len(segs) // 2, 2, 3)).reshape(-1, 3)
+        if len(segs):
+            self._parts.append((1, segs, col))
+        return self
+
+    def write(self, path: str | Path) -> Path:
+        binary, views, accessors, primitives = bytearray(), [], [], []
+        for mode, xyz, rgb in self._parts:
+            pos = (xyz * _FLIP).astype("<f4")
+            col = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
+            for data, acc in ((pos, {"componentType": 5126, "type": "VEC3", "min": pos.min(0).tolist() if len(pos)
+                                     else [0, 0, 0], "max": pos.max(0).tolist() if len(pos) else [0, 0, 0]}),
+                              (col, {"componentType": 5121, "normalized": True, "type": "VEC4"})):
+                views.append({"buffer": 0, "byteOffset": len(binary), "byteLength": data.nbytes, "target": 34962})
+                accessors.append({"bufferView": len(views) - 1, "count": len(data), **acc})
+                binary += data.tobytes()
+            primitives.append({"attributes": {"POSITION": len(accessors) - 2, "COLOR_0": len(accessors) - 1},
+                               "mode": mode})
+        doc = {"asset": {"version": "2.0", "generator": "slam3r app"}, "scene": 0, "scenes": [{"nodes": [0]}],
+               "nodes": [{"mesh": 0}], "meshes": [{"primitives": primitives}],
+               "buffers": [{"byteLength": len(binary)}], "bufferViews": views, "accessors": accessors}
+        js = json.dumps(doc, separators=(",", ":")).encode()
+        js += b" " * (-len(js) % 4)
+        binary += b"\0" * (-len(binary) % 4)
+        path = Path(path)
+        with open(path, "wb") as fh:
+            fh.write(struct.pack("<4sII", b"glTF", 2, 28 + len(js) + len(binary)))
+            fh.write(struct.pack("<I4s", len(js), b"JSON") + js)
+            fh.write(struct.pack("<I4s", len(binary), b"BIN\0") + bytes(binary))
+        return path
+
+
+def read_glb_json(path: str | Path) -> dict:
+    """The JSON document of a glTF binary (to inspect what a file holds)."""
+    data = Path(path).read_bytes()
+    magic, _, _ = struct.unpack_from("<4sII", data)
+    if magic != b"glTF":
+        raise ValueError(f"{Path(path).name} is not a glTF binary")
+    length, kind = struct.unpack_from("<I4s", data, 12)
+    return json.loads(data[20:20 + length])
+
+
+MAX_FRUSTA = 200
+"""At most this many camera frusta are drawn (every k-th camera beyond)."""
+HIGHLIGHT_POINTS = 20_000
+
+
+@dataclass
+class ViewOptions:
+    """What the page's 3D view shows besides the exported points."""
+
+    cameras: bool = True
+    trajectory: bool = True
+    highlight: int | None = None
+    """A frame id whose pointmap is drawn in :data:`HIGHLIGHT_RGB` (with its frustum), or ``None``."""
+
+
+def write_view(result_dir: str | Path, path: str | Path, opt: ViewOptions) -> Path:
+    """Write the 3D view of a reconstruction directory (its exported ``<scene>_recon.ply``, ``cameras.json`` and
+    ``preds/``) to ``path``."""
+    from slam3r.app.refilter import export_settings, scene_name
+    from slam3r.data.ply import read_ply
+
+    root = Path(result_dir)
+    scene = scene_name(root)
+    cloud = read_ply(root / f"{scene}_recon.ply")
+    cams = json.loads((root / "cameras.json").read_text())
+    poses = np.array([c["pose_c2w"] for c in cams], np.float64).reshape(-1, 4, 4)
+    focals = np.array([c["focal"] for c in cams], np.float64)
+    key = np.array([bool(c.get("is_keyframe")) for c in cams])
+    imgs = np.load(root / "preds" / "input_imgs.npy", mmap_mode="r")
+    size = int(imgs.shape[2]) if imgs.ndim == 4 else 1
+    everything = np.concatenate([np.asarray(cloud.xyz, np.float32).reshape(-1, 3), poses[:, :3, 3]])
+    extent = float(np.percentile(np.linalg.norm(everything - np.median(everything, 0), axis=1), 90)) \
+        if len(everything) else 1.0
+    glb = SceneGLB().points(cloud.xyz, cloud.rgb if cloud.rgb is not None else np.full((len(cloud), 3), 200))
+    if opt.cameras and len(poses):
+        pick = np.arange(0, len(poses), max(1, -(-len(poses) // MAX_FRUSTA)))
+        colours = np.where(key[pick, None], KEYFRAME_RGB, FRUSTUM_RGB).astype(np.uint8)
+        glb.lines(frustum_segments(poses[pick], focals[pick], size, 0.08 * (extent or 1.0)), np.repeat(colours, 8, 0))
+    if opt.trajectory and len(poses) > 1:
+        glb.lines(trajectory_segments(poses[:, :3, 3]), TRAJECTORY_RGB)
+    if opt.highlight is not None and 0 <= opt.highlight < len(poses):
+        v = opt.highlight
+        confs = np.load(root / "preds" / "registered_confs.npy", mmap_mode="r")
+        pts = np.load(root / "preds" / "registered_pcds.npy", mmap_mode="r")
+        mask = np.asarray(confs[v]) > export_settings(json.loads((root / "summary.json").read_text()))[
+            "effective_conf_thres"]
+        xyz = np.asarray(pts[v])[mask]
+        if len(xyz) > HIGHLIGHT_POINTS:
+            xyz = xyz[np.linspace(0, len(xyz) - 1, HIGHLIGHT_POINTS).astype(int)]
+        glb.points(xyz, np.tile(np.array(HIGHLIGHT_RGB, np.uint8), (len(xyz), 1)))
+        glb.lines(frustum_segments(poses[v:v + 1], focals[v:v + 1], size, 0.12 * (extent or 1.0)), HIGHLIGHT_RGB)
+    return glb.write(path)
