@@ -54,12 +54,17 @@ def connection_error_reason(exc: BaseException, timeout_s: float = HANDSHAKE_TIM
 
 
 def message_points(msg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """xyz ``(N, 3)`` float32 and rgb ``(N, 3)`` uint8 of a decoded point-cloud message (JSON rows
-    ``[x, y, z, r, g, b]`` or msgpack ``xyz`` / ``rgb`` arrays)."""
+    """xyz ``(N, 3)`` float32 and rgb ``(N, 3)`` uint8 of a decoded point-cloud message: JSON rows
+    ``[x, y, z, r, g, b]`` (the rich profile), ``[x, y, z]`` (the deployed profile: no colour, shown grey) or msgpack
+    ``xyz`` / ``rgb`` arrays."""
     if "xyz" in msg:
         return np.asarray(msg["xyz"], np.float32).reshape(-1, 3), np.asarray(msg["rgb"], np.uint8).reshape(-1, 3)
-    rows = np.asarray(msg.get("points") or np.zeros((0, 6)), np.float64).reshape(-1, 6)
-    return rows[:, :3].astype(np.float32), np.clip(rows[:, 3:], 0, 255).astype(np.uint8)
+    rows = np.asarray(msg.get("points") or np.zeros((0, 6)), np.float64)
+    if rows.ndim != 2 or rows.shape[1] not in (3, 6):
+        raise ValueError(f"point rows must be [x, y, z] or [x, y, z, r, g, b], got shape {rows.shape}")
+    rgb = np.clip(rows[:, 3:], 0, 255).astype(np.uint8) if rows.shape[1] == 6 else \
+        np.full((len(rows), 3), 160, np.uint8)
+    return rows[:, :3].astype(np.float32), rgb
 
 
 class ServiceFeed(threading.Thread):
