@@ -33,7 +33,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-LONG_FRAMES = 200
+LONG_FRAMES = 1000
+"""Frames of the long input: enough that no run of it can finish before a Stop or a tab close reaches the server."""
 
 pytest.importorskip("gradio", reason="gradio is not installed (pip install gradio)")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -404,7 +405,7 @@ def test_stop_an_upload_run_keeps_what_was_registered(page, inputs, server, tmp_
     set_number(page, "video-fps", 0, "Tab")  # every frame of the long video
     upload(page, inputs["long"])
     page.click("#run")
-    wait_status(page, r"registered: [1-9]\d* of 200 \(3D preview updating\)")
+    wait_status(page, rf"registered: [1-9]\d* of {LONG_FRAMES} \(3D preview updating\)")
     page.wait_for_selector("#viewer canvas")
     shot(page, "app_running")
     set_number(page, "conf-thres-l2w", 1.6, "Tab")  # changed during the run: applies to this run's export
