@@ -21,10 +21,11 @@ def test_precision_choice(monkeypatch) -> None:
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "fp32") is None
     assert autocast_dtype(cpu, "bf16") is torch.bfloat16
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    import slam3r.models.precision as precision  # the one CPU probe (training and inference)
+
+    monkeypatch.setattr(precision, "cpu_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False})
     assert autocast_dtype(cpu, "auto") is None  # emulated bf16 is slower than fp32: auto keeps fp32
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(precision, "cpu_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": True})
     assert autocast_dtype(cpu, "auto") is torch.bfloat16
     with pytest.raises(ConfigError, match="precision"):
         apply_overrides(from_dict(TrainConfig, {}), ["precision=fp16"])

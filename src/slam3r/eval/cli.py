@@ -142,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
             t_gt = seq.timestamps if seq.timestamps is not None else np.arange(len(seq), dtype=np.float64)
             traj = evaluate_trajectory(t_pred, c2w_pred, t_gt, seq.poses)
             report["trajectory"] = traj.to_dict()
+            if args.evo:
+                report["trajectory_evo"] = evo_ate(t_pred, c2w_pred, t_gt, seq.poses)
         if pred_path.is_dir() or pred_path.suffix.lower() == ".npz":
             pts, conf, ids = load_pointmaps(pred_path, len(seq))
             gt_pts, gt_valid = sequence_gt_pointmaps(seq, ids, size=pts.shape[1])
