@@ -444,7 +444,7 @@ def test_closing_the_tab_stops_its_run_and_deletes_its_files(browser, page, inpu
     other.click("#run")
     wait_status(other, r"registered: [1-9]")
     (folder,) = set(work.glob("sessions/*")) - before
-    assert list(folder.glob("upload-*/result/preds"))
+    assert list(folder.glob("upload-*/.result.partial-*/preds"))  # the run's outputs, staged until it ends
     closed = log_count(log, "session closed")
     other.close()
     wait_until(lambda: log_count(log, "session closed") > closed, 60, "the server to see the tab close")
