@@ -89,11 +89,11 @@ def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, cf
     # scored from what was written (after any loop-closure correction of the output directory)
     pred = np.load(out / "preds" / "registered_pcds.npy")
     conf = np.load(out / "preds" / "registered_confs.npy")
-    _, poses = read_tum_trajectory(out / "trajectory.txt")
+    stamps, poses = read_tum_trajectory(out / "trajectory.txt")  # registered frames only; stamp = frame index
     t0 = time.perf_counter()
     ecfg = EvalConfig(conf_thresh=eval_conf)
     model = evaluate_pointmaps(pred, conf, gt_pts, gt_valid, ecfg)
-    traj = ate(poses[:, :3, 3], seq.c2w[:, :3, 3])
+    traj = ate(poses[:, :3, 3], seq.c2w[np.rint(stamps).astype(int), :3, 3])
     base = evaluate_pointmaps(plane_baseline(seq.depth, seq.K, seq.c2w), conf, gt_pts, gt_valid, ecfg)
     t_eval = time.perf_counter() - t0
     report = {
