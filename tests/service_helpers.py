@@ -26,7 +26,7 @@ needs_broker = pytest.mark.skipif(not broker_available(URL), reason="no RabbitMQ
 
 
 class FakeEngine:
-    """Engine stand-in with the real one's delivery pattern: nothing until ``init`` frames arrived, then all of
+    """StreamEngine stand-in with the real one's delivery pattern: nothing until ``init`` frames arrived, then all of
     them, then results in pairs; ``flush`` returns the rest. Records every pushed timestamp."""
 
     def __init__(self, init: int = 5, size: int = 16) -> None:

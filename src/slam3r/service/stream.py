@@ -26,9 +26,10 @@ Key = tuple[str, int]
 """(video_segment, timestamp_ns)."""
 
 
-class Engine(Protocol):
-    """What the service needs from a reconstruction engine (:class:`slam3r.recon.streaming.StreamingReconstructor`
-    satisfies it): results come back in frame order, possibly later and several at once."""
+class StreamEngine(Protocol):
+    """What the service needs from a streaming reconstruction engine
+    (:class:`slam3r.recon.streaming.StreamingReconstructor` satisfies it): results come back in frame order,
+    possibly later and several at once."""
 
     def push_many(self, rgbs: list[np.ndarray], timestamps: list[int | None] | None = None) -> list[FrameResult]:
         """Add frames (``(H, W, 3)`` uint8 RGB); returns the frames registered so far that were not returned yet."""
@@ -43,7 +44,7 @@ class Engine(Protocol):
         ...
 
 
-EngineFactory = Callable[[], Engine]
+StreamEngineFactory = Callable[[], StreamEngine]
 
 
 def safe_name(text: str) -> str:
@@ -54,11 +55,11 @@ def safe_name(text: str) -> str:
 class StreamState:
     """Everything the service keeps for one stream (one camera / drone)."""
 
-    def __init__(self, stream_id: str, make_engine: EngineFactory, buffer: PointBuffer, republish_cache: int,
+    def __init__(self, stream_id: str, make_engine: StreamEngineFactory, buffer: PointBuffer, republish_cache: int,
                  closed_memory: int = 64) -> None:
         self.stream_id = stream_id
         self._make_engine = make_engine
-        self._engine: Engine | None = None
+        self._engine: StreamEngine | None = None
         self.buffer = buffer
         self.segment: str | None = None
         self.pending: OrderedDict[Key, list[Delivery]] = OrderedDict()
@@ -81,7 +82,7 @@ class StreamState:
         """``time.monotonic()`` of the stream's latest frame (idle eviction)."""
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> StreamEngine:
         """The stream's engine (created on first use)."""
         if self._engine is None:
             self._engine = self._make_engine()

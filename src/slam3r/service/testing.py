@@ -3,8 +3,9 @@
 * :class:`NullLink` replaces :class:`~slam3r.service.broker.BrokerLink`: it keeps what the worker would publish and
   acknowledge, and :meth:`NullLink.delivery` makes the deliveries to hand to :meth:`Service.handle
   <slam3r.service.worker.Service.handle>`;
-* :class:`PrecomputedEngine` returns the next precomputed :class:`~slam3r.recon.types.FrameResult` for every
-  pushed frame (optionally holding the first ``init`` frames back, as the real engine does), and
+* :class:`PrecomputedEngine` (a :class:`~slam3r.service.stream.StreamEngine`) returns the next precomputed
+  :class:`~slam3r.recon.types.FrameResult` for every pushed frame (optionally holding the first ``init`` frames
+  back, as the real engine does), and
   :func:`room_results` computes realistic ones (a camera turning in a box room).
 """
 

@@ -52,7 +52,7 @@ from slam3r.service.config import ServiceConfig
 from slam3r.service.encodings import MapContext, Payload, make_encoding
 from slam3r.service.inbound import FrameHeader, RejectedMessage, decode_image, read_header, restart_target
 from slam3r.service.mesher import MeshParams, Mesher, MeshResult
-from slam3r.service.stream import EngineFactory, Key, StreamState
+from slam3r.service.stream import Key, StreamEngineFactory, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Service:
             :class:`BrokerLink` built from ``cfg``.
     """
 
-    def __init__(self, cfg: ServiceConfig, make_engine: EngineFactory, net_size: int, conf_thres_l2w: float,
+    def __init__(self, cfg: ServiceConfig, make_engine: StreamEngineFactory, net_size: int, conf_thres_l2w: float,
                  link: BrokerLink | None = None) -> None:
         self.cfg = cfg
         self.make_engine = make_engine
