@@ -37,7 +37,7 @@ class ViewFeatures:
 
     For layer-0 inputs ``x0`` ``(V, B, S, D)`` (decoder inputs, plus the point embedding ``pe`` for L2W):
     ``attended`` = this stream's ``blocks[0].self_attend(x0)``; ``k`` / ``v`` ``(V, B, heads, S, d)`` = the other
-    stream's ``blocks[0].memory(x0)`` (this stream's views as its memories); ``pe`` ``(V, B, S, D)`` or ``None``,
+    stream's ``blocks[0].kv(x0)`` (this stream's views as its memories); ``pe`` ``(V, B, S, D)`` or ``None``,
     added to the input of every later layer.
     """
 
@@ -48,6 +48,11 @@ class ViewFeatures:
 
     def __len__(self) -> int:
         return self.attended.shape[0]
+
+    @property
+    def kv(self) -> tuple[Tensor, Tensor]:
+        """``(k, v)``, as the other stream's first block takes them (``kv=``)."""
+        return self.k, self.v
 
     def select(self, ids: Sequence[int] | slice) -> "ViewFeatures":
         """The views ``ids`` (a list or slice of view indices)."""
@@ -169,7 +174,7 @@ class MultiViewTransformer(nn.Module):
         own, other = (self.mv_dec_blocks1, self.mv_dec_blocks2) if stream == 1 else \
             (self.mv_dec_blocks2, self.mv_dec_blocks1)
         x0 = x if pe is None else x + pe
-        return ViewFeatures(own[0].self_attend(x0, rope), *other[0].memory(x0, rope), pe)
+        return ViewFeatures(own[0].self_attend(x0, rope), *other[0].kv(x0, rope), pe)
 
     def decode(self, x1: Tensor, x2: Tensor, pe1: Tensor | None = None, pe2: Tensor | None = None, *,
                need: tuple[bool, bool] = (True, True)) -> tuple[Tensor | None, Tensor | None]:
@@ -192,8 +197,8 @@ class MultiViewTransformer(nn.Module):
         x1 = x2 = None
         for i, (blk1, blk2) in enumerate(zip(self.mv_dec_blocks1, self.mv_dec_blocks2)):
             if i == 0:
-                y1 = blk1(f1.attended, None, rope, memory=(f2.k, f2.v), attended=True) if last or need[0] else None
-                y2 = blk2(f2.attended, None, rope, memory=(f1.k, f1.v), attended=True) if last or need[1] else None
+                y1 = blk1(f1.attended, None, rope, kv=f2.kv, attended=True) if last or need[0] else None
+                y2 = blk2(f2.attended, None, rope, kv=f1.kv, attended=True) if last or need[1] else None
             else:
                 x1 = x1 if f1.pe is None else x1 + f1.pe
                 x2 = x2 if f2.pe is None else x2 + f2.pe
@@ -210,8 +215,19 @@ class MultiViewTransformer(nn.Module):
         return pts.view(v, b, *pts.shape[1:]), conf.view(v, b, *conf.shape[1:])
 
     @staticmethod
-    def _merge_views(n: int, ref_ids: Sequence[int], ref: tuple[Tensor, Tensor], src: tuple[Tensor, Tensor]) -> Pointmaps:
-        """Put per-stream outputs back into the caller's view order."""
+    def merge_views(n: int, ref_ids: Sequence[int], ref: tuple[Tensor, Tensor],
+                    src: tuple[Tensor, Tensor]) -> Pointmaps:
+        """Put the two decoder streams' head outputs back into the caller's view order.
+
+        Args:
+            n: number of views ``V`` given to the network.
+            ref_ids: the view indices that went to stream 1 (reference / scene views), in stream order.
+            ref: stream 1's :meth:`heads` output, pts3d ``(len(ref_ids), B, H, W, 3)`` and conf ``(len(ref_ids), B,
+                H, W)``.
+            src: stream 2's, the other ``n - len(ref_ids)`` views in increasing index order.
+        Returns:
+            ``Pointmaps`` of all ``n`` views, view ``i`` at index ``i``.
+        """
         refs = set(ref_ids)
         src_ids = [i for i in range(n) if i not in refs]
         order = torch.empty(n, dtype=torch.long)

@@ -72,7 +72,12 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Queries from one view, keys/values from another; RoPE with each side's own positions."""
+    """Queries from the views of one decoder stream, keys / values from the views of the other (its *memories*),
+    RoPE with each side's own positions; the output is the max over memories.
+
+    :meth:`kv` depends on the memories alone, so a caller may compute it once per frame (``ViewFeatures``) and
+    hand it to :meth:`attend` for every window the frame joins. Inputs are already layer-normed by the block.
+    """
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -81,6 +86,35 @@ class CrossAttention(nn.Module):
         self.projk = nn.Linear(dim, dim)
         self.projv = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
+
+    def kv(self, y: Tensor, rope: Rope) -> tuple[Tensor, Tensor]:
+        """Keys (RoPE-rotated) and values of memories ``y`` ``(M, B, N, C)``: two ``(M, B, heads, N, d)``."""
+        m, b, n, c = y.shape
+        h, d = self.num_heads, c // self.num_heads
+        flat = y.reshape(m * b, n, c)
+        k = apply_rope(split_heads(self.projk(flat), h), *rope)
+        return k.view(m, b, h, n, d), split_heads(self.projv(flat), h).view(m, b, h, n, d)
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, rope: Rope) -> Tensor:
+        """Views ``x`` ``(V, B, N, C)`` against the memories' :meth:`kv` ``(M, B, heads, N_y, d)``:
+        ``max_m proj(attn(projq x, k_m, v_m))``, ``(V, B, N, C)``.
+
+        The attention of every view to one memory is a single attention call over the views' concatenated
+        queries (softmax is per query, so this is exact); memories are taken at most ``TOKENS_PER_CHUNK``
+        query-memory tokens at a time and max-combined.
+        """
+        nv, b, n, c = x.shape
+        h, d = self.num_heads, c // self.num_heads
+        q = apply_rope(split_heads(self.projq(x.reshape(nv * b, n, c)), h), *rope)  # (V*B, h, N, d)
+        q = q.view(nv, b, h, n, d).permute(1, 2, 0, 3, 4).reshape(1, b, h, nv * n, d)
+        out = None
+        for kc, vc in zip(*(t.split(views_per_chunk(k.shape[0], b * nv * n)) for t in (k, v))):
+            mc = kc.shape[0]
+            att = F.scaled_dot_product_attention(q.expand(mc, -1, -1, -1, -1).reshape(mc * b, h, nv * n, d),
+                                                 kc.reshape(mc * b, h, -1, d), vc.reshape(mc * b, h, -1, d))
+            chunk = self.proj(merge_heads(att)).view(mc, b, nv, n, c).amax(dim=0)
+            out = chunk if out is None else torch.maximum(out, chunk)
+        return out.transpose(0, 1)
 
 
 class EncoderBlock(nn.Module):
@@ -102,7 +136,7 @@ class MultiviewDecoderBlock(nn.Module):
     """One layer of one decoder stream, attending to every view of the other stream and max-combining.
 
     For views ``x`` ``(V, B, N, C)`` of this stream and memories ``y`` ``(M, B, N, C)`` of the other:
-    ``x += selfattn(norm1 x)``; ``x += max_m proj(attn(projq norm2 x, projk/projv norm_y y_m))``;
+    ``x += selfattn(norm1 x)``; ``x += crossattn(norm2 x, norm_y y)`` (:class:`CrossAttention`, max over ``m``);
     ``x += mlp(norm3 x)``. Views and memories are processed in chunks of at most ``TOKENS_PER_CHUNK`` tokens.
     """
 
@@ -117,17 +151,12 @@ class MultiviewDecoderBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.norm_y = layer_norm(dim)
 
-    def memory(self, y: Tensor, rope: Rope) -> tuple[Tensor, Tensor]:
-        """Keys / values of memories ``y`` ``(M, B, N, C)``: two ``(M, B, heads, N, d)`` tensors. They depend only
-        on ``y``, so a caller may compute them once per frame and pass them to :meth:`forward`."""
-        m, b, n, c = y.shape
-        h, d = self.num_heads, c // self.num_heads
-        ca = self.cross_attn
-        k, val = [], []
-        for yc in y.split(views_per_chunk(m, b * n)):
-            ym = self.norm_y(yc.reshape(-1, n, c))
-            k.append(apply_rope(split_heads(ca.projk(ym), h), *rope).view(yc.shape[0], b, h, -1, d))
-            val.append(split_heads(ca.projv(ym), h).view(yc.shape[0], b, h, -1, d))
+    def kv(self, y: Tensor, rope: Rope) -> tuple[Tensor, Tensor]:
+        """The cross-attention's :meth:`CrossAttention.kv` of memories ``y`` ``(M, B, N, C)`` (``norm_y``-ed here,
+        in chunks): two ``(M, B, heads, N, d)`` tensors. They depend only on ``y``, so a caller may compute them once
+        per frame and pass them to :meth:`forward`."""
+        m, b, n, _ = y.shape
+        k, val = zip(*(self.cross_attn.kv(self.norm_y(yc), rope) for yc in y.split(views_per_chunk(m, b * n))))
         return torch.cat(k), torch.cat(val)
 
     def self_attend(self, x: Tensor, rope: Rope) -> Tensor:
@@ -140,35 +169,21 @@ class MultiviewDecoderBlock(nn.Module):
             out.append((flat + self.attn(self.norm1(flat), rope)).view(xc.shape))
         return torch.cat(out)
 
-    def forward(self, x: Tensor, y: Tensor | None, rope: Rope, *, memory: tuple[Tensor, Tensor] | None = None,
+    def forward(self, x: Tensor, y: Tensor | None, rope: Rope, *, kv: tuple[Tensor, Tensor] | None = None,
                 attended: bool = False) -> Tensor:
-        """One layer for views ``x`` against memories ``y``. ``memory``: precomputed :meth:`memory` of ``y`` (then
-        ``y`` is not read); ``attended``: ``x`` is already :meth:`self_attend`-ed."""
+        """One layer for views ``x`` against memories ``y``. ``kv``: precomputed :meth:`kv` of ``y`` (then ``y`` is
+        not read); ``attended``: ``x`` is already :meth:`self_attend`-ed."""
         v, b, n, c = x.shape
-        k, val = memory if memory is not None else self.memory(y, rope)
+        k, val = kv if kv is not None else self.kv(y, rope)
         return torch.cat([self._update(xc, k, val, rope, attended) for xc in x.split(views_per_chunk(v, b * n))])
 
     def _update(self, x: Tensor, k: Tensor, val: Tensor, rope: Rope, attended: bool = False) -> Tensor:
-        """One chunk of views ``(v, B, N, C)`` against all memories' keys / values ``(M, B, heads, N_y, d)``.
-
-        The cross-attention of every view to one memory is a single attention call over the views' concatenated
-        queries (softmax is per query, so this is exact); memories are taken a chunk at a time, max-combined.
-        """
+        """One chunk of views ``(v, B, N, C)`` against all memories' keys / values ``(M, B, heads, N_y, d)``."""
         v, b, n, c = x.shape
-        h, d = self.num_heads, c // self.num_heads
-        ca = self.cross_attn
         flat = x.reshape(v * b, n, c)
         if not attended:
             flat = flat + self.attn(self.norm1(flat), rope)
-        q = apply_rope(split_heads(ca.projq(self.norm2(flat)), h), *rope)  # (v*B, h, N, d)
-        q = q.view(v, b, h, n, d).permute(1, 2, 0, 3, 4).reshape(1, b, h, v * n, d)
-        cross = None
-        for kc, vc in zip(*(t.split(views_per_chunk(k.shape[0], b * v * n)) for t in (k, val))):
-            mc = kc.shape[0]
-            att = F.scaled_dot_product_attention(q.expand(mc, -1, -1, -1, -1).reshape(mc * b, h, v * n, d),
-                                                 kc.reshape(mc * b, h, -1, d), vc.reshape(mc * b, h, -1, d))
-            out = ca.proj(merge_heads(att)).view(mc, b, v, n, c).amax(dim=0)
-            cross = out if cross is None else torch.maximum(cross, out)
-        flat = flat + cross.transpose(0, 1).reshape(v * b, n, c)
+        cross = self.cross_attn.attend(self.norm2(flat).view(v, b, n, c), k, val, rope)
+        flat = flat + cross.reshape(v * b, n, c)
         flat = flat + self.mlp(self.norm3(flat))
         return flat.view(v, b, n, c)

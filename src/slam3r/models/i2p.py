@@ -40,7 +40,7 @@ class Image2PointsModel(MultiViewTransformer):
         x = self.embed(tokens)
         src = torch.cat([x[:ref_id], x[ref_id + 1:]])
         out = self.forward_features(self.features(x[ref_id:ref_id + 1], 1), self.features(src, 2), ref_only=ref_only)
-        return out if ref_only else self._merge_views(v, [ref_id], *out)
+        return out if ref_only else self.merge_views(v, [ref_id], *out)
 
     def view_features(self, tokens: Tensor, role: str) -> ViewFeatures:
         """Per-frame cacheable work of encoder tokens ``(V, B, S, enc_dim)`` in ``role`` ``"ref"`` (decoder stream
@@ -53,7 +53,8 @@ class Image2PointsModel(MultiViewTransformer):
 
     def forward_features(self, ref: ViewFeatures, src: ViewFeatures, *, ref_only: bool = False):
         """A window from cached :meth:`view_features`: ``ref`` (1, B) in role ``ref``, ``src`` (V-1, B) in role
-        ``src``. Returns the reference's ``Pointmaps`` when ``ref_only``, else the (ref, src) head outputs."""
+        ``src``. Returns the reference's ``Pointmaps`` when ``ref_only``, else the (ref, src) head outputs
+        (:meth:`merge_views` with ``ref_ids=[0]`` puts them in window order)."""
         if len(ref) != 1 or len(src) < 1:
             raise ValueError(f"an I2P window needs 1 reference and at least 1 source view, got {len(ref)} and "
                              f"{len(src)}")
@@ -91,9 +92,9 @@ class Image2PointsModel(MultiViewTransformer):
         b = max(ref.attended.shape[1], cand.attended.shape[1])
         ref, cand = ref.expand(b), cand.expand(b)
         rope = self.rope(self.cfg.dec_embed_dim // self.cfg.dec_num_heads, ref.attended.device)
-        x2 = self.mv_dec_blocks2[0](cand.attended, None, rope, memory=(ref.k, ref.v), attended=True)
+        x2 = self.mv_dec_blocks2[0](cand.attended, None, rope, kv=ref.kv, attended=True)
         if depth > 1:
-            x1 = self.mv_dec_blocks1[0](ref.attended, None, rope, memory=(cand.k, cand.v), attended=True)
+            x1 = self.mv_dec_blocks1[0](ref.attended, None, rope, kv=cand.kv, attended=True)
         for i in range(1, depth):
             new_x2 = self.mv_dec_blocks2[i](x2, x1, rope)
             if i + 1 < depth:

@@ -57,7 +57,7 @@ class Local2WorldModel(MultiViewTransformer):
                                       need=(not sources_only, True))
         if f1 is None:
             return Pointmaps(*self.heads(f2, 2))
-        return self._merge_views(v, ref_ids, self.heads(f1, 1), self.heads(f2, 2))
+        return self.merge_views(v, ref_ids, self.heads(f1, 1), self.heads(f2, 2))
 
     def view_features(self, tokens: Tensor, pts3d: Tensor, role: str) -> ViewFeatures:
         """Per-frame cacheable work of views ``tokens`` ``(V, B, S, enc_dim)`` with pointmaps ``pts3d``

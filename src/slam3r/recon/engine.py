@@ -194,7 +194,7 @@ class Engine:
         ref = ViewFeatures.stack([self._features(win[:1], "i2p_ref") for win in windows], dim=1)
         src = ViewFeatures.stack([self._features(win[1:], "i2p_src") for win in windows], dim=1)
         out = self.i2p.forward_features(ref, src, ref_only=ref_only)
-        return out if ref_only else self.i2p._merge_views(len(windows[0]), [0], *out)
+        return out if ref_only else self.i2p.merge_views(len(windows[0]), [0], *out)
 
     def _run_i2p(self, ids: Sequence[int]) -> None:
         """Local pointmaps of frames ``ids`` (their windows must be ready), windows of equal size batched."""
