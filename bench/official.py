@@ -94,57 +94,68 @@ def save_weights(i2p, l2w, directory: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ subprocess side
-def _install_shims(root: Path) -> None:
-    import importlib.util
-
+def _torchvision_shim() -> None:
+    """``torchvision.transforms`` stand-in: Compose, ToTensor, Normalize and an inert ColorJitter."""
     import torch
+
+    tv = types.ModuleType("torchvision")
+    tvf = types.ModuleType("torchvision.transforms")
+
+    class Compose:
+        def __init__(self, fns):
+            self.fns = list(fns)
+
+        def __call__(self, x):
+            for fn in self.fns:
+                x = fn(x)
+            return x
+
+    class ToTensor:
+        def __call__(self, pic):
+            a = np.asarray(pic)
+            a = a[:, :, None] if a.ndim == 2 else a
+            t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+            return t.float().div(255) if t.dtype == torch.uint8 else t.float()
+
+    class Normalize:
+        def __init__(self, mean, std):
+            self.mean, self.std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+
+        def __call__(self, t):
+            return (t - self.mean) / self.std
+
+    class ColorJitter:  # instantiated at import by slam3r.datasets; never applied by inference
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, x):
+            return x
+
+    tvf.Compose, tvf.ToTensor, tvf.Normalize, tvf.ColorJitter = Compose, ToTensor, Normalize, ColorJitter
+    tv.transforms = tvf
+    sys.modules["torchvision"], sys.modules["torchvision.transforms"] = tv, tvf
+
+
+def _einops_shim() -> None:
+    """An ``einops`` whose functions raise (only the DPT head, unused by the linear-head checkpoints, calls it)."""
+    ein = types.ModuleType("einops")
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("einops is not installed (shim): the DPT head cannot run")
+
+    ein.rearrange = ein.repeat = unavailable
+    sys.modules["einops"] = ein
+
+
+def _install_shims(root: Path) -> None:
+    """Put the official checkout ``root`` first on ``sys.path`` with the CPU shims of the module docstring."""
+    import importlib.util
 
     sys.path.insert(0, str(root))
     if importlib.util.find_spec("torchvision") is None:
-        tv = types.ModuleType("torchvision")
-        tvf = types.ModuleType("torchvision.transforms")
-
-        class Compose:
-            def __init__(self, fns):
-                self.fns = list(fns)
-
-            def __call__(self, x):
-                for fn in self.fns:
-                    x = fn(x)
-                return x
-
-        class ToTensor:
-            def __call__(self, pic):
-                a = np.asarray(pic)
-                a = a[:, :, None] if a.ndim == 2 else a
-                t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
-                return t.float().div(255) if t.dtype == torch.uint8 else t.float()
-
-        class Normalize:
-            def __init__(self, mean, std):
-                self.mean, self.std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
-
-            def __call__(self, t):
-                return (t - self.mean) / self.std
-
-        class ColorJitter:  # instantiated at import by slam3r.datasets; never applied by inference
-            def __init__(self, *args, **kwargs):
-                pass
-
-            def __call__(self, x):
-                return x
-
-        tvf.Compose, tvf.ToTensor, tvf.Normalize, tvf.ColorJitter = Compose, ToTensor, Normalize, ColorJitter
-        tv.transforms = tvf
-        sys.modules["torchvision"], sys.modules["torchvision.transforms"] = tv, tvf
+        _torchvision_shim()
     if importlib.util.find_spec("einops") is None:
-        ein = types.ModuleType("einops")
-
-        def unavailable(*args, **kwargs):
-            raise RuntimeError("einops is not installed (shim): the DPT head cannot run")
-
-        ein.rearrange = ein.repeat = unavailable
-        sys.modules["einops"] = ein
+        _einops_shim()
     import slam3r.utils.device as dev  # the official package (root is first on sys.path)
 
     class NoNvtx:
