@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -76,53 +77,8 @@ def read_ply(path: str | Path) -> PointCloud:
     if not path.is_file():
         raise FileNotFoundError(f"PLY file not found: {path}")
     with open(path, "rb") as f:
-        if f.readline().strip() != b"ply":
-            raise ValueError(f"{path}: not a PLY file (missing 'ply' magic)")
-        fmt = None
-        elements: list[tuple[str, int, list[tuple[str, str]], bool]] = []
-        while True:
-            line = f.readline()
-            if not line:
-                raise ValueError(f"{path}: truncated PLY header (no end_header)")
-            tok = line.decode("ascii", errors="replace").split()
-            if not tok or tok[0] in ("comment", "obj_info"):
-                continue
-            if tok[0] == "end_header":
-                break
-            if tok[0] == "format":
-                fmt = tok[1]
-            elif tok[0] == "element":
-                elements.append((tok[1], int(tok[2]), [], False))
-            elif tok[0] == "property" and elements:
-                name, count, props, has_list = elements[-1]
-                if tok[1] == "list":
-                    elements[-1] = (name, count, props, True)
-                else:
-                    if tok[1] not in _PLY_TYPES:
-                        raise ValueError(f"{path}: unknown PLY property type {tok[1]!r}")
-                    props.append((tok[2], _PLY_TYPES[tok[1]]))
-        vertex_at = next((i for i, e in enumerate(elements) if e[0] == "vertex"), None)
-        if vertex_at is None:
-            raise ValueError(f"{path}: PLY has no vertex element")
-        if any(e[1] > 0 for e in elements[:vertex_at]):
-            raise ValueError(f"{path}: elements before 'vertex' are not supported")
-        _, n, props, has_list = elements[vertex_at]
-        if has_list:
-            raise ValueError(f"{path}: list properties in the vertex element are not supported")
-        if fmt == "ascii":
-            rows = [f.readline() for _ in range(n)]
-            table = np.loadtxt(rows, dtype=np.float64, ndmin=2) if n else np.zeros((0, len(props)))
-            data = {name: table[:, i] for i, (name, _) in enumerate(props)}
-        elif fmt in ("binary_little_endian", "binary_big_endian"):
-            order = "<" if fmt == "binary_little_endian" else ">"
-            dtype = np.dtype([(name, order + t) for name, t in props])
-            raw = f.read(dtype.itemsize * n)
-            if len(raw) < dtype.itemsize * n:
-                raise ValueError(f"{path}: truncated PLY body ({len(raw)} of {dtype.itemsize * n} bytes)")
-            arr = np.frombuffer(raw, dtype=dtype, count=n)
-            data = {name: arr[name] for name, _ in props}
-        else:
-            raise ValueError(f"{path}: unsupported PLY format {fmt!r}")
+        fmt, n, props = _read_ply_header(f, path)
+        data = _read_ply_vertices(f, path, fmt, n, props)
     for axis in "xyz":
         if axis not in data:
             raise ValueError(f"{path}: vertex element has no '{axis}' property")
@@ -138,3 +94,60 @@ def read_ply(path: str | Path) -> PointCloud:
             break
     conf = next((np.asarray(data[c], dtype=np.float32) for c in _CONF_NAMES if c in data), None)
     return PointCloud(xyz, rgb, conf)
+
+
+def _read_ply_header(f: BinaryIO, path: Path) -> tuple[str | None, int, list[tuple[str, str]]]:
+    """Parse the PLY header at the start of ``f``: the format, the vertex count and the vertex properties
+    ``(name, numpy type code)``; ``f`` is left at the start of the body."""
+    if f.readline().strip() != b"ply":
+        raise ValueError(f"{path}: not a PLY file (missing 'ply' magic)")
+    fmt = None
+    elements: list[tuple[str, int, list[tuple[str, str]], bool]] = []
+    while True:
+        line = f.readline()
+        if not line:
+            raise ValueError(f"{path}: truncated PLY header (no end_header)")
+        tok = line.decode("ascii", errors="replace").split()
+        if not tok or tok[0] in ("comment", "obj_info"):
+            continue
+        if tok[0] == "end_header":
+            break
+        if tok[0] == "format":
+            fmt = tok[1]
+        elif tok[0] == "element":
+            elements.append((tok[1], int(tok[2]), [], False))
+        elif tok[0] == "property" and elements:
+            name, count, props, has_list = elements[-1]
+            if tok[1] == "list":
+                elements[-1] = (name, count, props, True)
+            else:
+                if tok[1] not in _PLY_TYPES:
+                    raise ValueError(f"{path}: unknown PLY property type {tok[1]!r}")
+                props.append((tok[2], _PLY_TYPES[tok[1]]))
+    vertex_at = next((i for i, e in enumerate(elements) if e[0] == "vertex"), None)
+    if vertex_at is None:
+        raise ValueError(f"{path}: PLY has no vertex element")
+    if any(e[1] > 0 for e in elements[:vertex_at]):
+        raise ValueError(f"{path}: elements before 'vertex' are not supported")
+    _, n, props, has_list = elements[vertex_at]
+    if has_list:
+        raise ValueError(f"{path}: list properties in the vertex element are not supported")
+    return fmt, n, props
+
+
+def _read_ply_vertices(f: BinaryIO, path: Path, fmt: str | None, n: int,
+                       props: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+    """The ``n`` vertex rows of a PLY body in format ``fmt``: property name -> ``(n,)`` array."""
+    if fmt == "ascii":
+        rows = [f.readline() for _ in range(n)]
+        table = np.loadtxt(rows, dtype=np.float64, ndmin=2) if n else np.zeros((0, len(props)))
+        return {name: table[:, i] for i, (name, _) in enumerate(props)}
+    if fmt in ("binary_little_endian", "binary_big_endian"):
+        order = "<" if fmt == "binary_little_endian" else ">"
+        dtype = np.dtype([(name, order + t) for name, t in props])
+        raw = f.read(dtype.itemsize * n)
+        if len(raw) < dtype.itemsize * n:
+            raise ValueError(f"{path}: truncated PLY body ({len(raw)} of {dtype.itemsize * n} bytes)")
+        arr = np.frombuffer(raw, dtype=dtype, count=n)
+        return {name: arr[name] for name, _ in props}
+    raise ValueError(f"{path}: unsupported PLY format {fmt!r}")
