@@ -122,6 +122,16 @@ class Harness:
                                      ", ".join(f"{k}: {len(v)}" for k, v in self.received.items()))
             self.collect(0.1)
 
+    def publisher(self, **kwargs: Any):
+        """A :class:`~slam3r.service.publish.FramePublisher` on this test's frames exchange (``kwargs`` go to it)."""
+        from slam3r.service.publish import FramePublisher
+
+        return FramePublisher(self.cfg.rabbitmq_url, self.cfg.name(self.cfg.frames_exchange), **kwargs)
+
+    def ends(self) -> list[dict[str, Any]]:
+        """The segment-end messages received on the vis exchange so far (see :meth:`collect`)."""
+        return [m for m in self.received["vis"] if m.get("event") == "end"]
+
     def dead_letters(self) -> list[tuple[dict[str, Any], bytes]]:
         out = []
         q = self.cfg.name(self.cfg.dead_letter_queue)

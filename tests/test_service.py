@@ -18,7 +18,7 @@ import pytest
 from service_helpers import (FakeEngine, Harness, close_broker_connection, needs_broker, run_in_thread,
                              textured_frames)
 from slam3r.service.broker import connection_name
-from slam3r.service.publish import FramePublisher, encode_jpeg, publish_stream
+from slam3r.service.publish import encode_jpeg, publish_stream
 from slam3r.service.worker import Service
 
 pytestmark = needs_broker
@@ -66,12 +66,12 @@ def test_every_frame_in_order_then_segment_end(harness):
     engines: list[FakeEngine] = []
     svc, thread, code = start(harness, engines)
     frames = textured_frames(40)
-    with FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange)) as pub:
+    with harness.publisher() as pub:
         for i, rgb in enumerate(frames):
             pub.frame(rgb, 1000 + i, "seg-a")
         pub.end_segment("seg-a")
     stamps = [1000 + i for i in range(40)]
-    harness.wait_for(lambda: any(m.get("event") == "end" for m in harness.received["vis"]), 30, "segment end")
+    harness.wait_for(harness.ends, 30, "segment end")
     harness.collect(0.3)
     poses, points = harness.received["pose"], harness.received["points"]
     assert [m["timestamp_ns"] for m in poses] == stamps          # each once, in order
@@ -99,7 +99,7 @@ def test_connection_drop_loses_nothing_and_registers_once(harness):
     engines: list[FakeEngine] = []
     svc, thread, code = start(harness, engines, encoding="msgpack")
     frames = textured_frames(40, seed=1)
-    with FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange)) as pub:
+    with harness.publisher() as pub:
         for i, rgb in enumerate(frames[:20]):
             pub.frame(rgb, 5000 + i, "seg-b")
         harness.wait_for(lambda: len(harness.received["pose"]) >= 10, 20, "first poses")
@@ -107,7 +107,7 @@ def test_connection_drop_loses_nothing_and_registers_once(harness):
         for i, rgb in enumerate(frames[20:], start=20):
             pub.frame(rgb, 5000 + i, "seg-b")
         pub.end_segment("seg-b")
-    harness.wait_for(lambda: any(m.get("event") == "end" for m in harness.received["vis"]), 40, "segment end")
+    harness.wait_for(harness.ends, 40, "segment end")
     harness.collect(0.3)
     stamps = [5000 + i for i in range(40)]
     assert svc.link.reconnects >= 1
@@ -136,13 +136,13 @@ def test_malformed_messages_are_dead_lettered_with_a_reason(harness):
         (good, {"timestamp_ns": 7, "video_segment": "s", "stream_id": {"id": 1}}, "stream_id must be a string"),
         (tiny, {"timestamp_ns": 8, "video_segment": "s"}, "too small"),
     ]
-    with FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange)) as pub:
+    with harness.publisher() as pub:
         for body, headers, _ in cases:
             pub.publish(body, headers)
         for i, rgb in enumerate(textured_frames(6)):
             pub.frame(rgb, 100 + i, "s")
         pub.end_segment("s")
-    harness.wait_for(lambda: any(m.get("event") == "end" for m in harness.received["vis"]), 20, "segment end")
+    harness.wait_for(harness.ends, 20, "segment end")
     dead = harness.dead_letters()
     assert len(dead) == len(cases)
     for (headers, body), (sent_body, sent_headers, reason) in zip(dead, cases):
@@ -168,13 +168,13 @@ def test_two_workers_share_streams_through_single_active_consumer_shards(harness
     runs = [start(harness, engines[i], worker_index=i, num_workers=2, shards=shards, standby_delay_s=0.5)
             for i in range(2)]
     frames = textured_frames(12, seed=2)
-    with FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange)) as pub:
+    with harness.publisher() as pub:
         for i, rgb in enumerate(frames):
             pub.frame(rgb, 10 + i, "seg", stream_id=a)
             pub.frame(rgb, 10 + i, "seg", stream_id=b)
         pub.end_segment("seg", a)
         pub.end_segment("seg", b)
-    harness.wait_for(lambda: sum(m.get("event") == "end" for m in harness.received["vis"]) == 2, 30, "2 ends")
+    harness.wait_for(lambda: len(harness.ends()) == 2, 30, "2 ends")
     harness.collect(0.3)
     for stream in (a, b):
         got = [m["timestamp_ns"] for m in harness.received["pose"] if m["stream_id"] == stream]
@@ -192,15 +192,15 @@ def test_two_workers_share_streams_through_single_active_consumer_shards(harness
 def test_new_segment_and_redelivered_late_frames(harness, tmp_path):
     svc, thread, code = start(harness, save_segments=True, segment_output_dir=str(tmp_path))
     frames = textured_frames(16, seed=3)
-    with FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange)) as pub:
+    with harness.publisher() as pub:
         for i in range(8):
             pub.frame(frames[i], 200 + i, "one")
         for i in range(8, 16):
             pub.frame(frames[i], 200 + i, "two")        # a new segment ends "one"
         pub.frame(frames[0], 150, "one")                # an old frame of a finished segment
         pub.end_segment("two")
-    harness.wait_for(lambda: sum(m.get("event") == "end" for m in harness.received["vis"]) == 2, 20, "ends")
-    ends = [m for m in harness.received["vis"] if m.get("event") == "end"]
+    harness.wait_for(lambda: len(harness.ends()) == 2, 20, "ends")
+    ends = harness.ends()
     assert [(e["video_segment"], e["frames"]) for e in ends] == [("one", 8), ("two", 8)]
     for e in ends:
         assert Path(e["files"]["points"]).is_file() and Path(e["files"]["trajectory"]).is_file()
@@ -211,16 +211,14 @@ def test_new_segment_and_redelivered_late_frames(harness, tmp_path):
 
 
 def test_restart_forgets_finished_segments_so_a_replay_is_processed(harness):
-    engines: list[FakeEngine] = []
-    svc, thread, code = start(harness, engines)
+    svc, thread, code = start(harness)
     frames = textured_frames(8, seed=6)
-    with FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange)) as pub:
+    with harness.publisher() as pub:
         for replay in range(2):
             for i, rgb in enumerate(frames):
                 pub.frame(rgb, 700 + i, "0000_segment_000.mp4")
             pub.end_segment("0000_segment_000.mp4")
-            harness.wait_for(lambda: sum(m.get("event") == "end" for m in harness.received["vis"]) == replay + 1,
-                             20, f"end {replay}")
+            harness.wait_for(lambda: len(harness.ends()) == replay + 1, 20, f"end {replay}")
             if replay == 0:                         # as the deployment's server does on start-up
                 harness.restart(b'{"type":"restart"}')
                 harness.wait_for(lambda: not svc.streams, 20, "the restart")
@@ -234,16 +232,16 @@ def test_restart_message_finishes_the_segment_and_later_frames_start_over(harnes
     engines: list[FakeEngine] = []
     svc, thread, code = start(harness, engines)
     frames = textured_frames(10, seed=5)
-    with FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange)) as pub:
+    with harness.publisher() as pub:
         for i in range(6):
             pub.frame(frames[i], 300 + i, "r")
         harness.wait_for(lambda: len(harness.received["pose"]) == 5, 20, "the initial window")
         harness.restart(headers={"stream_id": "default"})
-        harness.wait_for(lambda: any(m.get("event") == "end" for m in harness.received["vis"]), 20, "end")
+        harness.wait_for(harness.ends, 20, "end")
         for i in range(6, 10):
             pub.frame(frames[i], 300 + i, "r")                 # same segment name, later frames: a new map
         pub.end_segment("r")
-    harness.wait_for(lambda: sum(m.get("event") == "end" for m in harness.received["vis"]) == 2, 20, "2nd end")
+    harness.wait_for(lambda: len(harness.ends()) == 2, 20, "2nd end")
     events = [(m["event"], m["frames"]) for m in harness.received["vis"] if m["type"] == "segment"]
     assert events == [("start", 0), ("end", 6), ("start", 0), ("end", 4)]
     assert [m["timestamp_ns"] for m in harness.received["pose"]] == [300 + i for i in range(10)]
@@ -299,7 +297,7 @@ def test_sigterm_finishes_received_frames_and_saves_the_segment(harness, tmp_pat
                                    out=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        pub = FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange))
+        pub = harness.publisher()
         deadline = time.monotonic() + 30
         while True:                              # wait until the worker's queue is bound
             try:
@@ -309,7 +307,7 @@ def test_sigterm_finishes_received_frames_and_saves_the_segment(harness, tmp_pat
                 assert time.monotonic() < deadline, "worker never bound its queue"
                 pub.close()
                 time.sleep(0.3)
-                pub = FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange))
+                pub = harness.publisher()
         publish_stream(pub, ((rgb, None) for rgb in textured_frames(39, seed=4)), "sig", fps=None,
                        end_marker=False)
         pub.close()
@@ -325,7 +323,7 @@ def test_sigterm_finishes_received_frames_and_saves_the_segment(harness, tmp_pat
     assert len({m["timestamp_ns"] for m in harness.received["pose"]}) == done
     # Frames still in the queue were left for redelivery; everything received was finished and acknowledged.
     assert harness.queue_depth(harness.cfg.frames_queue) == 40 - done
-    end = [m for m in harness.received["vis"] if m.get("event") == "end"]
+    end = harness.ends()
     assert len(end) == 1 and end[0]["frames"] == done
     assert Path(end[0]["files"]["points"]).stat().st_size > 0
     assert len(Path(end[0]["files"]["trajectory"]).read_text().splitlines()) == 1 + done
@@ -339,14 +337,14 @@ def test_publish_sends_persistent_frames_and_survives_a_lost_connection(harness)
     harness.ch.queue_bind(tap, harness.cfg.name(harness.cfg.frames_exchange))
     svc, thread, code = start(harness)
     frames = textured_frames(24, seed=8)
-    with FramePublisher(harness.cfg.rabbitmq_url, harness.cfg.name(harness.cfg.frames_exchange), retry_s=30) as pub:
+    with harness.publisher(retry_s=30) as pub:
         for i, rgb in enumerate(frames):
             if i == 10:
                 close_broker_connection(pub.connection_name)    # the broker drops the publisher mid-stream
             pub.frame(rgb, 900 + i, "p")
         pub.end_segment("p")
     assert pub.resent >= 1
-    harness.wait_for(lambda: any(m.get("event") == "end" for m in harness.received["vis"]), 30, "segment end")
+    harness.wait_for(harness.ends, 30, "segment end")
     assert first_occurrences(harness.received["pose"]) == [900 + i for i in range(24)]       # none lost
     modes = []
     while True:
