@@ -100,8 +100,8 @@ class CrossAttention(nn.Module):
         ``max_m proj(attn(projq x, k_m, v_m))``, ``(V, B, N, C)``.
 
         The attention of every view to one memory is a single attention call over the views' concatenated
-        queries (softmax is per query, so this is exact); memories are taken at most ``TOKENS_PER_CHUNK``
-        query-memory tokens at a time and max-combined.
+        queries (softmax is per query, so this is exact); memories are taken a chunk at a time (chunk x V x B x N
+        at most ``TOKENS_PER_CHUNK``, at least one memory) and max-combined.
         """
         nv, b, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
@@ -142,7 +142,6 @@ class MultiviewDecoderBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
         super().__init__()
-        self.num_heads = num_heads
         self.norm1 = layer_norm(dim)
         self.attn = SelfAttention(dim, num_heads)
         self.cross_attn = CrossAttention(dim, num_heads)
