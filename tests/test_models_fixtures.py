@@ -124,3 +124,30 @@ def test_preprocess_enlarges_small_images():
     assert out.shape == (224, 224, 3) and out.dtype == np.uint8
     x = to_tensor(out)
     assert x.shape == (3, 224, 224) and x.min() >= -1 and x.max() <= 1
+
+
+@torch.no_grad()
+def test_cross_attention_is_the_max_over_memories_of_plain_attention():
+    """``CrossAttention.attend(x, *kv(y))`` against written-out softmax attention, one view / memory at a time."""
+    from slam3r.models.blocks import CrossAttention
+    from slam3r.models.rope import apply_rope, patch_positions, rope_tables
+
+    torch.manual_seed(0)
+    h, c = 4, 32
+    ca = CrossAttention(c, h)
+    rope = rope_tables(patch_positions(2, 3), c // h, 100.0)
+    x, y = torch.randn(2, 3, 6, c), torch.randn(5, 3, 6, c)             # (V, B, N, C), (M, B, N, C)
+
+    def heads(t):
+        return t.view(*t.shape[:-1], h, c // h).transpose(-3, -2)          # (..., N, C) -> (..., h, N, d)
+
+    expected = torch.empty_like(x)
+    for i in range(2):
+        q = apply_rope(heads(ca.projq(x[i])), *rope)
+        outs = []
+        for m in range(5):
+            k, v = apply_rope(heads(ca.projk(y[m])), *rope), heads(ca.projv(y[m]))
+            att = (q @ k.transpose(-2, -1) / (c // h) ** 0.5).softmax(-1) @ v
+            outs.append(ca.proj(att.transpose(-3, -2).reshape(3, 6, c)))
+        expected[i] = torch.stack(outs).amax(0)
+    close(ca.attend(x, *ca.kv(y, rope), rope), expected, 1e-5)
