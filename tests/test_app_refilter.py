@@ -12,6 +12,7 @@ import pytest
 from slam3r.app.refilter import highest_confidence, load_cloud, percentile_threshold, refilter, select_points
 from slam3r.data.ply import read_ply
 from slam3r.recon.export import ReconWriter
+from slam3r.recon.summary import EngineSummary, RunSummary
 from slam3r.recon.types import FrameResult
 
 V, S = 3, 4
@@ -117,7 +118,7 @@ def test_same_selection_as_the_pipeline_export(tmp_path: Path) -> None:
         writer.add(FrameResult(f, None, rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), pts,
                                np.ones((8, 8), np.float32), pts, (1 + rng.exponential(2, (8, 8))).astype(np.float32),
                                np.eye(4), 10.0))
-    writer.close({"init_winsize": 2, "kf_stride": 1, "init_ref_id": 0}, {"config": {"seed": 42}})
+    writer.close(RunSummary(engine=EngineSummary(init_winsize=2, kf_stride=1, init_ref_id=0), config={"seed": 42}))
     exported = read_ply(tmp_path / "pipe_recon.ply")
     again = load_cloud(tmp_path, 2.0, 50, seed=42)
     np.testing.assert_array_equal(exported.xyz, again.xyz)

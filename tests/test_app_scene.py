@@ -14,6 +14,7 @@ from slam3r.app.scene import (HIGHLIGHT_RGB, SceneGLB, ViewOptions, frustum_segm
                               trajectory_segments, write_view)
 from slam3r.app.sessions import Sessions, public_message
 from slam3r.recon.export import ReconWriter
+from slam3r.recon.summary import EngineSummary, RunSummary
 from slam3r.recon.types import FrameResult
 
 
@@ -71,8 +72,8 @@ def result_dir(tmp_path: Path) -> Path:
         conf = np.where(np.arange(64).reshape(8, 8) < 32, 5.0, 1.0).astype(np.float32)
         writer.add(FrameResult(f, None, np.full((8, 8, 3), 100, np.uint8), pts, conf, pts, conf, pose, 8.0,
                                is_keyframe=f == 0))
-    writer.close({"init_winsize": 2, "kf_stride": 1, "init_ref_id": 0},
-                 {"config": {"seed": 42, "conf_thres_l2w": 2.0, "num_points_save": 10**6}})
+    writer.close(RunSummary(engine=EngineSummary(init_winsize=2, kf_stride=1, init_ref_id=0),
+                            config={"seed": 42, "conf_thres_l2w": 2.0, "num_points_save": 10**6}))
     return tmp_path
 
 

@@ -15,6 +15,7 @@ from slam3r.app.splat import BACKGROUND, look_at, splat
 from slam3r.app.view import load_reconstruction
 from slam3r.cli import main
 from slam3r.recon.export import ReconWriter
+from slam3r.recon.summary import EngineSummary, RunSummary
 from slam3r.recon.types import FrameResult
 
 S, N = 48, 12
@@ -35,8 +36,8 @@ def result_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         conf = np.where(valid[i], 20.0, 1.0).astype(np.float32)
         writer.add(FrameResult(i, None, resize_crop(seq.rgb[i], S), pts[i], conf, pts[i], conf, seq.c2w[i],
                                S * 0.6, is_keyframe=i % 4 == 0))
-    writer.close({"init_winsize": 2, "kf_stride": 1, "init_ref_id": 0},
-                 {"config": {"seed": 42, "conf_thres_l2w": 3.0, "num_points_save": 10**6}})
+    writer.close(RunSummary(engine=EngineSummary(init_winsize=2, kf_stride=1, init_ref_id=0),
+                            config={"seed": 42, "conf_thres_l2w": 3.0, "num_points_save": 10**6}))
     return out
 
 

@@ -12,6 +12,7 @@ from slam3r.recon.config import ReconConfig
 from slam3r.recon.export import ReconWriter
 from slam3r.recon.interop import OPENCV_TO_OPENGL, export_recon
 from slam3r.recon.offline import run_offline
+from slam3r.recon.summary import RunSummary
 from test_recon_oracle import OracleI2P, OracleL2W, scene  # noqa: F401  (fixture)
 
 
@@ -23,7 +24,7 @@ def recon_dir(scene, tmp_path_factory):  # noqa: F811
     writer = ReconWriter(out, conf_thres_l2w=3)
     for r in it:
         writer.add(r)
-    writer.close({}, {"config": {"conf_thres_l2w": 3}})
+    writer.close(RunSummary(config={"conf_thres_l2w": 3}))
     return out
 
 

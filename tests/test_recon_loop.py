@@ -169,7 +169,7 @@ def test_offline_loop_closure_through_the_output_directory(loop_scene, drift_ate
                           ReconConfig(**LOOP_CFG, loop_closure=True), out, progress=False, on_result=seen.append)
     _, poses = read_tum_trajectory(out / "trajectory.txt")
     assert ate(poses[:, :3, 3], scene.c2w[:, :3, 3]).ate_rmse_m < 0.75 * drift_ate  # bench_loop.py: 300 frames
-    info = summary["loop_closure"]
+    info = summary.engine.loop_closure
     assert info["loop_edges"] and info["optimisations"] >= 1
     assert json.loads((out / "summary.json").read_text())["loop_closure"] == info
     cams = json.loads((out / "cameras.json").read_text())
@@ -180,7 +180,7 @@ def test_offline_loop_closure_through_the_output_directory(loop_scene, drift_ate
         s, R, t = umeyama(seen[i].pts3d_local.reshape(-1, 3), preds[i].reshape(-1, 3))
         np.testing.assert_allclose(R, poses[i][:3, :3], atol=1e-4)
     cloud = read_ply(out / "scene_recon.ply")
-    assert len(cloud) == summary["points"]
+    assert len(cloud) == summary.points
     assert np.isin(cloud.xyz[:50, 0], preds[..., 0]).all()  # the cloud was rewritten from corrected predictions
     reconstruct(frames, CovisI2P(scene, K), DriftL2W(scene, 0.5, 7), ReconConfig(**LOOP_CFG, loop_closure=True),
                 tmp_path / "nopreds", progress=False, keep_preds=False)

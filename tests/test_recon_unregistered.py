@@ -29,7 +29,7 @@ def test_frames_without_points_are_marked_not_registered(tiny_models, tmp_path):
         summary = reconstruct(frames, i2p, l2w, cfg, out, online=True, progress=False, on_result=results.append)
     init = set(range(0, 5, 2))  # keyframes 0, 2, 4 of the initial window
     unregistered = [r.frame_id for r in results if not r.registered]
-    assert set(unregistered) == init and summary["unregistered_frames"] == sorted(init)
+    assert set(unregistered) == init and summary.unregistered_frames == sorted(init)
     for r in results:
         assert r.conf.min() >= 1.0
         if r.registered:

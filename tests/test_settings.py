@@ -174,6 +174,7 @@ def test_export_check_thresholds_and_non_finite_values():
 
 def test_writer_never_writes_nan_or_infinity(tmp_path):
     from slam3r.recon.export import ReconWriter
+    from slam3r.recon.summary import EngineSummary, RunSummary
     from slam3r.recon.types import FrameResult
 
     w = ReconWriter(tmp_path / "w", "s", conf_thres_l2w=1.0)
@@ -182,7 +183,7 @@ def test_writer_never_writes_nan_or_infinity(tmp_path):
         w.add(FrameResult(i, None, np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.float32),
                           np.ones((4, 4), np.float32), np.zeros((4, 4, 3), np.float32), conf, np.eye(4),
                           float("nan")))
-    w.close({"kf_stride": 1}, {"fps": float("inf")})
+    w.close(RunSummary(engine=EngineSummary(kf_stride=1), fps=float("inf")))
     for path in (tmp_path / "w").rglob("*.json"):
         jsonio.loads(path.read_text())
     assert json.loads((tmp_path / "w" / "cameras.json").read_text())[1]["focal"] is None

@@ -100,13 +100,13 @@ def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, cf
         "seed": seed, "frames": num_frames, "image_size": size, "recon_config": to_dict(cfg),
         "eval_conf_thresh": eval_conf,
         "model": {"accuracy_cm": model.metrics.accuracy_cm, "completion_cm": model.metrics.completion_cm,
-                  "ate_cm": 100 * traj.ate_rmse_m, "fps": summary["fps"], "stride": summary["metadata"]["kf_stride"],
+                  "ate_cm": 100 * traj.ate_rmse_m, "fps": summary.fps, "stride": summary.engine.kf_stride,
                   "confident_fraction": float((conf > 3).mean()), "alignment_failed": model.failed,
                   "details": model.to_dict()},
         "baseline": {"accuracy_cm": base.metrics.accuracy_cm, "completion_cm": base.metrics.completion_cm,
                      "ate_cm": 0.0, "depth_m": float(np.median(seq.depth[seq.depth > 0])),
                      "details": base.to_dict()},
-        "seconds": {"render": t_render, "reconstruct": summary["seconds"], "evaluate": t_eval},
+        "seconds": {"render": t_render, "reconstruct": summary.seconds, "evaluate": t_eval},
     }
     (out / "report.json").write_text(jsonio.dumps(report, indent=1))
     return report

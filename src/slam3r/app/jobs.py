@@ -71,7 +71,7 @@ class ReconJob:
             with torch.no_grad():
                 self.summary = reconstruct(self._read(), self.i2p, self.l2w, self.cfg, self.out_dir,
                                            online=self.online, device=self.device, scene=self.scene, progress=False,
-                                           on_result=self._on_result, stop=self._stop)
+                                           on_result=self._on_result, stop=self._stop).to_json()
         except ValueError as exc:  # bad input (too few frames, unreadable data, invalid parameters)
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - reported in the page; the server keeps running

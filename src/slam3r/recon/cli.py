@@ -9,6 +9,9 @@ from pathlib import Path
 
 from slam3r.recon.config import ReconConfig
 
+if typing.TYPE_CHECKING:
+    from slam3r.recon.summary import RunSummary
+
 SHARED = ("precision", "intrinsics")
 """Fields with their own option (``--precision`` is a runtime option, ``--intrinsics`` takes FX,FY,CX,CY)."""
 
@@ -87,19 +90,19 @@ def scene_name(scene: str | None, source: str) -> str:
     return Path(str(source).rstrip("/")).stem or "scene"
 
 
-def print_summary(summary: dict, out: Path, name: str) -> None:
+def print_summary(summary: RunSummary, out: Path, name: str) -> None:
     """The closing lines of a run, and a warning on stderr when (almost) nothing passed the export threshold."""
     import sys
 
-    print(f"frames: {summary['frames']}  stride: {summary['metadata']['kf_stride']}  fps: {summary['fps']}  "
-          f"points: {summary['points']}  low-confidence frames: {len(summary['low_confidence_frames'])}  "
-          f"unregistered frames: {len(summary['unregistered_frames'])}  "
-          f"skipped (unreadable) frames: {summary['input'].get('skipped', 0)}")
-    warning = (summary.get("export_check") or {}).get("warning")
+    print(f"frames: {summary.frames}  stride: {summary.engine.kf_stride}  fps: {summary.fps}  "
+          f"points: {summary.points}  low-confidence frames: {len(summary.low_confidence_frames)}  "
+          f"unregistered frames: {len(summary.unregistered_frames)}  "
+          f"skipped (unreadable) frames: {summary.input.get('skipped', 0)}")
+    warning = (summary.export_check or {}).get("warning")
     if warning:
         print(f"slam3r recon: warning: {warning}", file=sys.stderr)
-    if summary["interrupted"]:
-        print(f"stopped early ({summary['stop_reason']}): outputs hold the {summary['frames']} frames registered")
+    if summary.interrupted:
+        print(f"stopped early ({summary.stop_reason}): outputs hold the {summary.frames} frames registered")
     from slam3r.recon.export import cloud_files
 
     print(f"written to {out}/ ({', '.join(cloud_files(name))}, trajectory.txt, summary.json, preds/)")

@@ -1,10 +1,11 @@
-"""Pipeline parameters (reference ``recon.py`` names and defaults) as one validated dataclass."""
+"""Pipeline parameters (reference ``recon.py`` names and defaults) as one validated dataclass, and the geometry of
+a run resolved from them once (:func:`resolve_geometry`, used by both drivers; the engine takes it as given)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 from slam3r.config import ConfigError
 
@@ -126,3 +127,57 @@ class ReconConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class RunGeometry:
+    """The settings of one run that depend on the driver, the network and the input, resolved once.
+
+    Attributes:
+        stride: keyframe stride s (frames) between the views of an I2P window, >= 1.
+        causal: streaming windows (``v - i*s``, past frames only) instead of symmetric ones (``v -+ i*s``).
+        size: network input side S (pixels); frames are cropped and resized to ``S x S``.
+        intrinsics_net: known (fx, fy, cx, cy) in pixels of the ``S x S`` network input, or ``None`` (focal lengths
+            are then estimated per frame, the principal point at the image centre).
+        num_register: frames registered per L2W call, ``max(1, min((s + 1) // 2, max_num_register))``.
+        init_frames: frames the engine holds before it can initialise, ``(initial_winsize - 1) * s + 1``.
+    """
+
+    stride: int
+    causal: bool
+    size: int
+    intrinsics_net: tuple[float, float, float, float] | None
+    num_register: int
+    init_frames: int
+
+
+def resolve_geometry(cfg: ReconConfig, size: int, *, causal: bool, frame_shape: tuple[int, ...] | None = None,
+                     search: Callable[[], int] | None = None) -> RunGeometry:
+    """The :class:`RunGeometry` of a run of ``cfg`` on ``size x size`` network inputs.
+
+    The stride is ``cfg.keyframe_stride`` when set (>= 1); when it is -1 (automatic) a causal run takes
+    ``cfg.online_stride`` and an offline run the result of ``search()`` (the automatic stride search over the
+    whole input, :func:`slam3r.recon.offline.choose_stride`). ``cfg.intrinsics`` (pixels of the original frames)
+    are mapped to the network crop of frames of ``frame_shape`` ``(H, W, ...)``; ``None`` without a frame shape.
+    """
+    stride = cfg.keyframe_stride
+    if stride == -1:
+        if causal:
+            stride = cfg.online_stride
+        elif search is None:
+            raise ValueError("an automatic keyframe stride (keyframe_stride -1) needs the offline stride search")
+        else:
+            stride = search()
+    k = None
+    if cfg.intrinsics is not None and frame_shape is not None:
+        import numpy as np
+
+        from slam3r.geometry.camera import crop_resize_intrinsics
+
+        fx, fy, cx, cy = cfg.intrinsics
+        m = crop_resize_intrinsics(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), frame_shape[1], frame_shape[0],
+                                   size)
+        k = (float(m[0, 0]), float(m[1, 1]), float(m[0, 2]), float(m[1, 2]))
+    return RunGeometry(stride=stride, causal=causal, size=size, intrinsics_net=k,
+                       num_register=max(1, min((stride + 1) // 2, cfg.max_num_register)),
+                       init_frames=(cfg.initial_winsize - 1) * stride + 1)

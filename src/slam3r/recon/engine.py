@@ -29,9 +29,10 @@ from slam3r.models.precision import autocast as precision_autocast
 from slam3r.models.registry import compile_blocks
 from slam3r.recon.camera import (estimate_focal, normalize_pointmaps, pose_from_pnp, pose_from_pointmaps,
                                  similarity_fit)
-from slam3r.recon.config import ReconConfig
+from slam3r.recon.config import ReconConfig, RunGeometry
 from slam3r.recon.loop import LoopCloser, apply_sim3_matrix
 from slam3r.recon.registration import register_from_window
+from slam3r.recon.summary import EngineSummary
 from slam3r.recon.types import FrameResult
 
 
@@ -72,24 +73,23 @@ class Engine:
     Args:
         i2p, l2w: the networks (same ``img_size``).
         cfg: pipeline parameters.
-        stride: keyframe stride s (already resolved; no auto here).
-        causal: streaming windows (past frames only) instead of symmetric ones.
-        intrinsics_net: known (fx, fy, cx, cy) at network resolution, or ``None`` to estimate focal lengths.
+        geometry: the run's resolved stride, window kind, intrinsics and batch size
+            (:func:`slam3r.recon.config.resolve_geometry`; nothing is re-derived here).
     """
 
-    def __init__(self, i2p: Image2PointsModel, l2w: Local2WorldModel, cfg: ReconConfig, stride: int, *,
-                 causal: bool, device: torch.device | str = "cpu",
-                 intrinsics_net: tuple[float, float, float, float] | None = None) -> None:
+    def __init__(self, i2p: Image2PointsModel, l2w: Local2WorldModel, cfg: ReconConfig, geometry: RunGeometry, *,
+                 device: torch.device | str = "cpu") -> None:
         if tuple(i2p.cfg.img_size) != tuple(l2w.cfg.img_size):
             raise ValueError(f"I2P ({i2p.cfg.img_size}) and L2W ({l2w.cfg.img_size}) image sizes differ")
+        if geometry.size != i2p.cfg.img_size[0]:
+            raise ValueError(f"run geometry for {geometry.size} px inputs, networks of {i2p.cfg.img_size}")
         self.i2p, self.l2w, self.cfg = i2p, l2w, cfg
         if cfg.compile:
             for net in (i2p, l2w):
                 compile_blocks(net)
-        self.s = stride
-        self.causal = causal
+        self.geometry = geometry
+        self.s, self.causal = geometry.stride, geometry.causal  # short names for the hot paths
         self.device = torch.device(device)
-        self.intrinsics_net = intrinsics_net
         self.rng = np.random.default_rng(cfg.seed)
         self.frames: dict[int, _Frame] = {}
         self.n = 0  # frames added
@@ -102,7 +102,6 @@ class Engine:
         self.candidates_seen = 0
         self.next_id = 0  # next frame to register (after initialisation)
         self.milestone = 0
-        self.num_register = max(1, min((stride + 1) // 2, cfg.max_num_register))
         self.local_mean: dict[int, float] = {}
         self.l2w_mean: dict[int, float] = {}
         self.timings: dict[str, float] = defaultdict(float)
@@ -282,7 +281,7 @@ class Engine:
         """Initial window: best reference among frames 0, s, ..., shrinking while confidence is low."""
         s = self.s
         w = self.cfg.initial_winsize
-        if self.n < (w - 1) * s + 1:
+        if self.n < self.geometry.init_frames:
             if not self.final:
                 return False
             w = min(w, (self.n - 1) // s + 1)  # keyframes 0, s, ... that exist
@@ -395,8 +394,8 @@ class Engine:
     def _pose(self, v: int, f: _Frame, cam: np.ndarray, world: np.ndarray,
               weights: np.ndarray) -> tuple[np.ndarray | None, float]:
         """Camera-to-world pose (``None`` when no weighted point fixes it) and focal length of frame ``v``."""
-        if self.intrinsics_net is not None:
-            fx, fy, cx, cy = self.intrinsics_net
+        if self.geometry.intrinsics_net is not None:
+            fx, fy, cx, cy = self.geometry.intrinsics_net
             pose = pose_from_pnp(world, weights, fx, fy, cx, cy, seed=v)
             focal = float(fx)
         else:
@@ -482,6 +481,14 @@ class Engine:
                     f.world = torch.from_numpy(apply_sim3_matrix(C, f.world.cpu().numpy())).to(f.world.device)
 
     # ------------------------------------------------------------------------------------------------ driver
+    def summary(self) -> EngineSummary:
+        """What this run did, for ``summary.json``; with loop closure, call it after the loop closer's final
+        ``corrections()`` so that its counts include the last optimisation."""
+        return EngineSummary(init_winsize=len(self.init_ids), kf_stride=self.s, init_ref_id=self.init_ref_id,
+                             timings={k: round(v, 3) for k, v in self.timings.items()},
+                             buffer_size=len(self.buffer), keyframes=list(self.keyframes),
+                             loop_closure=self.loop.summary() if self.loop is not None else None)
+
     def advance(self) -> list[FrameResult]:
         """Do all the work the frames seen so far allow; returns newly registered frames in order."""
         out: list[FrameResult] = []
@@ -497,8 +504,8 @@ class Engine:
             self._loop_step()
             out += self._emit(span)
         while self.next_id < self.n:
-            batch = list(range(self.next_id, min(self.next_id + self.num_register, self.n)))
-            if len(batch) < self.num_register and not self.final:
+            batch = list(range(self.next_id, min(self.next_id + self.geometry.num_register, self.n)))
+            if len(batch) < self.geometry.num_register and not self.final:
                 break
             if any(self.window(v) is None for v in batch):
                 break

@@ -42,6 +42,7 @@ from slam3r.data import jsonio
 from slam3r.data.ply import write_ply
 from slam3r.data.trajectory_io import write_tum_trajectory
 from slam3r.recon.diagnostics import export_check
+from slam3r.recon.summary import RunSummary
 from slam3r.recon.types import FrameResult
 
 PRED_FILES = {
@@ -265,9 +266,10 @@ class ReconWriter:
             f.fh.close()
         shutil.rmtree(self._created, ignore_errors=True)
 
-    def close(self, metadata: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
-        """Finish all files and swap them in as ``out_dir``; returns the summary (with point count, low-confidence
-        and unregistered frames added). With no frame at all, discards everything and raises ValueError."""
+    def close(self, summary: RunSummary) -> RunSummary:
+        """Finish all files and swap them in as ``out_dir``; returns ``summary`` as written, with the writer's
+        fields (frames, points, low-confidence and unregistered frames, export check) filled in. With no frame at
+        all, discards everything and raises ValueError."""
         if self.next_frame == 0:
             self.discard()
             raise ValueError("no frame was registered: nothing written")
@@ -277,7 +279,8 @@ class ReconWriter:
                  for i in self.unregistered]
         write_tum_trajectory(self.staging / "trajectory.txt", np.array(self.stamps),
                              np.array(self.poses).reshape(-1, 4, 4), notes=notes)
-        _write_atomic(self.preds / "metadata.json", jsonio.dumps({"scene_id": self.scene, **metadata}))
+        meta = {"scene_id": self.scene, **summary.engine.metadata()}
+        _write_atomic(self.preds / "metadata.json", jsonio.dumps(meta))
         _write_atomic(self.staging / "cameras.json", jsonio.dumps(self.cameras))
         arrays = [np.load(self.preds / f"{name}.npy", mmap_mode="r")
                   for name in ("registered_pcds", "registered_confs", "input_imgs")]
@@ -286,10 +289,9 @@ class ReconWriter:
         del arrays
         write_cloud(self.staging, self.scene, cloud)
         low = [i for i, c in enumerate(self.conf_means) if c < self.low_conf_frame_thresh]
-        summary = {**summary, "frames": self.next_frame, "points": len(cloud), "low_confidence_frames": low,
-                   "unregistered_frames": list(self.unregistered), "metadata": metadata,
-                   "export_check": check}
-        _write_atomic(self.staging / "summary.json", jsonio.dumps(summary, indent=1))
+        summary = summary.replace(frames=self.next_frame, points=len(cloud), low_confidence_frames=low,
+                                  unregistered_frames=list(self.unregistered), export_check=check)
+        _write_atomic(self.staging / "summary.json", jsonio.dumps(summary.to_json(), indent=1))
         if not self.keep_preds:
             for name in PRED_FILES:
                 (self.preds / f"{name}.npy").unlink()

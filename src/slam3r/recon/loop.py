@@ -303,26 +303,23 @@ def apply_corrections(out_dir: str | Path, corrections: dict[int, np.ndarray]) -
     write_tum_trajectory(out / "trajectory.txt", stamps, poses)
 
 
-def finish_output(out_dir: str | Path, loop: LoopCloser, scene: str, cfg: ReconConfig, summary: dict,
-                  keep_preds: bool) -> dict:
-    """After ``ReconWriter.close``: apply the final loop corrections to the directory (predictions, poses,
-    trajectory), rewrite the point cloud files from the corrected predictions, record the loop statistics in
-    ``summary.json`` (key ``loop_closure``) and drop ``preds/`` if the run did not ask to keep them. Per-frame
-    PLYs (``--frame-plys``) stay as registered, before the correction."""
+def finish_output(out_dir: str | Path, corrections: dict[int, np.ndarray], scene: str, cfg: ReconConfig,
+                  keep_preds: bool) -> None:
+    """After ``ReconWriter.close``: apply the final loop ``corrections`` (``LoopCloser.corrections``) to the
+    directory (predictions, poses, trajectory), rewrite the point cloud files from the corrected predictions and
+    drop ``preds/`` if the run did not ask to keep them (``summary.json`` already holds the loop statistics, from
+    ``Engine.summary``). Per-frame PLYs (``--frame-plys``) stay as registered, before the correction."""
     from slam3r.data.ply import write_ply
     from slam3r.recon.export import PRED_FILES, select_points, write_glb
 
     out = Path(out_dir)
-    apply_corrections(out, loop.corrections())
+    apply_corrections(out, corrections)
     arrays = [np.load(out / "preds" / f"{name}.npy", mmap_mode="r")
               for name in ("registered_pcds", "registered_confs", "input_imgs")]
     cloud = select_points(*arrays, conf_thres=cfg.conf_thres_l2w, num_points=cfg.num_points_save, seed=cfg.seed)
     del arrays
     write_ply(out / f"{scene}_recon.ply", cloud.xyz, cloud.rgb, cloud.conf)
     write_glb(out / f"{scene}_recon.glb", cloud.xyz, cloud.rgb)
-    summary = {**summary, "loop_closure": loop.summary()}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if not keep_preds:
         for name in PRED_FILES:
             (out / "preds" / f"{name}.npy").unlink()
-    return summary

@@ -11,7 +11,7 @@ import torch
 from slam3r.data.preprocess import to_tensor
 from slam3r.errors import InputError
 from slam3r.models import Image2PointsModel, Local2WorldModel
-from slam3r.recon.config import ReconConfig
+from slam3r.recon.config import ReconConfig, resolve_geometry
 from slam3r.recon.engine import Engine, autocast_context
 from slam3r.recon.types import FrameResult
 
@@ -44,21 +44,22 @@ def choose_stride(i2p: Image2PointsModel, frames: Sequence[np.ndarray], cfg: Rec
 
 def run_offline(i2p: Image2PointsModel, l2w: Local2WorldModel, frames: Sequence[np.ndarray], cfg: ReconConfig,
                 *, device: torch.device | str = "cpu", timestamps: Sequence[int | None] | None = None,
-                intrinsics_net: tuple[float, float, float, float] | None = None, chunk: int = 32,
+                frame_shape: tuple[int, ...] | None = None, chunk: int = 32,
                 on_stride: Callable[[int], None] | None = None) -> tuple[Engine, Iterator[FrameResult]]:
-    """Reconstruct ``frames`` (network-resolution ``(S, S, 3)`` uint8). Returns the engine (stride, buffer,
-    timings) and an iterator of per-frame results in frame order; consume it to run the reconstruction."""
+    """Reconstruct ``frames`` (network-resolution ``(S, S, 3)`` uint8). Returns the engine (geometry, buffer,
+    timings, ``summary()``) and an iterator of per-frame results in frame order; consume it to run the
+    reconstruction. ``frame_shape``: ``(H, W, ...)`` of the original frames ``cfg.intrinsics`` refer to (default:
+    the frames given)."""
     device = torch.device(device)
     n = len(frames)
     if n < 2:
         raise InputError(f"need at least 2 frames to reconstruct, got {n}")
-    stride = cfg.keyframe_stride
     tokens: dict[int, torch.Tensor] = {}  # encoded by the stride search, handed to the engine (then dropped)
-    if stride == -1:
-        stride, _ = choose_stride(i2p, frames, cfg, device, tokens)
+    geometry = resolve_geometry(cfg, i2p.cfg.img_size[0], causal=False, frame_shape=frame_shape or frames[0].shape,
+                                search=lambda: choose_stride(i2p, frames, cfg, device, tokens)[0])
     if on_stride is not None:
-        on_stride(stride)
-    engine = Engine(i2p, l2w, cfg, stride, causal=False, device=device, intrinsics_net=intrinsics_net)
+        on_stride(geometry.stride)
+    engine = Engine(i2p, l2w, cfg, geometry, device=device)
     ts = list(timestamps) if timestamps is not None else [None] * n
 
     def results() -> Iterator[FrameResult]:

@@ -27,7 +27,8 @@ from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.recon.config import ReconConfig
 from slam3r.recon.export import ReconWriter
 from slam3r.recon.offline import run_offline
-from slam3r.recon.streaming import StreamingReconstructor, intrinsics_to_net
+from slam3r.recon.streaming import StreamingReconstructor
+from slam3r.recon.summary import EngineSummary, RunSummary
 from slam3r.recon.types import FrameResult
 
 Frame = tuple[int, np.ndarray, "int | None"]
@@ -94,23 +95,23 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
                 scene: str = "scene", keep_preds: bool = True, frame_plys: bool = False,
                 progress: bool = True, on_result: Callable[[FrameResult], None] | None = None,
                 stop: StopRequest | None = None, source: object | None = None,
-                settings: dict | None = None) -> dict:
+                settings: dict | None = None) -> RunSummary:
     """Reconstruct ``frames`` (``(index, rgb (H, W, 3) uint8, timestamp_ns | None)``) into ``out_dir``.
 
     Offline mode reads every frame first (network-resolution copies, 150 kB each at 224 px) and runs the reference
     algorithm; online mode registers frames causally as they are read. ``stop`` ends the run early (outputs kept
     for the frames registered so far); ``source`` (a :class:`slam3r.data.sources.FrameSource`) puts what it
     skipped in the summary; ``settings`` adds where the configuration came from (``weights``,
-    ``config_sources``). Returns the summary dict (also written to ``summary.json``). Raises ValueError,
-    leaving no files, when no frame was registered; an error after that first finishes the outputs (with
-    ``stop_reason`` "failed: ...") and is then raised.
+    ``config_sources``). Returns the :class:`~slam3r.recon.summary.RunSummary` (also written to
+    ``summary.json``). Raises ValueError, leaving no files, when no frame was registered; an error after that first
+    finishes the outputs (with ``stop_reason`` "failed: ...") and is then raised.
     """
     stop = stop or StopRequest()
     writer = ReconWriter(out_dir, scene, conf_thres_l2w=cfg.conf_thres_l2w, num_points_save=cfg.num_points_save,
                          keep_preds=keep_preds or cfg.loop_closure,  # loop corrections are applied to preds/
                          frame_plys=frame_plys, seed=cfg.seed, low_conf_frame_thresh=cfg.low_conf_frame_thresh)
-    run = {"mode": "online" if online else "offline", "device": str(device), "config": to_dict(cfg),
-           "settings": settings or {}}
+    run = RunSummary(mode="online" if online else "offline", device=str(device), config=to_dict(cfg),
+                     settings=dict(settings or {}))
     t0 = time.perf_counter()
     try:
         engine, input_error = _register(frames, i2p, l2w, cfg, writer, online=online, device=device,
@@ -125,31 +126,28 @@ def reconstruct(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2Worl
                 raise InputError(f"stopped ({stop.reason}) before the first registered frame, nothing written: "
                                  f"{exc}") from None
             raise
-        _finish(writer, None, time.perf_counter() - t0, f"failed: {type(exc).__name__}: {exc}", source, run)
+        _finish(writer, run, EngineSummary(), time.perf_counter() - t0, f"failed: {type(exc).__name__}: {exc}",
+                source)
         raise
     reason = stop.reason or (f"input failed: {input_error}" if input_error else None) \
         or getattr(source, "end_reason", None) or "end of input"
-    summary = _finish(writer, engine, time.perf_counter() - t0, reason, source, run)
-    if engine.loop is not None:  # loop closure: correct the written frames with the optimised pose graph
+    elapsed = time.perf_counter() - t0
+    corrections = engine.loop.corrections() if engine.loop is not None else None  # the final optimisation
+    summary = _finish(writer, run, engine.summary(), elapsed, reason, source)
+    if corrections is not None:  # loop closure: correct the written frames with the optimised pose graph
         from slam3r.recon.loop import finish_output
 
-        summary = finish_output(out_dir, engine.loop, scene, cfg, summary, keep_preds)
+        finish_output(out_dir, corrections, scene, cfg, keep_preds)
     return summary
 
 
-def _finish(writer: ReconWriter, engine: object | None, elapsed: float, reason: str, source: object | None,
-            run: dict) -> dict:
-    """Close ``writer`` with the run's metadata and summary (``engine`` None when the run failed part-way)."""
-    meta = {"init_winsize": len(engine.init_ids), "kf_stride": engine.s, "init_ref_id": engine.init_ref_id} \
-        if engine is not None else {"init_winsize": None, "kf_stride": None, "init_ref_id": None}
-    summary = {"mode": run["mode"], "interrupted": reason != "end of input", "stop_reason": reason,
-               "input": _input_summary(source), "seconds": round(elapsed, 3),
-               "fps": round(writer.next_frame / elapsed, 3) if elapsed > 0 else None,
-               "timings": {k: round(v, 3) for k, v in engine.timings.items()} if engine is not None else {},
-               "buffer_size": len(engine.buffer) if engine is not None else None,
-               "keyframes": engine.keyframes if engine is not None else [],
-               "device": run["device"], "config": run["config"], **run["settings"]}
-    return writer.close(meta, summary)
+def _finish(writer: ReconWriter, run: RunSummary, engine: EngineSummary, elapsed: float, reason: str,
+            source: object | None) -> RunSummary:
+    """Close ``writer`` with the summary of ``run`` ended after ``elapsed`` seconds for ``reason`` (``engine``
+    empty when the run failed part-way); returns it as written."""
+    return writer.close(run.replace(interrupted=reason != "end of input", stop_reason=reason,
+                                    input=_input_summary(source), engine=engine, seconds=round(elapsed, 3),
+                                    fps=round(writer.next_frame / elapsed, 3) if elapsed > 0 else None))
 
 
 def _input_summary(source: object | None) -> dict:
@@ -198,10 +196,7 @@ def _register(frames: Iterable[Frame], i2p: Image2PointsModel, l2w: Local2WorldM
             stamps.append(ts)
         if stop.requested:
             raise InputError("the input was stopped while frames were being read")
-        k = None
-        if cfg.intrinsics is not None and shape is not None:
-            k = intrinsics_to_net(cfg.intrinsics, shape[1], shape[0], size)
-        engine, results = run_offline(i2p, l2w, net, cfg, device=device, timestamps=stamps, intrinsics_net=k,
+        engine, results = run_offline(i2p, l2w, net, cfg, device=device, timestamps=stamps, frame_shape=shape,
                                       on_stride=lambda s: bar.set_postfix(stride=s), chunk=OFFLINE_CHUNK)
         bar.total = len(net)
         for r in results:

@@ -7,19 +7,10 @@ import numpy as np
 import torch
 
 from slam3r.data.preprocess import resize_crop
-from slam3r.geometry.camera import crop_resize_intrinsics
 from slam3r.models import Image2PointsModel, Local2WorldModel
-from slam3r.recon.config import ReconConfig
+from slam3r.recon.config import ReconConfig, resolve_geometry
 from slam3r.recon.engine import Engine
 from slam3r.recon.types import FrameResult
-
-
-def intrinsics_to_net(intrinsics: tuple[float, float, float, float], width: int, height: int,
-                      size: int) -> tuple[float, float, float, float]:
-    """Map (fx, fy, cx, cy) of a ``width x height`` frame to the ``size x size`` network crop."""
-    fx, fy, cx, cy = intrinsics
-    k = crop_resize_intrinsics(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), width, height, size)
-    return float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2])
 
 
 class StreamingReconstructor:
@@ -27,7 +18,7 @@ class StreamingReconstructor:
 
     ``push`` takes one RGB frame of any size (uint8 ``(H, W, 3)``) and returns the frames registered by it, in
     order (none during initialisation, then all initial frames at once, then usually one batch of
-    ``max(1, min((s+1)//2, max_num_register))`` frames every that many pushes). ``flush`` registers what is left
+    ``RunGeometry.num_register`` frames every that many pushes). ``flush`` registers what is left
     at the end of the stream; ``reset`` starts a new reconstruction with the same networks.
     """
 
@@ -37,16 +28,13 @@ class StreamingReconstructor:
         self.cfg = cfg or ReconConfig()
         self.device = torch.device(device)
         self.size = i2p.cfg.img_size[0]
-        self.stride = self.cfg.keyframe_stride if self.cfg.keyframe_stride > 0 else self.cfg.online_stride
         self.engine: Engine | None = None
 
     def _engine(self, frame_shape: tuple[int, ...]) -> Engine:
+        """The engine, started on the first frame (the intrinsics at network size need its shape)."""
         if self.engine is None:
-            k = None
-            if self.cfg.intrinsics is not None:
-                k = intrinsics_to_net(self.cfg.intrinsics, frame_shape[1], frame_shape[0], self.size)
-            self.engine = Engine(self.i2p, self.l2w, self.cfg, self.stride, causal=True, device=self.device,
-                                 intrinsics_net=k)
+            geometry = resolve_geometry(self.cfg, self.size, causal=True, frame_shape=frame_shape)
+            self.engine = Engine(self.i2p, self.l2w, self.cfg, geometry, device=self.device)
         return self.engine
 
     @property

@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def serve(cfg: Any, weights: str, device: str, threads: int | None = None) -> int:
     """Load the networks and serve with ``cfg`` (:class:`~slam3r.service.config.ServeConfig`) until stopped."""
+    from slam3r.recon.config import resolve_geometry
     from slam3r.recon.streaming import StreamingReconstructor
     from slam3r.runtime import load_runtime
     from slam3r.service.worker import Service
@@ -35,8 +36,7 @@ def serve(cfg: Any, weights: str, device: str, threads: int | None = None) -> in
         return StreamingReconstructor(i2p, l2w, cfg.recon, device=dev)
 
     svc = cfg.service
-    stride = cfg.recon.keyframe_stride if cfg.recon.keyframe_stride > 0 else cfg.recon.online_stride
-    hold = (cfg.recon.initial_winsize - 1) * stride + 1
+    hold = resolve_geometry(cfg.recon, i2p.cfg.img_size[0], causal=True).init_frames
     if svc.max_in_flight - svc.prefetch < svc.max_streams * hold:
         log.warning("max_in_flight - prefetch = %d < max_streams (%d) x %d frames an engine holds before it "
                     "initialises: streams starting together will be finished early; raise max_in_flight or "
