@@ -8,6 +8,7 @@ outputs compared; plus streaming FPS. Random weights; synthetic held-out frames.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -62,20 +63,29 @@ STEPS = ("_run_i2p", "_retrieve", "_l2w")
 def hook_steps(engine, steps: dict) -> None:
     """Time each network call of a registration step, keyed by the step's first frame id; ``_l2w`` also records
     how many scene frames it used."""
+    def account(name: str, args: tuple, t0: float) -> None:
+        frames = args[1][0] if name == "_l2w" else args[0]
+        step = steps.setdefault(min(frames), {"frames": len(frames), "s": 0.0})
+        step["s"] += time.perf_counter() - t0
+        if name == "_l2w":
+            step["scene"] = len(args[0])
+
     for name in STEPS:
         original = getattr(engine, name)
 
         def timed(*args, _original=original, _name=name):
             t0 = time.perf_counter()
             result = _original(*args)
-            frames = args[1][0] if _name == "_l2w" else args[0]
-            step = steps.setdefault(min(frames), {"frames": len(frames), "s": 0.0})
-            step["s"] += time.perf_counter() - t0
-            if _name == "_l2w":
-                step["scene"] = len(args[0])
+            account(_name, args, t0)
             return result
 
-        setattr(engine, name, timed)
+        def timed_steps(*args, _original=original, _name=name):  # engine steps (recon.batching): run when driven
+            t0 = time.perf_counter()
+            result = yield from _original(*args)
+            account(_name, args, t0)
+            return result
+
+        setattr(engine, name, timed_steps if inspect.isgeneratorfunction(original) else timed)
 
 
 def steady_state(steps: dict, timings: dict, n: int, cfg: ReconConfig, stride: int) -> tuple[float | None, int]:
@@ -91,10 +101,10 @@ def steady_state(steps: dict, timings: dict, n: int, cfg: ReconConfig, stride: i
     return (timings["encode"] + timings.get("pose", 0.0)) / n + sum(st["s"] for _, st in full) / frames, frames
 
 
-def run(i2p, l2w, frames, cfg, mode: str, device, log: dict, replay: bool) -> tuple[list, list[float], dict, dict,
-                                                                                 object]:
+def run(i2p, l2w, frames, cfg, mode: str, device, log: dict, replay: bool, progress=None) -> tuple[
+        list, list[float], dict, dict, object]:
     """Returns results, the wall time at which each frame was delivered, the engine timings, per-step timings and
-    the engine."""
+    the engine. ``progress(n_delivered, seconds)``, when given, is called after each delivered frame."""
     stamps: list[float] = []
     steps: dict = {}
     results = []
@@ -107,6 +117,8 @@ def run(i2p, l2w, frames, cfg, mode: str, device, log: dict, replay: bool) -> tu
             for r in it:
                 results.append(r)
                 stamps.append(time.perf_counter() - t0)
+                if progress is not None:
+                    progress(len(results), stamps[-1])
         else:
             rec = StreamingReconstructor(i2p, l2w, cfg, device)
             engine = rec._engine(frames[0].shape)

@@ -29,6 +29,7 @@ from slam3r.models.precision import autocast as precision_autocast
 from slam3r.models.registry import compile_blocks
 from slam3r.recon.camera import (estimate_focal, normalize_pointmaps, pose_from_pnp, pose_from_pointmaps,
                                  similarity_fit)
+from slam3r.recon.batching import NetCall, Steps, drive
 from slam3r.recon.config import ReconConfig, RunGeometry
 from slam3r.recon.loop import LoopCloser, apply_sim3_matrix
 from slam3r.recon.registration import register_from_window
@@ -117,6 +118,11 @@ class Engine:
             tokens: Sequence[Tensor | None] | None = None) -> None:
         """Add network-resolution frames ``(S, S, 3)`` uint8 (already cropped) and encode them in one batch;
         ``tokens``: encoder tokens ``(S, C)`` already computed for some of them (``None`` for the others)."""
+        drive(self.add_steps(rgbs, timestamps, tokens))
+
+    def add_steps(self, rgbs: Sequence[np.ndarray], timestamps: Sequence[int | None] | None = None,
+                  tokens: Sequence[Tensor | None] | None = None) -> Steps:
+        """:meth:`add` as a step whose encoder call can be batched with other engines' (``recon.batching``)."""
         if self.final:
             raise RuntimeError("frames added after finish()")
         if not len(rgbs):
@@ -125,10 +131,10 @@ class Engine:
         tokens = list(tokens) if tokens is not None else [None] * len(rgbs)
         todo = [j for j, t in enumerate(tokens) if t is None]
         if todo:
-            with self._timed("encode"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
-                images = to_tensor(np.stack([rgbs[j] for j in todo])).to(self.device)
-                for j, tok in zip(todo, self.i2p.encode(images)):
-                    tokens[j] = tok
+            images = to_tensor(np.stack([rgbs[j] for j in todo])).to(self.device)
+            encoded = yield self._net(self.i2p.encode, images, dim=0, timing="encode")
+            for j, tok in zip(todo, encoded):
+                tokens[j] = tok
         for rgb, ts, tok in zip(rgbs, timestamps, tokens):
             self.frames[self.n] = _Frame(rgb=rgb, timestamp_ns=ts, tokens=tok)
             self.n += 1
@@ -138,6 +144,10 @@ class Engine:
         self.final = True
 
     # ------------------------------------------------------------------------------------------------ helpers
+    def _net(self, fn, *args, dim: int = 1, timing: str | None = None, **kwargs) -> NetCall:
+        """A network call for :mod:`slam3r.recon.batching` at this engine's precision (seconds -> ``timing``)."""
+        return NetCall(fn, args, kwargs, self.device, self.cfg.precision, dim, self.timings, timing)
+
     @contextlib.contextmanager
     def _timed(self, key: str) -> Iterator[None]:
         t0 = time.perf_counter()
@@ -170,32 +180,41 @@ class Engine:
         """``(V, 1, S, C)`` tokens of frames ``ids``."""
         return torch.stack([self.frames[i].tokens for i in ids])[:, None]
 
-    def _features(self, ids: Sequence[int], attr: str) -> ViewFeatures:
+    def _features(self, ids: Sequence[int], attr: str, timing: str | None = None) -> Steps:
         """``(V, 1)`` cached per-frame features ``attr`` (a :class:`_Frame` field) of frames ``ids``, computing the
-        missing ones in one batch (call under no_grad / autocast)."""
+        missing ones in one batch (a step: the call yields; seconds -> ``timing``)."""
         missing = [i for i in dict.fromkeys(ids) if getattr(self.frames[i], attr) is None]
         if missing:
             tok = self._tokens(missing)
             if attr == "l2w_scene":
-                feats = self.l2w.view_features(tok, torch.stack([self.frames[i].world for i in missing])[:, None],
-                                               "scene")
+                feats = yield self._net(self.l2w.view_features, tok,
+                                        torch.stack([self.frames[i].world for i in missing])[:, None],
+                                        role="scene", timing=timing)
             else:
-                feats = self.i2p.view_features(tok, "ref" if attr == "i2p_ref" else "src")
+                feats = yield self._net(self.i2p.view_features, tok, role="ref" if attr == "i2p_ref" else "src",
+                                        timing=timing)
             for j, i in enumerate(missing):
                 setattr(self.frames[i], attr, feats.select([j]))
+        return self._cached(ids, attr)
+
+    def _cached(self, ids: Sequence[int], attr: str) -> ViewFeatures:
+        """``(V, 1)`` features ``attr`` of frames ``ids``, all computed already (:meth:`_features`)."""
         return ViewFeatures.stack([getattr(self.frames[i], attr) for i in ids])
 
-    def _i2p_windows(self, windows: Sequence[Sequence[int]], ref_only: bool = True):
+    def _i2p_windows(self, windows: Sequence[Sequence[int]], ref_only: bool = True) -> Steps:
         """Pointmaps ``(1 or V, B, ...)`` of B equal-size windows (keyframe first): the keyframe's only, or with
         ``ref_only=False`` every view's (in the keyframe's camera frame)."""
         if not self.cache:
-            return self.i2p(torch.stack([self._tokens(win)[:, 0] for win in windows], dim=1), 0, ref_only=ref_only)
-        ref = ViewFeatures.stack([self._features(win[:1], "i2p_ref") for win in windows], dim=1)
-        src = ViewFeatures.stack([self._features(win[1:], "i2p_src") for win in windows], dim=1)
-        out = self.i2p.forward_features(ref, src, ref_only=ref_only)
+            tokens = torch.stack([self._tokens(win)[:, 0] for win in windows], dim=1)
+            return (yield self._net(self.i2p, tokens, ref_id=0, ref_only=ref_only, timing="i2p"))
+        for attr, part in (("i2p_ref", slice(0, 1)), ("i2p_src", slice(1, None))):  # missing features, one call
+            yield from self._features([i for win in windows for i in win[part]], attr, "i2p")
+        ref = ViewFeatures.stack([self._cached(win[:1], "i2p_ref") for win in windows], dim=1)
+        src = ViewFeatures.stack([self._cached(win[1:], "i2p_src") for win in windows], dim=1)
+        out = yield self._net(self.i2p.forward_features, ref, src, ref_only=ref_only, timing="i2p")
         return out if ref_only else self.i2p.merge_views(len(windows[0]), [0], *out)
 
-    def _run_i2p(self, ids: Sequence[int]) -> None:
+    def _run_i2p(self, ids: Sequence[int]) -> Steps:
         """Local pointmaps of frames ``ids`` (their windows must be ready), windows of equal size batched."""
         groups: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
         for v in ids:
@@ -205,8 +224,7 @@ class Engine:
                 groups[len(win)].append((v, win))
         geometric = self.cfg.registration == "geometric"  # needs the window's other views too
         for items in groups.values():
-            with self._timed("i2p"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
-                out = self._i2p_windows([win for _, win in items], ref_only=not geometric)
+            out = yield from self._i2p_windows([win for _, win in items], ref_only=not geometric)
             for b, (v, win) in enumerate(items):
                 f = self.frames[v]
                 f.local, f.conf_i2p = out.pts3d[0, b].float(), out.conf[0, b].float()
@@ -215,7 +233,7 @@ class Engine:
                 f.pts_cam, _ = normalize_pointmaps(f.local, self._valid(f.conf_i2p))
                 self.local_mean[v] = f.conf_i2p.mean().item()
 
-    def _l2w(self, scene_ids: Sequence[int], batches: Sequence[Sequence[int]]) -> None:
+    def _l2w(self, scene_ids: Sequence[int], batches: Sequence[Sequence[int]]) -> Steps:
         """Register the frames of each of ``batches`` (B groups of equal size) against ``scene_ids``; the groups
         are independent batch elements sharing the scene frames."""
         nr = len(scene_ids)
@@ -230,8 +248,7 @@ class Engine:
         scale = None
         if self.cfg.norm_input:
             world, scale = normalize_pointmaps(world, world.norm(dim=-1) > 0)
-        with self._timed("l2w"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
-            out = self._l2w_call(scene_ids, tok_scene, world, batches)
+        out = yield from self._l2w_call(scene_ids, tok_scene, world, batches)
         registered = out.pts3d.float() * (scale if scale is not None else 1.0)
         if anchor is not None:
             registered = sa * registered @ ra.T + ta
@@ -243,21 +260,22 @@ class Engine:
                 self.l2w_mean[v] = f.conf_l2w.mean().item()
 
     def _l2w_call(self, scene_ids: Sequence[int], tok_scene: Tensor, world: Tensor,
-                  batches: Sequence[Sequence[int]]):
+                  batches: Sequence[Sequence[int]]) -> Steps:
         """The L2W network on scene frames (tokens ``(R, 1, S, C)``, points as fed ``(R, H, W, 3)``) and B groups
         of keyframes; the scene frames' features are cached when the points fed are their stored world points."""
         b = len(batches)
         src_tok = torch.stack([self._tokens(g)[:, 0] for g in batches], dim=1)
         src_pts = torch.stack([torch.stack([self.frames[i].pts_cam for i in g]) for g in batches], dim=1)
         if not self.cache:
-            return self.l2w(torch.cat([tok_scene.expand(-1, b, -1, -1), src_tok]),
-                            torch.cat([world[:, None].expand(-1, b, -1, -1, -1), src_pts]),
-                            list(range(len(scene_ids))), sources_only=True)
+            return (yield self._net(self.l2w, torch.cat([tok_scene.expand(-1, b, -1, -1), src_tok]),
+                                    torch.cat([world[:, None].expand(-1, b, -1, -1, -1), src_pts]),
+                                    ref_ids=list(range(len(scene_ids))), sources_only=True, timing="l2w"))
         if self.cfg.norm_input or self.cfg.l2w_frame != "world":  # points fed differ per call: nothing to reuse
-            scene = self.l2w.view_features(tok_scene, world[:, None], "scene")
+            scene = yield self._net(self.l2w.view_features, tok_scene, world[:, None], role="scene", timing="l2w")
         else:
-            scene = self._features(scene_ids, "l2w_scene")
-        return self.l2w.register(scene, self.l2w.view_features(src_tok, src_pts, "src"))
+            scene = yield from self._features(scene_ids, "l2w_scene", "l2w")
+        src = yield self._net(self.l2w.view_features, src_tok, src_pts, role="src", timing="l2w")
+        return (yield self._net(self.l2w.register, scene.expand(b), src, timing="l2w"))
 
     def _retrieve(self, query_ids: Sequence[int]) -> list[int]:
         """Scene frames (frame ids) for the frames ``query_ids`` from the buffering set."""
@@ -266,8 +284,8 @@ class Engine:
             return list(self.buffer)
         with self._timed("retrieval"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
             if self.cache:
-                ref = ViewFeatures.stack([self._features([i], "i2p_ref") for i in query_ids], dim=1)
-                logits = self.i2p.corr_logits_features(ref, self._features(self.buffer, "i2p_src"),
+                ref = ViewFeatures.stack([drive(self._features([i], "i2p_ref")) for i in query_ids], dim=1)
+                logits = self.i2p.corr_logits_features(ref, drive(self._features(self.buffer, "i2p_src")),
                                                        self.cfg.retrieval_depth)
                 scores = 1.0 + logits.exp()
             else:
@@ -339,17 +357,17 @@ class Engine:
         ic = np.array([self.local_mean[i] for i in cands])
         return cands[int(np.argmax((lc - 1) / lc * (ic - 1) / ic))]
 
-    def _finish_initial_span(self) -> list[int] | None:
+    def _finish_initial_span(self) -> Steps:
         """I2P for the initial span and L2W pre-registration of its non-keyframes; ids to emit, or ``None`` while
         their windows are not ready."""
         span = list(range(self.init_ids[-1] + 1))
         if any(self.window(v) is None for v in span):
             return None
-        self._run_i2p(span)
+        yield from self._run_i2p(span)
         keyframes = set(self.init_ids)
         inner = [v for v in span if v not in keyframes]
         if inner:
-            self._l2w(self.buffer, [[v] for v in inner])
+            yield from self._l2w(self.buffer, [[v] for v in inner])
             factor = max(self.l2w_mean[v] for v in inner) / max(self.l2w_mean[v] for v in self.init_ids)
             for v in self.init_ids:
                 self.frames[v].conf_l2w = self.frames[v].conf_l2w * factor
@@ -422,7 +440,7 @@ class Engine:
                 del table[v]
 
     # ------------------------------------------------------------------------------------------------ geometric
-    def _register_geometric(self, batch: Sequence[int]) -> None:
+    def _register_geometric(self, batch: Sequence[int]) -> Steps:
         """``registration: geometric``: each frame by a robust similarity fit of its I2P window's registered frames
         to their world points (``recon.registration``); frames whose window has none fall back to L2W. The final
         confidence of a geometrically registered frame is its I2P confidence."""
@@ -448,7 +466,7 @@ class Engine:
             self.l2w_mean[v] = f.conf_l2w.mean().item()
             f.window = None
         if fallback:
-            self._l2w(self._retrieve(fallback[::2]), [fallback])
+            yield from self._l2w(self._retrieve(fallback[::2]), [fallback])
 
     # ------------------------------------------------------------------------------------------------ loop closure
     def _emit(self, ids: Sequence[int]) -> list[FrameResult]:
@@ -491,13 +509,18 @@ class Engine:
 
     def advance(self) -> list[FrameResult]:
         """Do all the work the frames seen so far allow; returns newly registered frames in order."""
+        return drive(self.advance_steps())
+
+    def advance_steps(self) -> Steps:
+        """:meth:`advance` as a step whose I2P / L2W calls can be batched with other engines'
+        (``recon.batching``)."""
         out: list[FrameResult] = []
         if not self.initialized:
             if not self._initialize():
                 return out
             self._span_pending = True
         if self._span_pending:
-            span = self._finish_initial_span()
+            span = yield from self._finish_initial_span()
             if span is None:
                 return out
             self._span_pending = False
@@ -509,11 +532,11 @@ class Engine:
                 break
             if any(self.window(v) is None for v in batch):
                 break
-            self._run_i2p(batch)
+            yield from self._run_i2p(batch)
             if self.cfg.registration == "geometric":
-                self._register_geometric(batch)
+                yield from self._register_geometric(batch)
             else:
-                self._l2w(self._retrieve(batch[::2]), [batch])
+                yield from self._l2w(self._retrieve(batch[::2]), [batch])
             self.next_id += len(batch)
             self._update_buffer()
             self._loop_step()

@@ -8,6 +8,7 @@ import torch
 
 from slam3r.data.preprocess import resize_crop
 from slam3r.models import Image2PointsModel, Local2WorldModel
+from slam3r.recon.batching import Steps, drive
 from slam3r.recon.config import ReconConfig, resolve_geometry
 from slam3r.recon.engine import Engine
 from slam3r.recon.types import FrameResult
@@ -47,6 +48,11 @@ class StreamingReconstructor:
 
     def push_many(self, rgbs: list[np.ndarray], timestamps: list[int | None] | None = None) -> list[FrameResult]:
         """Add several frames at once (encoded in one batch; used for micro-batching by the service)."""
+        return drive(self.push_steps(rgbs, timestamps))
+
+    def push_steps(self, rgbs: list[np.ndarray], timestamps: list[int | None] | None = None) -> Steps:
+        """:meth:`push_many` as a step whose network calls can run batched with other streams' (the service runs
+        the streams that have frames in the same batch with :func:`slam3r.recon.batching.drive_many`)."""
         if not rgbs:
             return []
         for rgb in rgbs:
@@ -54,8 +60,8 @@ class StreamingReconstructor:
                 raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {getattr(rgb, 'dtype', type(rgb))} "
                                  f"{getattr(rgb, 'shape', '')}")
         engine = self._engine(rgbs[0].shape)
-        engine.add([resize_crop(r, self.size) for r in rgbs], timestamps)
-        return engine.advance()
+        yield from engine.add_steps([resize_crop(r, self.size) for r in rgbs], timestamps)
+        return (yield from engine.advance_steps())
 
     def flush(self) -> list[FrameResult]:
         """End of stream: register every frame still pending (needs at least s+1 frames in all)."""
