@@ -13,6 +13,13 @@ dedupe bookkeeping, map (point buffer) update, pose / point-cloud / map-update e
 ``ms/frame`` is wall time; ``cpu ms`` the worker thread's CPU time (comparable on a shared machine). Prints a
 table and one JSON line. Usage: ``python bench/bench_service.py [--frames 300] [--no-broker]``.
 
+``--streams 1,2,4``: instead, throughput where several streams meet one worker: the real engine (bundled model,
+CPU, ``--threads``), each stream a different rendered scene sent as JPEGs, the deliveries interleaved across the
+streams and handled ``batch_size`` at a time (as the worker takes them off the queue), every count run in turn in
+one process (``--rounds`` times, interleaved), with the streams' network calls batched together (``batch_streams``,
+the default) and, with ``--compare``, without. Reports total frames/s (wall) and frames per CPU-second of the
+process (comparable on a shared machine), and each figure's ratio to the 1-stream one.
+
 ``--many-streams N``: instead, the bounded-state check with the real engine (bundled model, CPU): ``N`` streams
 that each send a few frames (fewer than the engine needs to initialise) and stop, interleaved with one normal
 stream; reports the worker's peak RSS, the live streams, the frames held by the engines against
@@ -172,6 +179,70 @@ def many_streams(n_streams: int, per_stream: int, normal_every: int, conf_l2w: f
             "dead_letter_reasons": {r: reasons.count(r) for r in set(reasons)}}
 
 
+def _stream_bodies(n_streams: int, frames: int, size: int = 224) -> list[list[bytes]]:
+    """JPEGs of ``frames`` rendered frames of one synthetic scene per stream."""
+    from slam3r.data.synth.sequence import render_sequence
+
+    out = []
+    for k in range(n_streams):
+        rgb = render_sequence(seed=2_000_000 + k, num_frames=frames, width=size, height=size).rgb
+        out.append([cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])[1]
+                    .tobytes() for f in rgb])
+    return out
+
+
+def streams_run(nets, bodies: list[list[bytes]], batch_streams: bool, batch_size: int) -> dict:
+    """All frames of ``bodies`` (one list per stream) through one worker; frames/s and frames per CPU-second."""
+    import dataclasses
+
+    from slam3r.recon.config import ReconConfig
+    from slam3r.recon.streaming import StreamingReconstructor
+    from slam3r.runtime import resolve_settings
+
+    i2p, l2w = nets
+    recon = resolve_settings(ReconConfig, "recon", weights="default").value
+    cfg = dataclasses.replace(ServiceConfig(), batch_size=batch_size, batch_streams=batch_streams)
+    link = NullLink()
+    svc = Service(cfg, lambda: StreamingReconstructor(i2p, l2w, recon), net_size=i2p.cfg.img_size[0],
+                  conf_thres_l2w=recon.conf_thres_l2w, link=link)
+    order = [(k, i) for i in range(len(bodies[0])) for k in range(len(bodies))]        # round robin
+    deliveries = [link.delivery(bodies[k][i], {"timestamp_ns": 1000 + i, "stream_id": f"s{k}",
+                                               "video_segment": "bench"}) for k, i in order]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, len(deliveries), batch_size):
+        svc.handle(deliveries[i:i + batch_size])
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    done = svc.stats.registered + svc.stats.unregistered
+    return {"frames": done, "seconds": wall, "frames_per_s": done / wall, "frames_per_cpu_s": done / cpu}
+
+
+def throughput(counts: list[int], frames: int, rounds: int, compare: bool, batch_size: int) -> list[dict]:
+    """Interleaved runs of ``streams_run`` for every stream count (and mode); per-run rows plus the medians."""
+    from slam3r.models.registry import load_models
+
+    nets = load_models("default", "cpu")
+    bodies = _stream_bodies(max(counts), frames)
+    modes = (True, False) if compare else (True,)
+    runs: dict[tuple[int, bool], list[dict]] = {}
+    streams_run(nets, [b[:8] for b in bodies[:1]], True, batch_size)          # warm-up (first calls), not counted
+    for r in range(rounds):
+        for n in counts:
+            for mode in modes if n > 1 else (True,):                             # one stream: nothing to batch
+                res = streams_run(nets, bodies[:n], mode, batch_size)
+                runs.setdefault((n, mode), []).append(res)
+                print(f"round {r + 1}: {n} stream(s), batch_streams={mode}: {res['frames']} frames, "
+                      f"{res['frames_per_s']:.2f} frames/s, {res['frames_per_cpu_s']:.2f} frames/CPU-s", flush=True)
+    base = {k: float(np.median([x[k] for x in runs[(counts[0], True)]])) for k in ("frames_per_s",
+                                                                                   "frames_per_cpu_s")}
+    rows = []
+    for (n, mode), rs in runs.items():
+        med = {k: float(np.median([x[k] for x in rs])) for k in ("frames_per_s", "frames_per_cpu_s")}
+        rows.append({"streams": n, "batch_streams": mode, **med, "x_wall": med["frames_per_s"] / base["frames_per_s"],
+                     "x_cpu": med["frames_per_cpu_s"] / base["frames_per_cpu_s"],
+                     "runs_frames_per_s": [round(x["frames_per_s"], 2) for x in rs]})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300)
@@ -181,7 +252,32 @@ def main() -> None:
     ap.add_argument("--frames-per-stream", type=int, default=3)
     ap.add_argument("--normal-every", type=int, default=10, help="one normal-stream frame every this many")
     ap.add_argument("--conf-l2w", type=float, default=1.5, help="L2W confidence threshold (points kept)")
+    ap.add_argument("--streams", default="", metavar="N,N,...",
+                    help="run the throughput check for these stream counts instead (e.g. 1,2,4)")
+    ap.add_argument("--stream-frames", type=int, default=60, help="--streams: frames per stream")
+    ap.add_argument("--rounds", type=int, default=2, help="--streams: interleaved repetitions")
+    ap.add_argument("--compare", action="store_true", help="--streams: also run without batch_streams")
+    ap.add_argument("--batch-size", type=int, default=ServiceConfig().batch_size,
+                    help="--streams: deliveries per worker batch")
+    ap.add_argument("--threads", type=int, default=1, help="--streams: torch threads")
     args = ap.parse_args()
+    if args.streams:
+        import os
+
+        import torch
+
+        torch.set_num_threads(args.threads)
+        rows = throughput([int(n) for n in args.streams.split(",")], args.stream_frames, args.rounds, args.compare,
+                          args.batch_size)
+        print(f"{'streams':>7} {'batched':>7} {'frames/s':>9} {'x':>6} {'frames/CPU-s':>13} {'x':>6}")
+        for r in rows:
+            print(f"{r['streams']:>7} {str(r['batch_streams']):>7} {r['frames_per_s']:>9.2f} {r['x_wall']:>6.2f} "
+                  f"{r['frames_per_cpu_s']:>13.2f} {r['x_cpu']:>6.2f}")
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(json.dumps({"bench": "service_streams", "threads": args.threads, "batch_size": args.batch_size,
+                          "load_avg": load, "results": [{k: (round(v, 3) if isinstance(v, float) else v)
+                                                     for k, v in r.items()} for r in rows]}))
+        return
     if args.many_streams:
         r = many_streams(args.many_streams, args.frames_per_stream, args.normal_every, args.conf_l2w)
         for k, v in r.items():

@@ -50,6 +50,10 @@ class ServiceConfig:
     finished early to make room (see :mod:`slam3r.service.worker`)."""
     batch_size: int = 4
     """Frames of one stream decoded and pushed to the engine together (micro-batch)."""
+    batch_streams: bool = True
+    """Run the network calls of the streams that have frames in the same batch together, one forward for all
+    (encoder, I2P windows, L2W registrations of equal shapes; :mod:`slam3r.recon.batching`): more frames/s when
+    several streams share a worker, the same results."""
     stream_header: str = "stream_id"
     """Header naming the stream (one drone / camera); frames without it belong to ``default_stream``."""
     default_stream: str = "default"

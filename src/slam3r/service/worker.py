@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from slam3r.recon.batching import drive_many
 from slam3r.recon.point_buffer import PointBuffer
 from slam3r.recon.types import FrameResult
 from slam3r.service.broker import BrokerLink, Delivery, Outgoing, Settle, queue_names
@@ -253,9 +254,10 @@ class Service:
             except Exception as exc:  # a bug must not stop the service: dead-letter the message, keep going
                 log.exception("internal error on a message from %s", d.source)
                 self._reject(d, f"internal error: {type(exc).__name__}: {exc}", out)
-        for stream_id in list(groups):
-            self._push(self.streams[stream_id], groups, out)
-            self.streams[stream_id].last_active = time.monotonic()      # idle counts from the end of its work
+        states = [self.streams[stream_id] for stream_id in groups]
+        self._push_streams(states, groups, out)
+        for st in states:
+            st.last_active = time.monotonic()                           # idle counts from the end of its work
         self.link.send(out)
         self.stats.busy_s += time.perf_counter() - t0
 
@@ -333,21 +335,46 @@ class Service:
 
     def _push(self, st: StreamState, groups: Groups, out: list[_Item]) -> None:
         """Run the engine on the frames of ``st`` collected so far in this batch."""
-        items = groups.pop(st.stream_id, None)
-        if not items:
+        self._push_streams([st], groups, out)
+
+    def _push_streams(self, states: list[StreamState], groups: Groups, out: list[_Item]) -> None:
+        """Run the engines of ``states`` on their frames collected so far in this batch, then publish; with
+        ``batch_streams`` the network calls of the streams run together (one forward for all, see
+        :mod:`slam3r.recon.batching`)."""
+        work = [(st, groups.pop(st.stream_id)) for st in states if groups.get(st.stream_id)]
+        if not work:
             return
         t0 = time.perf_counter()
-        try:
-            results = st.engine.push_many([rgb for _, rgb in items], [key[1] for key, _ in items])
-        except Exception as exc:  # an engine failure must not kill the service: dead-letter and start over
-            self._engine_failed(st, exc, out)
-            return
-        finally:
-            self.stats.engine_s += time.perf_counter() - t0
-        try:
-            self._emit(st, results, out)
-        except Exception as exc:  # same recovery as an engine failure
-            self._engine_failed(st, exc, out)
+        outcomes = self._run_engines(work)
+        self.stats.engine_s += time.perf_counter() - t0
+        for (st, _), (results, exc) in zip(work, outcomes):
+            if exc is not None:  # an engine failure must not kill the service: dead-letter and start over
+                self._engine_failed(st, exc, out)
+                continue
+            try:
+                self._emit(st, results, out)
+            except Exception as exc:  # same recovery as an engine failure
+                self._engine_failed(st, exc, out)
+
+    def _run_engines(self, work: list[tuple[StreamState, list[tuple[Key, np.ndarray]]]]
+                     ) -> list[tuple[list[FrameResult] | None, Exception | None]]:
+        """``(results, None)`` or ``(None, error)`` per stream of ``work`` (its frames pushed to its engine); the
+        engines that offer ``push_steps`` run together when ``batch_streams`` is on."""
+        outcomes: list = [None] * len(work)
+        together = []
+        for i, (st, items) in enumerate(work):
+            rgbs, timestamps = [rgb for _, rgb in items], [key[1] for key, _ in items]
+            try:
+                engine = st.engine
+                if self.cfg.batch_streams and hasattr(engine, "push_steps"):
+                    together.append((i, engine.push_steps(rgbs, timestamps)))
+                    continue
+                outcomes[i] = (engine.push_many(rgbs, timestamps), None)
+            except Exception as exc:  # noqa: BLE001 - reported per stream
+                outcomes[i] = (None, exc)
+        for (i, _), outcome in zip(together, drive_many([steps for _, steps in together])):
+            outcomes[i] = outcome
+        return outcomes
 
     def _emit(self, st: StreamState, results: list[FrameResult], out: list[_Item]) -> None:
         """Publish the outputs of registered frames, update the map, then settle the frames' deliveries."""
