@@ -90,3 +90,32 @@ def test_batched_call_failing_reaches_only_its_caller():
     assert none is None and missing is None and isinstance(err, ValueError)
     with pytest.raises(ValueError):
         execute(calls)
+
+
+def test_service_batched_streams_publish_the_same_poses(tiny_models):
+    """The worker with ``batch_streams`` on and off: the same poses for two interleaved streams (no broker)."""
+    import dataclasses
+
+    from slam3r.service.config import ServiceConfig
+    from slam3r.service.publish import encode_jpeg
+    from slam3r.service.testing import NullLink
+    from slam3r.service.worker import Service
+
+    i2p, l2w = tiny_models
+    bodies = {k: [encode_jpeg(f) for f in _stream(seed, 8)] for k, seed in (("a", 5), ("b", 6))}
+    poses = {}
+    for batched in (True, False):
+        cfg = dataclasses.replace(ServiceConfig(encoding="json", decode_min_side=0), batch_streams=batched)
+        link = NullLink()
+        svc = Service(cfg, lambda: StreamingReconstructor(i2p, l2w, CFG), net_size=64, conf_thres_l2w=1.0,
+                      link=link)
+        order = [(k, i) for i in range(8) for k in bodies]
+        deliveries = [link.delivery(bodies[k][i], {"timestamp_ns": 100 + i, "stream_id": k}) for k, i in order]
+        for i in range(0, len(deliveries), cfg.batch_size):
+            svc.handle(deliveries[i:i + cfg.batch_size])
+        poses[batched] = link.messages(cfg.name(cfg.pose_exchange))
+    assert len(poses[True]) == len(poses[False]) >= 8
+    for got, exp in zip(poses[True], poses[False]):
+        assert (got["stream_id"], got["timestamp_ns"]) == (exp["stream_id"], exp["timestamp_ns"])
+        np.testing.assert_allclose(np.asarray(got["raw_pose_matrix"], float),
+                                   np.asarray(exp["raw_pose_matrix"], float), atol=1e-5)
