@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slam3r.app.refilter import highest_confidence, load_cloud, percentile_threshold, refilter, select_points
+from slam3r.app.refilter import highest_confidence, percentile_threshold, refilter
+from slam3r.data.cloud import select_points
 from slam3r.data.ply import read_ply
-from slam3r.recon.export import ReconWriter
+from slam3r.recon.output import ReconWriter, RunOutput
 from slam3r.recon.summary import EngineSummary, RunSummary
 from slam3r.recon.types import FrameResult
 
@@ -37,7 +38,7 @@ def hand_made_preds(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_threshold_keeps_exactly_the_points_above_it(tmp_path: Path) -> None:
     pts, confs, imgs = hand_made_preds(tmp_path)
-    cloud = load_cloud(tmp_path, conf_thres=2.45, num_points=10**6)
+    cloud = RunOutput(tmp_path).select(conf_thres=2.45, num_points=10**6)
     # frame 0: conf 1.0 .. 2.5 -> only (i, j) = (3, 3) (2.5); frames 1 and 2: every pixel (>= 2.0, >= 3.0) but
     # frame 1's first five (2.0 .. 2.4)
     expected = [(0, 3, 3)] + [(1, k // S, k % S) for k in range(5, S * S)] + \
@@ -50,18 +51,18 @@ def test_threshold_keeps_exactly_the_points_above_it(tmp_path: Path) -> None:
 
 def test_point_count_is_a_seeded_subset(tmp_path: Path) -> None:
     hand_made_preds(tmp_path)
-    full = load_cloud(tmp_path, conf_thres=1.05, num_points=10**6)
+    full = RunOutput(tmp_path).select(conf_thres=1.05, num_points=10**6)
     assert len(full) == V * S * S - 1
-    a = load_cloud(tmp_path, conf_thres=1.05, num_points=9, seed=3)
-    b = load_cloud(tmp_path, conf_thres=1.05, num_points=9, seed=3)
+    a = RunOutput(tmp_path).select(conf_thres=1.05, num_points=9, seed=3)
+    b = RunOutput(tmp_path).select(conf_thres=1.05, num_points=9, seed=3)
     assert len(a) == 9
     np.testing.assert_array_equal(a.xyz, b.xyz)
     rows = {tuple(p) for p in full.xyz.tolist()}
     assert all(tuple(p) in rows for p in a.xyz.tolist())
     order = [tuple(p) for p in a.xyz.tolist()]
     assert order == sorted(order)  # frame order is kept
-    assert len(load_cloud(tmp_path, conf_thres=100.0, num_points=5)) == 0
-    assert len(load_cloud(tmp_path, conf_thres=1.05, num_points=0)) == 0
+    assert len(RunOutput(tmp_path).select(conf_thres=100.0, num_points=5)) == 0
+    assert len(RunOutput(tmp_path).select(conf_thres=1.05, num_points=0)) == 0
 
 
 def test_refilter_rewrites_ply_glb_and_summary(tmp_path: Path) -> None:
@@ -70,7 +71,7 @@ def test_refilter_rewrites_ply_glb_and_summary(tmp_path: Path) -> None:
     ply = read_ply(tmp_path / "hand_recon.ply")
     assert len(ply) == summary["points"] == 20
     assert (ply.conf > 2.45).all()
-    expected = load_cloud(tmp_path, 2.45, 20, seed=7)  # the run's seed from summary.json
+    expected = RunOutput(tmp_path).select(2.45, 20, seed=7)  # the run's seed from summary.json
     np.testing.assert_array_equal(ply.xyz, expected.xyz)
     glb = (tmp_path / "hand_recon.glb").read_bytes()
     assert glb[:4] == b"glTF"
@@ -120,7 +121,7 @@ def test_same_selection_as_the_pipeline_export(tmp_path: Path) -> None:
                                np.eye(4), 10.0))
     writer.close(RunSummary(engine=EngineSummary(init_winsize=2, kf_stride=1, init_ref_id=0), config={"seed": 42}))
     exported = read_ply(tmp_path / "pipe_recon.ply")
-    again = load_cloud(tmp_path, 2.0, 50, seed=42)
+    again = RunOutput(tmp_path).select(2.0, 50, seed=42)
     np.testing.assert_array_equal(exported.xyz, again.xyz)
     np.testing.assert_array_equal(exported.rgb, again.rgb)
 

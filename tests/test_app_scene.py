@@ -13,7 +13,7 @@ import pytest
 from slam3r.app.scene import (HIGHLIGHT_RGB, SceneGLB, ViewOptions, frustum_segments, read_glb_json,
                               trajectory_segments, write_view)
 from slam3r.app.sessions import Sessions, public_message
-from slam3r.recon.export import ReconWriter
+from slam3r.recon.output import ReconWriter
 from slam3r.recon.summary import EngineSummary, RunSummary
 from slam3r.recon.types import FrameResult
 

@@ -14,7 +14,7 @@ import pytest
 from slam3r.app.splat import BACKGROUND, look_at, splat
 from slam3r.app.view import load_reconstruction
 from slam3r.cli import main
-from slam3r.recon.export import ReconWriter
+from slam3r.recon.output import ReconWriter
 from slam3r.recon.summary import EngineSummary, RunSummary
 from slam3r.recon.types import FrameResult
 

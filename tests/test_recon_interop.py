@@ -9,7 +9,7 @@ import pytest
 
 from slam3r.data.trajectory_io import read_tum_trajectory
 from slam3r.recon.config import ReconConfig
-from slam3r.recon.export import ReconWriter
+from slam3r.recon.output import ReconWriter
 from slam3r.recon.interop import OPENCV_TO_OPENGL, export_recon
 from slam3r.recon.offline import run_offline
 from slam3r.recon.summary import RunSummary

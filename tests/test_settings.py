@@ -173,7 +173,7 @@ def test_export_check_thresholds_and_non_finite_values():
 
 
 def test_writer_never_writes_nan_or_infinity(tmp_path):
-    from slam3r.recon.export import ReconWriter
+    from slam3r.recon.output import ReconWriter
     from slam3r.recon.summary import EngineSummary, RunSummary
     from slam3r.recon.types import FrameResult
 

@@ -12,8 +12,8 @@ every point is exported and scored (``eval.conf_thresh: 1``; the published proto
 released model, and the bundled one has almost no L2W confidence above 3). The baseline is always scored on exactly
 the pixels selected for the model.
 
-Outputs (``--out``, default ``outputs/demo/``): the reconstruction (``<scene>_recon.ply`` / ``.glb``,
-``trajectory.txt``, ``cameras.json``, ``summary.json``), ``trajectory_gt.txt`` and ``report.json``.
+Outputs (``--out``, default ``outputs/demo/``): the reconstruction (``recon/output.py``: the cloud in every format,
+``trajectory.txt``, ``cameras.json``, ``summary.json``, ``preds/``), ``trajectory_gt.txt`` and ``report.json``.
 """
 
 from __future__ import annotations
@@ -71,9 +71,10 @@ def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, cf
     from slam3r.config import to_dict
     from slam3r.data import jsonio
     from slam3r.data.pointmaps import gt_pointmaps
-    from slam3r.data.trajectory_io import read_tum_trajectory, write_tum_trajectory
+    from slam3r.data.trajectory_io import write_tum_trajectory
     from slam3r.eval.recon import EvalConfig, evaluate_pointmaps
     from slam3r.eval.trajectory import ate
+    from slam3r.recon.output import RunOutput
     from slam3r.recon.run import reconstruct
 
     out = Path(out_dir)
@@ -87,9 +88,9 @@ def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, cf
                           settings=settings)
     write_tum_trajectory(out / "trajectory_gt.txt", np.arange(num_frames, dtype=float), seq.c2w)
     # scored from what was written (after any loop-closure correction of the output directory)
-    pred = np.load(out / "preds" / "registered_pcds.npy")
-    conf = np.load(out / "preds" / "registered_confs.npy")
-    stamps, poses = read_tum_trajectory(out / "trajectory.txt")  # registered frames only; stamp = frame index
+    result = RunOutput(out)
+    pred, conf = np.asarray(result.pred("registered_pcds")), np.asarray(result.pred("registered_confs"))
+    stamps, poses = result.trajectory()  # registered frames only; stamp = frame index
     t0 = time.perf_counter()
     ecfg = EvalConfig(conf_thresh=eval_conf)
     model = evaluate_pointmaps(pred, conf, gt_pts, gt_valid, ecfg)
@@ -142,6 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slam3r.eval.recon import EvalConfig
+    from slam3r.recon.output import RunOutput
     from slam3r.runtime import recon_settings, resolve_settings, runtime_from_args, weights_record
 
     t0 = time.perf_counter()
@@ -154,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
                             device=str(rt.device), progress=True,
                             settings={"weights": weights_record(args.weights), "config_sources": settings.sources})
     print(format_report(report))
-    print(f"outputs in {args.out}/ (report.json, synth_{args.seed}_recon.ply/.glb, trajectory.txt); "
+    written = ", ".join(p.name for p in RunOutput(args.out).files())
+    print(f"outputs in {args.out}/ (report.json, trajectory_gt.txt, {written}); "
           f"total {time.perf_counter() - t0:.0f} s")
     return 0

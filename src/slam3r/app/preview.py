@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slam3r.recon.export import write_glb
+from slam3r.data.glb import write_glb
 from slam3r.recon.types import FrameResult
 
 CAMERA_RGB = (255, 0, 0)

@@ -4,35 +4,21 @@ without inference.
 The per-frame world points, confidences and colours are read back (memory-mapped) from ``preds/*.npy``; the
 selection is the same as the pipeline's export (every point above the threshold, in frame order, then a uniform
 random subset of ``num_points`` drawn with the run's seed), so re-filtering at the run's own settings reproduces its
-``<scene>_recon.ply`` exactly. The percentile filter (as in VGGT's demo) drops the given share of least confident
-points: the threshold used is the larger of the absolute one and that percentile of all L2W confidences.
+cloud files (``<scene>_recon.<ext>``, one per ``recon.output.CLOUD_FORMATS`` format) exactly. The percentile filter
+(as in VGGT's demo) drops the given share of least confident points: the threshold used is the larger of the
+absolute one and that percentile of all L2W confidences.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from slam3r.data.ply import write_ply
-from slam3r.recon.export import Cloud, select_points, write_glb
-
-
-def scene_name(result_dir: str | Path) -> str:
-    """The scene name a reconstruction directory was written with (``preds/metadata.json``)."""
-    meta = Path(result_dir) / "preds" / "metadata.json"
-    if not meta.is_file():
-        raise FileNotFoundError(f"{meta} not found: not a reconstruction directory written with predictions")
-    return str(json.loads(meta.read_text())["scene_id"])
-
+from slam3r.recon.output import RunOutput
 
 PERCENTILE_SAMPLE = 4_000_000
 """At most this many confidences (a regular pixel grid of every frame) are used to compute a percentile."""
-
-
-def _confs(result_dir: str | Path) -> np.ndarray:
-    return np.load(Path(result_dir) / "preds" / "registered_confs.npy", mmap_mode="r")
 
 
 def percentile_threshold(confs: np.ndarray, percentile: float) -> float:
@@ -48,16 +34,8 @@ def percentile_threshold(confs: np.ndarray, percentile: float) -> float:
 
 def highest_confidence(result_dir: str | Path) -> float:
     """The largest L2W confidence of a reconstruction (0 when it has no frames)."""
-    confs = _confs(result_dir)
+    confs = RunOutput(result_dir).pred("registered_confs")
     return float(max((float(np.max(c)) for c in confs), default=0.0))
-
-
-def load_cloud(result_dir: str | Path, conf_thres: float, num_points: int, seed: int = 42) -> Cloud:
-    """:func:`select_points` over a reconstruction directory's ``preds/``."""
-    preds = Path(result_dir) / "preds"
-    arrays = [np.load(preds / f"{name}.npy", mmap_mode="r")
-              for name in ("registered_pcds", "registered_confs", "input_imgs")]
-    return select_points(*arrays, conf_thres=conf_thres, num_points=num_points, seed=seed)
 
 
 def export_settings(summary: dict) -> dict:
@@ -73,19 +51,18 @@ def export_settings(summary: dict) -> dict:
 
 
 def refilter(result_dir: str | Path, conf_thres: float, num_points: int, percentile: float = 0.0) -> dict:
-    """Rewrite ``<scene>_recon.ply`` / ``.glb`` of ``result_dir`` at a new threshold, confidence percentile and point
-    count, and record the export settings and point count in ``summary.json``. Returns the updated summary."""
-    out = Path(result_dir)
-    scene = scene_name(out)
-    summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    """Rewrite the cloud files of ``result_dir`` (every ``CLOUD_FORMATS`` format) at a new threshold, confidence
+    percentile and point count, and record the export settings and point count in ``summary.json``. Returns the
+    updated summary."""
+    out = RunOutput(result_dir)
+    out.metadata()  # FileNotFoundError unless a reconstruction directory written with predictions
+    summary = out.summary()
     seed = int(summary.get("config", {}).get("seed", 42))
-    effective = max(float(conf_thres), percentile_threshold(_confs(out), percentile))
-    cloud = load_cloud(out, effective, num_points, seed)
-    write_ply(out / f"{scene}_recon.ply", cloud.xyz, cloud.rgb, cloud.conf)
-    write_glb(out / f"{scene}_recon.glb", cloud.xyz, cloud.rgb)
+    effective = max(float(conf_thres), percentile_threshold(out.pred("registered_confs"), percentile))
+    cloud = out.select(effective, num_points, seed)
+    out.write_cloud(cloud)
     summary["points"] = len(cloud)
     summary["export"] = {"conf_thres_l2w": float(conf_thres), "num_points_save": int(num_points),
                          "conf_percentile": float(percentile), "effective_conf_thres": effective}
-    summary_path.write_text(json.dumps(summary, indent=1))
+    out.write_summary(summary)
     return summary

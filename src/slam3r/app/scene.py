@@ -2,7 +2,7 @@
 and one frame's pointmap highlighted, written as one glTF binary with a POINTS primitive and LINES primitives.
 
 World coordinates are the pipeline's (OpenCV axes: x right, y down, z forward, scene units); like
-:func:`slam3r.recon.export.write_glb` the file is flipped to glTF's y-up, z-back convention.
+:func:`slam3r.data.glb.write_glb` the file is flipped to glTF's y-up, z-back convention.
 """
 
 from __future__ import annotations
@@ -115,19 +115,17 @@ class ViewOptions:
 
 
 def write_view(result_dir: str | Path, path: str | Path, opt: ViewOptions) -> Path:
-    """Write the 3D view of a reconstruction directory (its exported ``<scene>_recon.ply``, ``cameras.json`` and
-    ``preds/``) to ``path``."""
-    from slam3r.app.refilter import export_settings, scene_name
-    from slam3r.data.ply import read_ply
+    """Write the 3D view of a reconstruction directory (its exported cloud, cameras and ``preds/``) to ``path``;
+    frames that were not registered have no frustum, no place on the trajectory and nothing to highlight."""
+    from slam3r.app.refilter import export_settings
+    from slam3r.recon.output import RunOutput
 
-    root = Path(result_dir)
-    scene = scene_name(root)
-    cloud = read_ply(root / f"{scene}_recon.ply")
-    cams = json.loads((root / "cameras.json").read_text())
-    poses = np.array([c["pose_c2w"] for c in cams], np.float64).reshape(-1, 4, 4)
-    focals = np.array([c["focal"] for c in cams], np.float64)
-    key = np.array([bool(c.get("is_keyframe")) for c in cams])
-    imgs = np.load(root / "preds" / "input_imgs.npy", mmap_mode="r")
+    out = RunOutput(result_dir)
+    cloud = out.cloud()
+    cams = out.camera_arrays()
+    shown = np.flatnonzero(cams.registered)
+    poses, focals = cams.c2w[shown], cams.focal[shown]
+    imgs = out.pred("input_imgs")
     size = int(imgs.shape[2]) if imgs.ndim == 4 else 1
     everything = np.concatenate([np.asarray(cloud.xyz, np.float32).reshape(-1, 3), poses[:, :3, 3]])
     extent = float(np.percentile(np.linalg.norm(everything - np.median(everything, 0), axis=1), 90)) \
@@ -135,19 +133,17 @@ def write_view(result_dir: str | Path, path: str | Path, opt: ViewOptions) -> Pa
     glb = SceneGLB().points(cloud.xyz, cloud.rgb if cloud.rgb is not None else np.full((len(cloud), 3), 200))
     if opt.cameras and len(poses):
         pick = np.arange(0, len(poses), max(1, -(-len(poses) // MAX_FRUSTA)))
-        colours = np.where(key[pick, None], KEYFRAME_RGB, FRUSTUM_RGB).astype(np.uint8)
+        colours = np.where(cams.keyframe[shown][pick, None], KEYFRAME_RGB, FRUSTUM_RGB).astype(np.uint8)
         glb.lines(frustum_segments(poses[pick], focals[pick], size, 0.08 * (extent or 1.0)), np.repeat(colours, 8, 0))
     if opt.trajectory and len(poses) > 1:
         glb.lines(trajectory_segments(poses[:, :3, 3]), TRAJECTORY_RGB)
-    if opt.highlight is not None and 0 <= opt.highlight < len(poses):
-        v = opt.highlight
-        confs = np.load(root / "preds" / "registered_confs.npy", mmap_mode="r")
-        pts = np.load(root / "preds" / "registered_pcds.npy", mmap_mode="r")
-        mask = np.asarray(confs[v]) > export_settings(json.loads((root / "summary.json").read_text()))[
-            "effective_conf_thres"]
-        xyz = np.asarray(pts[v])[mask]
+    v = opt.highlight
+    if v is not None and 0 <= v < len(cams.registered) and cams.registered[v]:
+        pts, confs, _ = out.world_points()
+        xyz = np.asarray(pts[v])[np.asarray(confs[v]) > export_settings(out.summary())["effective_conf_thres"]]
         if len(xyz) > HIGHLIGHT_POINTS:
             xyz = xyz[np.linspace(0, len(xyz) - 1, HIGHLIGHT_POINTS).astype(int)]
         glb.points(xyz, np.tile(np.array(HIGHLIGHT_RGB, np.uint8), (len(xyz), 1)))
-        glb.lines(frustum_segments(poses[v:v + 1], focals[v:v + 1], size, 0.12 * (extent or 1.0)), HIGHLIGHT_RGB)
+        glb.lines(frustum_segments(cams.c2w[v:v + 1], cams.focal[v:v + 1], size, 0.12 * (extent or 1.0)),
+                  HIGHLIGHT_RGB)
     return glb.write(path)

@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from slam3r.app.refilter import select_points
+from slam3r.data.cloud import select_points
 
 BACKGROUND = (24, 24, 24)
 TRAJECTORY_RGB = (255, 60, 60)

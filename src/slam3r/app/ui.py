@@ -27,16 +27,16 @@ from slam3r.app.scene import ViewOptions, write_view
 from slam3r.app.service_feed import ServiceFeed, without_credentials
 from slam3r.app.sessions import Sessions, public_message
 from slam3r.config import from_dict
+from slam3r.data.ply import write_ply
 from slam3r.data.sources import STREAM_SCHEMES, open_source
 from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.recon.config import ReconConfig
-from slam3r.recon.export import write_ply
+from slam3r.recon.output import RunOutput
 from slam3r.recon.run import Frame
 from slam3r.service.config import ServiceConfig
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FILES = ("{scene}_recon.ply", "{scene}_recon.glb", "trajectory.txt", "summary.json", "cameras.json")
 EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "synthetic_room.mp4"
 """The bundled example input: a short synthetic clip (``slam3r synth``)."""
 GALLERY_FRAMES = 48
@@ -57,9 +57,13 @@ class Result:
     """Frame id of each gallery picture."""
     selected: int | None = None
 
+    @property
+    def output(self) -> RunOutput:
+        return RunOutput(self.out_dir, self.scene)
+
     def files(self) -> list[str]:
-        return [str(self.out_dir / f.format(scene=self.scene)) for f in OUTPUT_FILES
-                if (self.out_dir / f.format(scene=self.scene)).is_file()]
+        """The downloads: the result's deliverables (:meth:`RunOutput.files`: the cloud in every format, ...)."""
+        return [str(p) for p in self.output.files()]
 
     def view(self, opt: ViewOptions) -> str:
         """Write the 3D view under a new name (a browser never shows a stale cached copy); keeps the newest two."""
@@ -72,7 +76,7 @@ class Result:
         """Thumbnails of up to :data:`GALLERY_FRAMES` input frames (network crops), evenly spaced."""
         import cv2
 
-        imgs = np.load(self.out_dir / "preds" / "input_imgs.npy", mmap_mode="r")
+        imgs = self.output.pred("input_imgs")
         folder = self.out_dir / "gallery"
         folder.mkdir(exist_ok=True)
         self.frame_ids = sorted({int(i) for i in np.linspace(0, len(imgs) - 1, min(len(imgs), GALLERY_FRAMES))})
@@ -170,7 +174,7 @@ class ReconApp:
         """The page update for a finished (or stopped) run, first of two (the 3D view follows); applies export
         settings changed during the run."""
         pending = self.pending.pop(session, None)
-        if not (result.out_dir / "summary.json").is_file():  # the tab closed meanwhile: its files are gone
+        if not result.output.is_result():  # the tab closed meanwhile: its files are gone
             return {self.status: "The session ended; its files were deleted."}
         note = ""
         if pending is not None and pending != _export_key(summary):
@@ -357,7 +361,7 @@ class ReconApp:
             return {self.status: "New export settings will be applied to this run's export when it finishes."}
         if result is None:
             return {self.status: "Export settings will apply to the next reconstruction."}
-        if settings == _export_key(_summary(result)):
+        if settings == _export_key(result.output.summary()):
             return {self.status: gr.skip()}  # already applied (e.g. Enter, then the box loses focus)
         try:
             summary = refilter(result.out_dir, **settings)
@@ -488,12 +492,6 @@ def _points(value: float | None) -> int:
     if value is None or value < 1 or value != int(value):
         raise ValueError("Points to keep must be a whole number of at least 1")
     return int(value)
-
-
-def _summary(result: Result) -> dict:
-    import json
-
-    return json.loads((result.out_dir / "summary.json").read_text())
 
 
 def _export_key(summary: dict) -> dict:

@@ -5,7 +5,6 @@ renders the reconstruction growing frame by frame to a video, offscreen."""
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 
 from slam3r.config import to_dict
 from slam3r.recon.config import ReconConfig
+from slam3r.recon.output import RunOutput
 from slam3r.runtime import resolve_settings
 
 
@@ -39,29 +39,17 @@ class SavedReconstruction:
 
 def load_reconstruction(result_dir: str | Path) -> SavedReconstruction:
     """Read a reconstruction directory (needs ``preds/``, i.e. not written with ``--no-preds``)."""
-    from slam3r.app.refilter import scene_name
-
-    root = Path(result_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory")
-    preds = root / "preds"
-    if not (preds / "registered_pcds.npy").is_file():
-        raise FileNotFoundError(f"{preds}/registered_pcds.npy not found: the viewer needs the per-frame "
-                                "predictions (do not use --no-preds)")
-    cameras: list[dict[str, Any]] = json.loads((root / "cameras.json").read_text())
-    summary = json.loads((root / "summary.json").read_text()) if (root / "summary.json").is_file() else {}
+    out = RunOutput(result_dir)
+    out.require_preds("the viewer")
+    cams = out.camera_arrays()  # NaN pose and focal: frame not registered
+    summary = out.summary()
     config = {**to_dict(resolve_settings(ReconConfig, "recon", weights=summary.get("weights")).value),
               **summary.get("config", {})}  # the values the run recorded; the resolver's for older results
     export = summary.get("export", {})
+    pts, confs, imgs = out.world_points()
     return SavedReconstruction(
-        scene=scene_name(root),
-        pts=np.load(preds / "registered_pcds.npy", mmap_mode="r"),
-        confs=np.load(preds / "registered_confs.npy", mmap_mode="r"),
-        imgs=np.load(preds / "input_imgs.npy", mmap_mode="r"),
-        poses_c2w=np.array([c["pose_c2w"] if c["pose_c2w"] is not None else np.full((4, 4), np.nan)
-                            for c in cameras], np.float64).reshape(-1, 4, 4),  # NaN: frame not registered
-        focals=np.array([c["focal"] for c in cameras], np.float64),
-        keyframes=np.array([bool(c.get("is_keyframe")) for c in cameras]),
+        scene=out.scene, pts=pts, confs=confs, imgs=imgs, poses_c2w=cams.c2w, focals=cams.focal,
+        keyframes=cams.keyframe,
         conf_thres=float(export.get("conf_thres_l2w", config["conf_thres_l2w"])),
         num_points=int(export.get("num_points_save", config["num_points_save"])),
         seed=int(config["seed"]),
@@ -74,7 +62,7 @@ def start_viewer(rec: SavedReconstruction, host: str, port: int, max_points: int
     import viser
     import viser.transforms as vtf
 
-    from slam3r.app.refilter import select_points
+    from slam3r.data.cloud import select_points
 
     server = viser.ViserServer(host=host, port=port, verbose=False)
     server.scene.set_up_direction("-y")  # world = the first keyframe's OpenCV camera: y points down

@@ -1,14 +1,16 @@
 """PLY point-cloud I/O: write binary little-endian ``x y z`` (float32) + ``red green blue`` (uchar) + optional
-``conf`` (float32); read the vertex element of any ascii / binary PLY (other elements such as faces are ignored)."""
+``conf`` (float32); read the vertex element of any ascii / binary PLY (other elements such as faces are ignored)
+as a :class:`~slam3r.data.cloud.PointCloud`."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from slam3r.data.cloud import PointCloud
 
 _PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
@@ -18,19 +20,6 @@ _PLY_TYPES = {
 }
 _COLOR_NAMES = (("red", "green", "blue"), ("r", "g", "b"), ("diffuse_red", "diffuse_green", "diffuse_blue"))
 _CONF_NAMES = ("conf", "confidence", "scalar_conf", "scalar_confidence", "quality")
-
-
-@dataclass
-class PointCloud:
-    """Points xyz (N, 3) float32 (metres when metric), colours rgb (N, 3) uint8 or None, confidences conf (N,)
-    float32 or None."""
-
-    xyz: np.ndarray
-    rgb: np.ndarray | None = None
-    conf: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(self.xyz.shape[0])
 
 
 def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None,
@@ -69,6 +58,11 @@ def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None,
         f.write(data.tobytes())
     os.replace(tmp, path)
     return path
+
+
+def write_ply_cloud(path: str | Path, cloud: PointCloud) -> Path:
+    """Write ``cloud`` (its colours and confidences where it has them) as binary PLY."""
+    return write_ply(path, cloud.xyz, cloud.rgb, cloud.conf)
 
 
 def read_ply(path: str | Path) -> PointCloud:

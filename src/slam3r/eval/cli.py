@@ -42,16 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def eval_settings(args: argparse.Namespace, pred: Path):
     """The :class:`~slam3r.eval.recon.EvalConfig` of this evaluation from the settings resolver; the weights are
     ``--weights`` or those recorded in a recon output directory's summary.json."""
-    import json
-
     from slam3r.eval.recon import EvalConfig
+    from slam3r.recon.output import RunOutput
     from slam3r.runtime import resolve_settings
 
     weights = args.weights
-    summary = pred / "summary.json"
-    if weights is None and pred.is_dir() and summary.is_file():
+    if weights is None and pred.is_dir():
         try:
-            weights = json.loads(summary.read_text()).get("weights")
+            weights = RunOutput(pred).summary().get("weights")
         except (ValueError, AttributeError):
             weights = None
     flags = {"conf_thresh": args.conf_thresh, "num_samples": args.num_samples, "refine_inliers": args.refine_inliers}
@@ -82,10 +80,11 @@ def load_pointmaps(pred_path: Path, n_gt: int):
     directory (``preds/``) or an ``.npz``; malformed input raises ``ValueError`` naming the problem."""
     import numpy as np
 
-    preds_dir = pred_path / "preds"
-    data = np.load(pred_path) if not pred_path.is_dir() else {
-        "pts3d": np.load(preds_dir / "registered_pcds.npy", mmap_mode="r"),
-        "conf": np.load(preds_dir / "registered_confs.npy", mmap_mode="r")}
+    from slam3r.recon.output import RunOutput
+
+    out = RunOutput(pred_path)
+    data = np.load(pred_path) if not pred_path.is_dir() else {"pts3d": out.pred("registered_pcds"),
+                                                               "conf": out.pred("registered_confs")}
     for key in ("pts3d", "conf"):
         if key not in data:
             raise ValueError(f"{pred_path}: missing array {key!r} (has {sorted(data)})")
@@ -107,12 +106,16 @@ def load_pointmaps(pred_path: Path, n_gt: int):
 
 def _check_pred(args: argparse.Namespace, pred_path: Path) -> None:
     """Refuse a missing prediction; a recon directory brings its trajectory.txt when --traj is not given."""
+    from slam3r.recon.output import RunOutput
+
+    out = RunOutput(pred_path)
     if pred_path.is_dir():  # a `slam3r recon` output directory
-        if not (pred_path / "preds" / "registered_pcds.npy").is_file():
+        if not out.has_preds():
             raise FileNotFoundError(f"{pred_path} is not a reconstruction directory with predictions "
-                                    "(preds/registered_pcds.npy missing; run slam3r recon without --no-preds)")
-        if args.traj is None and (pred_path / "trajectory.txt").is_file():
-            args.traj = str(pred_path / "trajectory.txt")
+                                    f"({out.pred_path('registered_pcds')} missing; run slam3r recon without "
+                                    "--no-preds)")
+        if args.traj is None and out.trajectory_path.is_file():
+            args.traj = str(out.trajectory_path)
     elif not pred_path.is_file():
         raise FileNotFoundError(f"prediction file not found: {pred_path}")
 

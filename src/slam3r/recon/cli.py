@@ -103,9 +103,11 @@ def print_summary(summary: RunSummary, out: Path, name: str) -> None:
         print(f"slam3r recon: warning: {warning}", file=sys.stderr)
     if summary.interrupted:
         print(f"stopped early ({summary.stop_reason}): outputs hold the {summary.frames} frames registered")
-    from slam3r.recon.export import cloud_files
+    from slam3r.recon.output import PREDS, RunOutput
 
-    print(f"written to {out}/ ({', '.join(cloud_files(name))}, trajectory.txt, summary.json, preds/)")
+    result = RunOutput(out, name)
+    kept = [p.name for p in result.files()] + [f"{PREDS}/"] * result.has_preds()
+    print(f"written to {out}/ ({', '.join(kept)})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     from slam3r.data.sources import open_source
     from slam3r.errors import InputError
-    from slam3r.recon.export import check_out_dir
+    from slam3r.recon.output import check_out_dir
     from slam3r.recon.run import reconstruct, stop_on_signals
     from slam3r.runtime import recon_settings, runtime_from_args, weights_record
 

@@ -2,10 +2,11 @@
 (``cameras.txt``, ``images.txt``, ``points3D.txt``) and a nerfstudio ``transforms.json``, both next to the network
 input images they describe (``images/frame_XXXXXX.png``).
 
-Inputs are the files ``slam3r recon`` writes (``recon/export.py``): ``cameras.json`` (per-frame focal and
-camera-to-world pose, OpenCV axes: x right, y down, z forward), ``preds/input_imgs.npy`` (the S x S network crops)
-and ``preds/registered_pcds.npy`` + ``registered_confs.npy`` (world points, confidences). The principal point is the
-image centre (the engine's model); with known intrinsics the run's ``summary.json`` config says so.
+Inputs are the files ``slam3r recon`` writes, read with :class:`slam3r.recon.output.RunOutput`: ``cameras.json``
+(per-frame focal and camera-to-world pose, OpenCV axes: x right, y down, z forward), ``preds/input_imgs.npy`` (the
+S x S network crops) and ``preds/registered_pcds.npy`` + ``registered_confs.npy`` (world points, confidences). The
+principal point is the image centre (the engine's model); with known intrinsics the run's ``summary.json`` config
+says so.
 
 Pixel conventions: the engine's pixel (u, v) has its centre at integer coordinates (OpenCV); COLMAP and nerfstudio
 put the top-left pixel's centre at (0.5, 0.5), so their principal point is ``S / 2`` and a 2-D observation of pixel
@@ -55,28 +56,30 @@ class ReconFrames:
 
 
 def load_recon(out_dir: str | Path) -> ReconFrames:
-    """Read a ``slam3r recon`` output directory (see module docstring); clear errors for missing files."""
-    out = Path(out_dir)
-    cams_path, imgs_path = out / "cameras.json", out / "preds" / "input_imgs.npy"
-    for p in (cams_path, imgs_path):
+    """Read a ``slam3r recon`` output directory (see module docstring); clear errors for missing files. Frames that
+    were not registered (no pose) are left out."""
+    from slam3r.recon.output import RunOutput
+
+    out = RunOutput(out_dir)
+    for p in (out.cameras_path, out.pred_path("input_imgs")):
         if not p.is_file():
-            raise FileNotFoundError(f"{out} is not a finished reconstruction directory ({p.name} missing; exports "
-                                    "need cameras.json and preds/, i.e. a run without --no-preds)")
-    cams = json.loads(cams_path.read_text())
-    images = np.load(imgs_path, mmap_mode="r")
-    if len(cams) != len(images):
-        raise ValueError(f"{out}: cameras.json has {len(cams)} frames but input_imgs.npy has {len(images)}")
-    pts_path, conf_path = out / "preds" / "registered_pcds.npy", out / "preds" / "registered_confs.npy"
-    points = np.load(pts_path, mmap_mode="r") if pts_path.is_file() else None
-    confs = np.load(conf_path, mmap_mode="r") if conf_path.is_file() else None
-    conf_thres = 12.0
-    summary = out / "summary.json"
-    if summary.is_file():
-        conf_thres = float(json.loads(summary.read_text()).get("config", {}).get("conf_thres_l2w", conf_thres))
-    return ReconFrames(frame_ids=np.array([c["frame_id"] for c in cams], dtype=np.int64),
-                       c2w=np.array([c["pose_c2w"] for c in cams], dtype=np.float64).reshape(-1, 4, 4),
-                       focal=np.array([c["focal"] for c in cams], dtype=np.float64),
-                       images=images, points=points, confs=confs, conf_thres=conf_thres)
+            raise FileNotFoundError(f"{out.path} is not a finished reconstruction directory ({p.name} missing; "
+                                    "exports need cameras.json and preds/, i.e. a run without --no-preds)")
+    cams = out.camera_arrays()
+    images = out.pred("input_imgs")
+    if len(cams.frame_ids) != len(images):
+        raise ValueError(f"{out.path}: cameras.json has {len(cams.frame_ids)} frames but input_imgs.npy has "
+                         f"{len(images)}")
+    points, confs = ((out.pred(name) if out.pred_path(name).is_file() else None)
+                     for name in ("registered_pcds", "registered_confs"))
+    conf_thres = float(out.summary().get("config", {}).get("conf_thres_l2w", 12.0))
+    keep = cams.registered
+
+    def rows(a: np.ndarray | None) -> np.ndarray | None:
+        return a if a is None or keep.all() else a[keep]
+
+    return ReconFrames(frame_ids=cams.frame_ids[keep], c2w=cams.c2w[keep], focal=cams.focal[keep],
+                       images=rows(images), points=rows(points), confs=rows(confs), conf_thres=conf_thres)
 
 
 def write_images(rec: ReconFrames, folder: Path) -> list[str]:

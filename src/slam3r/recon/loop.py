@@ -28,7 +28,6 @@ Offline runs apply them to the output directory (:func:`apply_corrections`); str
 from __future__ import annotations
 
 import bisect
-import json
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,14 +279,14 @@ class LoopCloser:
 def apply_corrections(out_dir: str | Path, corrections: dict[int, np.ndarray]) -> None:
     """Apply per-frame world corrections (frame id -> 4x4 similarity) to a finished recon directory in place:
     ``preds/registered_pcds.npy``, ``cameras.json`` poses and ``trajectory.txt``; the point cloud files are then
-    rewritten by the caller (``recon.export.ReconWriter`` owns them)."""
-    from slam3r.data.trajectory_io import read_tum_trajectory, write_tum_trajectory
+    rewritten by the caller (``recon.output`` owns the layout)."""
+    from slam3r.recon.output import RunOutput
 
-    out = Path(out_dir)
-    cams = json.loads((out / "cameras.json").read_text())
-    pts_path = out / "preds" / "registered_pcds.npy"
+    out = RunOutput(out_dir)
+    cams = out.cameras()
+    pts_path = out.pred_path("registered_pcds")
     pts = np.load(pts_path, mmap_mode="r+") if pts_path.is_file() else None
-    stamps, poses = read_tum_trajectory(out / "trajectory.txt")
+    stamps, poses = out.trajectory()
     for i, cam in enumerate(cams):
         C = corrections.get(cam["frame_id"])
         if C is None:
@@ -299,8 +298,8 @@ def apply_corrections(out_dir: str | Path, corrections: dict[int, np.ndarray]) -
     if pts is not None:
         pts.flush()
         del pts
-    (out / "cameras.json").write_text(json.dumps(cams))
-    write_tum_trajectory(out / "trajectory.txt", stamps, poses)
+    out.write_cameras(cams)
+    out.write_trajectory(stamps, poses)
 
 
 def finish_output(out_dir: str | Path, corrections: dict[int, np.ndarray], scene: str, cfg: ReconConfig,
@@ -309,17 +308,10 @@ def finish_output(out_dir: str | Path, corrections: dict[int, np.ndarray], scene
     directory (predictions, poses, trajectory), rewrite the point cloud files from the corrected predictions and
     drop ``preds/`` if the run did not ask to keep them (``summary.json`` already holds the loop statistics, from
     ``Engine.summary``). Per-frame PLYs (``--frame-plys``) stay as registered, before the correction."""
-    from slam3r.data.ply import write_ply
-    from slam3r.recon.export import PRED_FILES, select_points, write_glb
+    from slam3r.recon.output import RunOutput
 
-    out = Path(out_dir)
-    apply_corrections(out, corrections)
-    arrays = [np.load(out / "preds" / f"{name}.npy", mmap_mode="r")
-              for name in ("registered_pcds", "registered_confs", "input_imgs")]
-    cloud = select_points(*arrays, conf_thres=cfg.conf_thres_l2w, num_points=cfg.num_points_save, seed=cfg.seed)
-    del arrays
-    write_ply(out / f"{scene}_recon.ply", cloud.xyz, cloud.rgb, cloud.conf)
-    write_glb(out / f"{scene}_recon.glb", cloud.xyz, cloud.rgb)
+    out = RunOutput(out_dir, scene)
+    apply_corrections(out_dir, corrections)
+    out.write_cloud(out.select(cfg.conf_thres_l2w, cfg.num_points_save, cfg.seed))
     if not keep_preds:
-        for name in PRED_FILES:
-            (out / "preds" / f"{name}.npy").unlink()
+        out.drop_preds()

@@ -25,7 +25,7 @@ from slam3r.data.preprocess import resize_crop
 from slam3r.errors import InputError
 from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.recon.config import ReconConfig
-from slam3r.recon.export import ReconWriter
+from slam3r.recon.output import ReconWriter
 from slam3r.recon.offline import run_offline
 from slam3r.recon.streaming import StreamingReconstructor
 from slam3r.recon.summary import EngineSummary, RunSummary
