@@ -131,3 +131,15 @@ def test_select_points_on_plain_arrays() -> None:
     confs = np.array([[[1, 3], [3, 1]], [[1, 1], [1, 5]]], np.float32)
     cloud = select_points(pts, confs, np.zeros((2, 2, 2, 3), np.uint8), conf_thres=2, num_points=10, seed=0)
     np.testing.assert_array_equal(cloud.conf, [3, 3, 5])
+
+
+def test_cloud_formats_registry_drives_refilter_and_downloads(tmp_path: Path, monkeypatch) -> None:
+    """A format added to ``CLOUD_FORMATS`` is written by refilter and offered among the result's files."""
+    from slam3r.recon import output
+
+    monkeypatch.setitem(output.CLOUD_FORMATS, "txt", lambda path, cloud: np.savetxt(path, cloud.xyz))
+    hand_made_preds(tmp_path)
+    refilter(tmp_path, conf_thres=2.45, num_points=20)
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "hand_recon.txt"), read_ply(tmp_path / "hand_recon.ply").xyz)
+    assert [p.name for p in RunOutput(tmp_path).files()] == ["hand_recon.ply", "hand_recon.glb", "hand_recon.txt",
+                                                            "summary.json"]
