@@ -110,10 +110,7 @@ def _check_pred(args: argparse.Namespace, pred_path: Path) -> None:
 
     out = RunOutput(pred_path)
     if pred_path.is_dir():  # a `slam3r recon` output directory
-        if not out.has_preds():
-            raise FileNotFoundError(f"{pred_path} is not a reconstruction directory with predictions "
-                                    f"({out.pred_path('registered_pcds')} missing; run slam3r recon without "
-                                    "--no-preds)")
+        out.require_preds("slam3r eval")
         if args.traj is None and out.trajectory_path.is_file():
             args.traj = str(out.trajectory_path)
     elif not pred_path.is_file():

@@ -278,6 +278,7 @@ class RunOutput:
         for name in PRED_FILES:
             self.pred_path(name).unlink(missing_ok=True)
 
+
 def check_out_dir(out: Path) -> None:
     """Refuse, before any work and creating nothing, an ``out`` the writer cannot or may not replace: a file, a path
     under a file, an unwritable place, or a non-empty directory that is not a slam3r result (no ``summary.json``),
