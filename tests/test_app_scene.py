@@ -101,6 +101,34 @@ def test_view_shows_what_is_switched_on(result_dir: Path) -> None:
     assert modes(ViewOptions(False, False, highlight=99)) == [0]  # no such frame: nothing highlighted
 
 
+def with_unregistered_frame(out: Path) -> Path:
+    """A 4-frame 8x8 result in ``out`` whose frame 1 was not registered (no pose, no focal, no confident point)."""
+    writer = ReconWriter(out, "toy", conf_thres_l2w=2.0, num_points_save=10**6)
+    for f in range(4):
+        registered = f != 1
+        pose = np.eye(4) if registered else np.full((4, 4), np.nan)
+        pose[0, 3] = f if registered else np.nan
+        pts = np.random.default_rng(f).normal(size=(8, 8, 3)).astype(np.float32) * registered
+        conf = np.full((8, 8), 5.0 if registered else 1.0, np.float32)
+        writer.add(FrameResult(f, None, np.full((8, 8, 3), 100, np.uint8), pts, conf, pts, conf, pose,
+                               8.0 if registered else float("nan"), registered=registered))
+    writer.close(RunSummary(engine=EngineSummary(init_winsize=2, kf_stride=1, init_ref_id=0),
+                            config={"seed": 42, "conf_thres_l2w": 2.0, "num_points_save": 10**6}))
+    return out
+
+
+def test_unregistered_frames_have_no_camera_in_the_view(tmp_path: Path) -> None:
+    root = with_unregistered_frame(tmp_path)
+    doc = read_glb_json(write_view(root, root / "v.glb", ViewOptions()))
+    prims = doc["meshes"][0]["primitives"]
+    counts = [doc["accessors"][p["attributes"]["POSITION"]]["count"] for p in prims]
+    assert [p["mode"] for p in prims] == [0, 1, 1] and counts == [3 * 64, 3 * 16, 2 * 2]
+    assert all(np.isfinite(doc["accessors"][p["attributes"]["POSITION"]]["min"]).all() for p in prims)
+    modes = [p["mode"] for p in read_glb_json(write_view(root, root / "v.glb", ViewOptions(False, False, 1)))[
+        "meshes"][0]["primitives"]]
+    assert modes == [0]  # nothing to highlight on a frame without a pose
+
+
 def test_session_folders_are_separate_and_deleted_on_close(tmp_path: Path) -> None:
     uploads = tmp_path / "gradio"
     (uploads / "abc").mkdir(parents=True)

@@ -9,10 +9,11 @@ import pytest
 
 from slam3r.data.trajectory_io import read_tum_trajectory
 from slam3r.recon.config import ReconConfig
-from slam3r.recon.output import ReconWriter
 from slam3r.recon.interop import OPENCV_TO_OPENGL, export_recon
 from slam3r.recon.offline import run_offline
+from slam3r.recon.output import ReconWriter
 from slam3r.recon.summary import RunSummary
+from test_app_scene import with_unregistered_frame
 from test_recon_oracle import OracleI2P, OracleL2W, scene  # noqa: F401  (fixture)
 
 
@@ -76,3 +77,11 @@ def test_export_errors(tmp_path):
         export_recon(tmp_path, ["colmap"])
     with pytest.raises(ValueError, match="unknown export format"):
         export_recon(tmp_path, ["ply"])
+
+
+def test_unregistered_frames_are_left_out_of_the_exports(tmp_path):
+    with_unregistered_frame(tmp_path)
+    written = export_recon(tmp_path, ["nerfstudio"], tmp_path / "export")
+    frames = json.loads(written["nerfstudio"].read_text())["frames"]
+    assert [f["file_path"] for f in frames] == [f"images/frame_{i:06d}.png" for i in (0, 2, 3)]
+    assert all(np.isfinite(f["transform_matrix"]).all() for f in frames)
