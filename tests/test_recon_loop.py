@@ -207,3 +207,25 @@ def test_streaming_map_updates_correct_emitted_frames(loop_scene, drift_ate):
     fixed = np.stack([correct_pose(C, r.pose_c2w)[:3, 3] for C, r in zip(update.corrections, results)])
     gt = scene.c2w[:, :3, 3]
     assert ate(fixed, gt).ate_rmse_m < min(0.75 * drift_ate, ate(raw, gt).ate_rmse_m)
+
+
+def test_corrections_skip_frames_that_were_not_registered(tmp_path):
+    """A loop correction of a result with an unregistered frame moves the registered ones only and keeps the
+    trajectory's note for the other."""
+    from slam3r.recon.loop import apply_corrections
+    from test_app_scene import with_unregistered_frame
+
+    out = with_unregistered_frame(tmp_path)
+    shift = np.eye(4)
+    shift[1, 3] = 2.0
+    before = np.load(out / "preds" / "registered_pcds.npy")
+    apply_corrections(out, {f: shift for f in range(4)})
+    stamps, poses = read_tum_trajectory(out / "trajectory.txt")
+    np.testing.assert_allclose(stamps, [0, 2, 3])
+    np.testing.assert_allclose(poses[:, :3, 3], [[f, 2.0, 0] for f in (0, 2, 3)])
+    assert "# frame 1 (timestamp_ns None) not registered: no confident point" in (out / "trajectory.txt").read_text()
+    cams = json.loads((out / "cameras.json").read_text())
+    assert cams[1]["pose_c2w"] is None and cams[2]["pose_c2w"][1][3] == 2.0
+    after = np.load(out / "preds" / "registered_pcds.npy")
+    np.testing.assert_allclose(after[[0, 2, 3], ..., 1], before[[0, 2, 3], ..., 1] + 2.0, atol=1e-6)
+    np.testing.assert_array_equal(after[1], before[1])

@@ -279,27 +279,29 @@ class LoopCloser:
 def apply_corrections(out_dir: str | Path, corrections: dict[int, np.ndarray]) -> None:
     """Apply per-frame world corrections (frame id -> 4x4 similarity) to a finished recon directory in place:
     ``preds/registered_pcds.npy``, ``cameras.json`` poses and ``trajectory.txt``; the point cloud files are then
-    rewritten by the caller (``recon.output`` owns the layout)."""
-    from slam3r.recon.output import RunOutput
+    rewritten by the caller (``recon.output`` owns the layout). Frames that were not registered have no pose (and
+    no trajectory line) to correct and stay as they are."""
+    from slam3r.recon.output import RunOutput, unregistered_notes
 
     out = RunOutput(out_dir)
     cams = out.cameras()
     pts_path = out.pred_path("registered_pcds")
     pts = np.load(pts_path, mmap_mode="r+") if pts_path.is_file() else None
     stamps, poses = out.trajectory()
-    for i, cam in enumerate(cams):
-        C = corrections.get(cam["frame_id"])
+    registered = [i for i, cam in enumerate(cams) if cam["pose_c2w"] is not None]  # one trajectory line each
+    for row, i in enumerate(registered):
+        C = corrections.get(cams[i]["frame_id"])
         if C is None:
             continue
-        poses[i] = correct_pose(C, np.asarray(cam["pose_c2w"]))
-        cam["pose_c2w"] = np.round(poses[i], 8).tolist()
+        poses[row] = correct_pose(C, np.asarray(cams[i]["pose_c2w"]))
+        cams[i]["pose_c2w"] = np.round(poses[row], 8).tolist()
         if pts is not None:
             pts[i] = apply_sim3_matrix(C, np.asarray(pts[i]))
     if pts is not None:
         pts.flush()
         del pts
     out.write_cameras(cams)
-    out.write_trajectory(stamps, poses)
+    out.write_trajectory(stamps, poses, notes=unregistered_notes(cams))
 
 
 def finish_output(out_dir: str | Path, corrections: dict[int, np.ndarray], scene: str, cfg: ReconConfig,

@@ -279,6 +279,12 @@ class RunOutput:
             self.pred_path(name).unlink(missing_ok=True)
 
 
+def unregistered_notes(cameras: list[dict[str, Any]]) -> list[str]:
+    """The comment lines of ``trajectory.txt`` for the frames of ``cameras`` (``cameras.json``) without a pose."""
+    return [f"frame {c['frame_id']} (timestamp_ns {c['timestamp_ns']}) not registered: no confident point"
+            for c in cameras if c["pose_c2w"] is None]
+
+
 def check_out_dir(out: Path) -> None:
     """Refuse, before any work and creating nothing, an ``out`` the writer cannot or may not replace: a file, a path
     under a file, an unwritable place, or a non-empty directory that is not a slam3r result (no ``summary.json``),
@@ -375,8 +381,7 @@ class ReconWriter:
             raise ValueError("no frame was registered: nothing written")
         for f in self.files.values():
             f.close()
-        notes = [f"frame {i} (timestamp_ns {self.cameras[i]['timestamp_ns']}) not registered: no confident point"
-                 for i in self.unregistered]
+        notes = unregistered_notes(self.cameras)
         out = self.layout
         out.write_trajectory(np.array(self.stamps), np.array(self.poses).reshape(-1, 4, 4), notes=notes)
         out.write_metadata({"scene_id": self.scene, **summary.engine.metadata()})
