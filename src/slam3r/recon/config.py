@@ -72,7 +72,7 @@ class ReconConfig:
     loop_min_gap: int = 50
     """Loop candidates are keyframes at least this many frames older than the new keyframe."""
     loop_candidates: int = 2
-    """Best-scored candidates verified per new keyframe."""
+    """Best-scored candidates verified per new keyframe (best first, stopping at the first that fails)."""
     loop_min_inliers: float = 0.5
     """Fraction of valid pixels that must agree for a verified loop."""
     loop_min_overlap: float = 0.2

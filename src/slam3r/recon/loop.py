@@ -7,13 +7,17 @@ keeps it. For a new keyframe:
 1. **Odometry edge** to the previous keyframe: ``T_prev^-1 T_k`` from the registration.
 2. **Detection**: keyframes at least ``loop_min_gap`` frames older are scored against it, by the retrieval head
    (``loop_score: retrieval``, the network's own co-visibility score) or by the cosine of global descriptors
-   (``descriptor``: mean of the L2-normalised encoder tokens); the ``loop_candidates`` best are verified.
+   (``descriptor``: mean of the L2-normalised encoder tokens); the ``loop_candidates`` best are verified, best
+   first, until one fails (a keyframe outside a revisit costs one I2P call; inside one, each extra edge also ties
+   the old keyframes together).
 3. **Verification**: I2P on the pair (old keyframe as reference) gives both keyframes' points in the old camera;
    a robust similarity fit (``geometry.robust_umeyama``) of the new keyframe's own points to them measures
    ``T_old^-1 T_new``. The edge is kept when at least ``loop_min_inliers`` of the pixels agree within
-   ``loop_inlier_thresh`` (fraction of the old keyframe's mean point distance) in both fits, and as large a
-   fraction of the new keyframe's points, seen from the old camera, land on the old keyframe's own surface
-   (depth within ``loop_inlier_thresh``): the views really overlap.
+   ``loop_inlier_thresh`` (fraction of the old keyframe's mean point distance) in both fits, and the views really
+   overlap: at least ``loop_min_overlap`` of the new keyframe's points fall inside the old view and at least
+   ``loop_min_agree`` of those lie on the old keyframe's own surface (depth within ``loop_inlier_thresh``). A
+   partial overlap is enough (a revisit is entered gradually); I2P on an unrelated pair also puts the new points
+   in view, but off the old surface. Edge sigmas: :data:`EDGE_SIGMA`.
 4. **Optimisation** (``recon.pose_graph``) when a verified loop edge disagrees with the current poses (by more
    than ``loop_inlier_thresh``; loops that agree already are only added, for the final optimisation); each keyframe's correction
    ``C_k = T_k_new T_k_old^-1`` is applied at once to the frames the engine still holds (so later registration
@@ -140,11 +144,12 @@ class LoopCloser:
             self._add_edge(prev.fid, kf, np.linalg.inv(prev.pose) @ kf.pose, "odometry")
         self.kfs[fid] = kf
         self.order.append(fid)
-        for cand in self._candidates(kf, autocast):
-            rel = self._verify(self.kfs[cand], kf, autocast)
-            if rel is not None:
-                self._add_edge(cand, kf, rel, "loop")
-                self._pending |= self._disagreement(self.kfs[cand], kf, rel) > self.cfg.loop_inlier_thresh
+        for cand in self._candidates(kf, autocast):  # best first, until one fails: outside a revisit that is
+            rel = self._verify(self.kfs[cand], kf, autocast)  # one I2P call per keyframe
+            if rel is None:
+                break
+            self._add_edge(cand, kf, rel, "loop")
+            self._pending |= self._disagreement(self.kfs[cand], kf, rel) > self.cfg.loop_inlier_thresh
         self._since_opt += 1
         return self._pending and self._since_opt >= self.cfg.loop_optimize_interval
 
