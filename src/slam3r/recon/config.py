@@ -74,7 +74,8 @@ class ReconConfig:
     loop_candidates: int = 2
     """Best-scored candidates verified per new keyframe (best first, stopping at the first that fails)."""
     loop_min_inliers: float = 0.5
-    """Fraction of valid pixels that must agree for a verified loop."""
+    """Fraction of valid pixels that must agree (within ``loop_inlier_thresh``) in both similarity fits of a loop
+    verification."""
     loop_min_overlap: float = 0.2
     """Fraction of the new keyframe's valid points that must fall inside the old keyframe's view (partial overlap
     suffices: a revisit is entered gradually)."""
