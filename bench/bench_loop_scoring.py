@@ -10,6 +10,11 @@ periodic, so a 1.25-loop run otherwise contains pixel-identical repeats that any
 points (8 x 8 sample) that the query camera sees on its own GT surface (depth within 5%). Printed per scoring
 method: the mean GT co-visibility of the top-1 candidate and how often the top-1 is the best co-visible one, beside
 a random pick and the GT-best (ceiling).
+
+``--verify``: instead, run the pipeline (the weights' ``recon.yaml``, loop closure on, offline) on each scene and
+split the loop verifications by the GT co-visibility of the pair (new keyframe's points seen by the old camera):
+accepted true loops (>= 0.2), accepted spurious ones (< 0.05), and the verification statistics of each
+(``seen``: fraction of the new points inside the old view, ``agree``: fraction of those on the old surface).
 """
 
 from __future__ import annotations
@@ -45,6 +50,51 @@ def covisibility(seq, q: int, c: int) -> float:
     return float(ok.mean())
 
 
+def verify(seeds: list[int], frames: int, weights: str) -> None:
+    """Loop verifications of the pipeline with loop closure on, against GT co-visibility (see ``--verify``)."""
+    from slam3r.recon import loop as loop_mod
+    from slam3r.recon.config import ReconConfig
+    from slam3r.recon.offline import run_offline
+    from slam3r.runtime import weights_defaults
+
+    i2p, l2w = load_models(weights)
+    rows, last = [], {}
+    overlap, check = loop_mod.LoopCloser._overlap, loop_mod.LoopCloser._verify
+
+    def overlap_hook(self, *args):
+        last["ov"] = overlap(self, *args)
+        return last["ov"]
+
+    def verify_hook(self, old, new, autocast):
+        last.clear()
+        rel = check(self, old, new, autocast)
+        rows.append((seed, old.fid, new.fid, last.get("ov", (0.0, 0.0)), rel is not None))
+        return rel
+
+    loop_mod.LoopCloser._overlap, loop_mod.LoopCloser._verify = overlap_hook, verify_hook
+    cfg = ReconConfig(**weights_defaults(weights), loop_closure=True)
+    print(f"loop_min_overlap {cfg.loop_min_overlap}, loop_min_agree {cfg.loop_min_agree}")
+    print("| seed | verified | accepted | accepted true (co-vis >= 0.2) | accepted spurious (< 0.05) | true pairs |")
+    print("|---|---|---|---|---|---|")
+    stats = {"true": [], "spurious": []}
+    for seed in seeds:
+        seq = render_heldout(seed, frames, i2p.cfg.img_size[0])
+        _, results = run_offline(i2p, l2w, list(seq.rgb), cfg)
+        for _ in results:
+            pass
+        mine = [(covisibility(seq, old, new), ov, ok) for s, old, new, ov, ok in rows if s == seed]
+        true = [m for m in mine if m[0] >= 0.2]
+        stats["true"] += true
+        stats["spurious"] += [m for m in mine if m[0] < 0.05]
+        print(f"| {seed} | {len(mine)} | {sum(m[2] for m in mine)} | {sum(m[2] for m in true)} | "
+              f"{sum(m[2] for m in mine if m[0] < 0.05)} | {len(true)} |", flush=True)
+    for name, ms in stats.items():
+        if ms:
+            seen, agree = np.array([m[1][0] for m in ms]), np.array([m[1][1] for m in ms])
+            print(f"{name} pairs: {len(ms)}, seen median {np.median(seen):.2f}, agree median {np.median(agree):.2f} "
+                  f"(min {agree.min():.2f}, max {agree.max():.2f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
@@ -53,7 +103,11 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=1,
                         help="candidates lie this many frames off the queries' keyframe grid (default 1): the "
                              "generator's loops are periodic, so with 0 a candidate can be an exact repeat")
+    parser.add_argument("--verify", action="store_true", help="loop verifications of the pipeline vs GT (docstring)")
     args = parser.parse_args()
+    if args.verify:
+        verify(args.seeds, args.frames, args.weights)
+        return
     i2p, _ = load_models(args.weights)
     size = i2p.cfg.img_size[0]
     stats: dict[str, list[tuple[float, bool]]] = {"retrieval head": [], "descriptor": [], "random": [],

@@ -3,6 +3,8 @@ outputs compared; plus streaming FPS. Random weights; synthetic held-out frames.
 
     python bench/bench_pipeline.py --size released --frames 64          # offline, reference demo parameters
     python bench/bench_pipeline.py --size default --mode streaming --no-naive --frames 200
+    python bench/bench_pipeline.py --weights default --params bundled --mode streaming --frames 150 --threads 1 \
+        --loop-closure-ab 2      # loop closure off / on alternately (2 runs each), FPS ratio of the medians
 """
 
 from __future__ import annotations
@@ -161,6 +163,8 @@ def parse_args() -> argparse.Namespace:
                          "weights instead of the naive path, interleaved with slam3r")
     ap.add_argument("--repeat", type=int, default=1, help="with --official: interleaved runs of each")
     ap.add_argument("--loop-closure", action="store_true", help="loop closure on (ReconConfig.loop_closure)")
+    ap.add_argument("--loop-closure-ab", type=int, default=0, metavar="N",
+                    help="run loop closure off and on alternately, N times each (no naive path); FPS ratio on / off")
     ap.add_argument("--registration", choices=["l2w", "geometric"], default="l2w", help="registration backend")
     args = ap.parse_args()
     if args.params is None:
@@ -226,6 +230,9 @@ def main() -> None:
     if args.official:
         compare_official(args, i2p, l2w, frames, params, measure, rows, extra)
         return
+    if args.loop_closure_ab:
+        compare_loop_closure(args.loop_closure_ab, cfg, measure, rows, extra, (i2p, l2w))
+        return
     fast, fast_pf, fast_steady = measure("slam3r", (i2p, l2w), cfg, False)
     extra.update(fast_s_per_frame=fast_pf, fast_steady_s_per_frame=fast_steady)
     if not args.no_naive:
@@ -246,6 +253,27 @@ def main() -> None:
         print(f"speedup {extra['speedup']:.2f}x (steady state {steady}); "
               f"max |world diff| {extra['max_abs_diff_world']:.2e} (values up to {extra['world_scale']:.2f}); "
               f"max relative conf diff {extra['max_rel_diff_conf']:.2e}")
+
+
+def compare_loop_closure(n: int, cfg: ReconConfig, measure, rows, extra, nets) -> None:
+    """Loop closure off and on alternately (``n`` runs each, same process, models and frames): FPS per run and the
+    ratio of the median FPS on / off (the machine's load drifts; interleaving keeps it out of the ratio)."""
+    import dataclasses
+    import os
+    import statistics
+
+    fps: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(n):
+        for on in (False, True):
+            _, pf, _ = measure(f"loop closure {'on' if on else 'off'}", nets,
+                               dataclasses.replace(cfg, loop_closure=on), False)
+            fps[on].append(1 / pf)
+            print(rows[-1], f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    ratio = statistics.median(fps[True]) / statistics.median(fps[False])
+    extra.update(fps_off=fps[False], fps_on=fps[True], ratio_on_off=ratio, load_average=os.getloadavg())
+    report(f"pipeline {extra['mode']} loop closure off / on — {extra['size']} — {extra['device']}", rows, extra)
+    print(f"FPS with loop closure on / off: {ratio:.2f} (median of {n}: on {statistics.median(fps[True]):.2f}, "
+          f"off {statistics.median(fps[False]):.2f})")
 
 
 def compare_official(args, i2p, l2w, frames, params, measure, rows, extra) -> None:

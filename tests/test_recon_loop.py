@@ -3,6 +3,7 @@ oracle networks plus injected per-keyframe registration drift on a 1.25-loop seq
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -16,7 +17,7 @@ from slam3r.geometry.camera import backproject_depth
 from slam3r.geometry.transforms import apply_sim3, quat_to_rotmat, robust_umeyama, sim3_to_matrix, umeyama
 from slam3r.models import Pointmaps
 from slam3r.recon.config import ReconConfig
-from test_recon_oracle import OracleI2P, OracleL2W, Scene, frame_id_image
+from test_recon_oracle import SCALE_I2P, OracleI2P, OracleL2W, Scene, frame_id_image
 
 pytest.importorskip("gtsam")
 
@@ -229,3 +230,48 @@ def test_corrections_skip_frames_that_were_not_registered(tmp_path):
     after = np.load(out / "preds" / "registered_pcds.npy")
     np.testing.assert_allclose(after[[0, 2, 3], ..., 1], before[[0, 2, 3], ..., 1] + 2.0, atol=1e-6)
     np.testing.assert_array_equal(after[1], before[1])
+
+
+class PlacedInViewI2P(CovisI2P):
+    """A failing I2P: the second view's points come back in its own camera frame, as if it stood where the
+    reference does (in view, but off the reference's surface), as a network does on an unrelated pair."""
+
+    def __call__(self, tokens: torch.Tensor, ref_id: int = 0, *, ref_only: bool = False) -> Pointmaps:
+        out = super().__call__(tokens, ref_id, ref_only=ref_only)
+        ids = self.ids(tokens)
+        pts = out.pts3d.clone()
+        pts[1 - ref_id] = torch.from_numpy(self.scene.cam[ids[1 - ref_id]] * SCALE_I2P)
+        return Pointmaps(pts, out.conf)
+
+
+def _seen_by(scene, K, old: int, new: int) -> float:
+    """GT fraction of frame ``new``'s points that frame ``old``'s camera sees."""
+    w2c = np.linalg.inv(scene.c2w[old])
+    p = scene.world[new].reshape(-1, 3) @ w2c[:3, :3].T + w2c[:3, 3]
+    uv = p[:, :2] / np.maximum(p[:, 2:], 1e-6) * K[[0, 1], [0, 1]] + K[:2, 2]
+    return float(((p[:, 2] > 0.05) & (uv >= 0).all(1) & (uv <= scene.world.shape[1] - 1).all(1)).mean())
+
+
+def test_loop_verification_keeps_partial_overlap_and_rejects_points_off_the_surface(loop_scene):
+    """A revisit seen only in part is a loop (the old rule, overlap x agreement >= 0.5, dropped it); a pair whose
+    I2P puts the new points in the old view but off the old surface is not."""
+    from slam3r.recon.loop import LoopCloser
+
+    scene, K = loop_scene
+    partial = next(f for f in range(60, len(scene.rgb)) if 0.2 < _seen_by(scene, K, 0, f) < 0.45)
+    unrelated = int(np.argmin([_seen_by(scene, K, 0, f) + _seen_by(scene, K, f, 0) for f in range(60)]))
+
+    def loops(i2p, new: int) -> list:
+        lc = LoopCloser(i2p, ReconConfig(**{**LOOP_CFG, "loop_min_gap": 1}, loop_closure=True), torch.device("cpu"))
+        for fid in (0, new):
+            tok = torch.zeros(16, 64)
+            tok[0, 0] = fid
+            lc.add_keyframe(fid, tok, torch.from_numpy(scene.cam[fid] * SCALE_I2P), torch.from_numpy(scene.world[fid]),
+                            torch.ones(scene.cam.shape[1:3]), contextlib.nullcontext)
+        return [e for e in lc.edges if e.kind == "loop"], lc
+
+    found, lc = loops(CovisI2P(scene, K), partial)
+    assert len(found) == 1
+    np.testing.assert_allclose(found[0].rel, np.linalg.inv(lc.kfs[0].pose) @ lc.kfs[partial].pose, atol=1e-4)
+    assert loops(PlacedInViewI2P(scene, K), partial)[0] == []
+    assert loops(PlacedInViewI2P(scene, K), unrelated)[0] == []

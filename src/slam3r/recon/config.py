@@ -72,9 +72,17 @@ class ReconConfig:
     loop_min_gap: int = 50
     """Loop candidates are keyframes at least this many frames older than the new keyframe."""
     loop_candidates: int = 2
-    """Best-scored candidates verified per new keyframe."""
+    """Best-scored candidates verified per new keyframe (best first, stopping at the first that fails)."""
     loop_min_inliers: float = 0.5
-    """Fraction of valid pixels that must agree for a verified loop."""
+    """Fraction of valid pixels that must agree (within ``loop_inlier_thresh``) in both similarity fits of a loop
+    verification."""
+    loop_min_overlap: float = 0.2
+    """Fraction of the new keyframe's valid points that must fall inside the old keyframe's view (partial overlap
+    suffices: a revisit is entered gradually)."""
+    loop_min_agree: float = 0.8
+    """Fraction of those in-view points that must lie on the old keyframe's own surface (a true revisit agrees
+    wherever the views overlap; I2P on an unrelated pair also puts the new points in view, off the surface:
+    ``bench/bench_loop_scoring.py --verify``)."""
     loop_inlier_thresh: float = 0.05
     """Inlier residual, as a fraction of the keyframe's mean point distance."""
     loop_optimize_interval: int = 10
@@ -112,8 +120,9 @@ class ReconConfig:
             (self.retrieval_depth >= 1, "retrieval_depth must be >= 1"),
             (self.loop_min_gap >= 1 and self.loop_candidates >= 1 and self.loop_optimize_interval >= 1,
              "loop_min_gap, loop_candidates and loop_optimize_interval must be >= 1"),
-            (0 < self.loop_min_inliers <= 1 and self.loop_inlier_thresh > 0,
-             "loop_min_inliers must be in (0, 1] and loop_inlier_thresh > 0"),
+            (all(0 < x <= 1 for x in (self.loop_min_inliers, self.loop_min_overlap, self.loop_min_agree))
+             and self.loop_inlier_thresh > 0,
+             "loop_min_inliers, loop_min_overlap and loop_min_agree must be in (0, 1] and loop_inlier_thresh > 0"),
             (self.online_stride >= 1, "online_stride must be >= 1"),
             (self.conf_thres_i2p >= 1 and self.conf_thres_l2w >= 1 and self.init_conf_thres >= 1
              and self.low_conf_frame_thresh >= 1, "confidence thresholds are >= 1 (confidences are 1 + exp(c))"),

@@ -7,13 +7,17 @@ keeps it. For a new keyframe:
 1. **Odometry edge** to the previous keyframe: ``T_prev^-1 T_k`` from the registration.
 2. **Detection**: keyframes at least ``loop_min_gap`` frames older are scored against it, by the retrieval head
    (``loop_score: retrieval``, the network's own co-visibility score) or by the cosine of global descriptors
-   (``descriptor``: mean of the L2-normalised encoder tokens); the ``loop_candidates`` best are verified.
+   (``descriptor``: mean of the L2-normalised encoder tokens); the ``loop_candidates`` best are verified, best
+   first, until one fails (a keyframe outside a revisit costs one I2P call; inside one, each extra edge also ties
+   the old keyframes together).
 3. **Verification**: I2P on the pair (old keyframe as reference) gives both keyframes' points in the old camera;
    a robust similarity fit (``geometry.robust_umeyama``) of the new keyframe's own points to them measures
    ``T_old^-1 T_new``. The edge is kept when at least ``loop_min_inliers`` of the pixels agree within
-   ``loop_inlier_thresh`` (fraction of the old keyframe's mean point distance) in both fits, and as large a
-   fraction of the new keyframe's points, seen from the old camera, land on the old keyframe's own surface
-   (depth within ``loop_inlier_thresh``): the views really overlap.
+   ``loop_inlier_thresh`` (fraction of the old keyframe's mean point distance) in both fits, and the views really
+   overlap: at least ``loop_min_overlap`` of the new keyframe's points fall inside the old view and at least
+   ``loop_min_agree`` of those lie on the old keyframe's own surface (depth within ``loop_inlier_thresh``). A
+   partial overlap is enough (a revisit is entered gradually); I2P on an unrelated pair also puts the new points
+   in view, but off the old surface. Edge sigmas: :data:`EDGE_SIGMA`.
 4. **Optimisation** (``recon.pose_graph``) when a verified loop edge disagrees with the current poses (by more
    than ``loop_inlier_thresh``; loops that agree already are only added, for the final optimisation); each keyframe's correction
    ``C_k = T_k_new T_k_old^-1`` is applied at once to the frames the engine still holds (so later registration
@@ -46,6 +50,11 @@ from slam3r.recon.pose_graph import Edge, GraphResult, optimize_pose_graph
 VERIFY_POINTS = 4096
 """Pixels (evenly spread) used by the similarity fits of a loop verification."""
 
+EDGE_SIGMA = 0.01
+"""Pose-graph edge sigma: radians for rotation, log-scale for scale, and for translation this fraction of the
+second keyframe's mean point depth (the edge's translation error is in its camera units, which are arbitrary:
+a rotation error of ``EDGE_SIGMA`` about the scene moves the camera by about ``EDGE_SIGMA`` x depth)."""
+
 
 def global_descriptor(tokens: Tensor) -> Tensor:
     """Global image descriptor from encoder tokens ``(..., S, C)``: mean of the L2-normalised tokens, normalised
@@ -63,6 +72,8 @@ class _Keyframe:
     shape: tuple[int, int]  # (H, W)
     weight: np.ndarray  # (H*W,) float32, 0 = invalid
     pose: np.ndarray  # (4, 4) similarity camera -> world, current
+    depth: float  # mean distance of the valid points from the camera, camera units
+    focal: float | None = None  # pixels, estimated on first use (``LoopCloser._focal``)
 
 
 @dataclass
@@ -121,24 +132,30 @@ class LoopCloser:
         w = weight.reshape(-1).float().cpu().numpy()
         sub = slice(None, None, max(1, len(loc) // VERIFY_POINTS))
         try:
-            s, R, t, _ = robust_umeyama(loc[sub], wld[sub], w[sub], self._thresh(wld[sub]), iters=2)
+            s, R, t, _ = robust_umeyama(loc[sub], wld[sub], w[sub], self._thresh(wld[sub]), iters=1)
         except ValueError:  # nothing confident: the keyframe cannot anchor anything
             return False
+        depth = float(np.linalg.norm(loc[sub][w[sub] > 0], axis=1).mean())
         kf = _Keyframe(fid, tokens.detach().cpu(), global_descriptor(tokens.detach()).cpu(), loc,
-                       tuple(local.shape[:2]), w, sim3_to_matrix(s, R, t))
+                       tuple(local.shape[:2]), w, sim3_to_matrix(s, R, t), depth)
         if self.order:
             prev = self.kfs[self.order[-1]]
-            self.edges.append(Edge(prev.fid, fid, np.linalg.inv(prev.pose) @ kf.pose, "odometry"))
+            self._add_edge(prev.fid, kf, np.linalg.inv(prev.pose) @ kf.pose, "odometry")
         self.kfs[fid] = kf
         self.order.append(fid)
-        for cand in self._candidates(kf, autocast):
-            rel = self._verify(self.kfs[cand], kf, autocast)
-            if rel is not None:
-                self.edges.append(Edge(cand, fid, rel, "loop"))
-                self._dirty = True
-                self._pending |= self._disagreement(self.kfs[cand], kf, rel) > self.cfg.loop_inlier_thresh
+        for cand in self._candidates(kf, autocast):  # best first, until one fails: outside a revisit that is
+            rel = self._verify(self.kfs[cand], kf, autocast)  # one I2P call per keyframe
+            if rel is None:
+                break
+            self._add_edge(cand, kf, rel, "loop")
+            self._pending |= self._disagreement(self.kfs[cand], kf, rel) > self.cfg.loop_inlier_thresh
         self._since_opt += 1
         return self._pending and self._since_opt >= self.cfg.loop_optimize_interval
+
+    def _add_edge(self, i: int, new: _Keyframe, rel: np.ndarray, kind: str) -> None:
+        """Edge ``i -> new.fid`` measuring ``rel`` (4x4), with sigmas per :data:`EDGE_SIGMA`."""
+        self.edges.append(Edge(i, new.fid, rel, kind, (EDGE_SIGMA, EDGE_SIGMA * new.depth, EDGE_SIGMA)))
+        self._dirty |= kind == "loop"
 
     def _disagreement(self, old: _Keyframe, new: _Keyframe, rel: np.ndarray) -> float:
         """How far the loop edge would move the new keyframe's points from where the current poses put them, as a
@@ -177,26 +194,29 @@ class LoopCloser:
         sub = slice(None, None, max(1, len(old.local) // VERIFY_POINTS))  # evenly spread pixels
         va, vb = old.weight[sub] > 0, new.weight[sub] > 0
         try:  # the pair's scale (and any residual frame change) onto the old keyframe's own points
-            sa, ra, ta, in_a = robust_umeyama(pts[0, sub], old.local[sub], conf[0, sub] * va, thresh, iters=3)
+            sa, ra, ta, in_a = robust_umeyama(pts[0, sub], old.local[sub], conf[0, sub] * va, thresh, iters=2)
+            if in_a.sum() < need * max(1, va.sum()):
+                return None
             pb = sa * pts[1] @ ra.T + ta
-            s, R, t, in_b = robust_umeyama(new.local[sub], pb[sub], conf[1, sub] * vb, thresh, iters=3)
+            seen, agree = self._overlap(old, pb, new.weight > 0)
+            if seen < self.cfg.loop_min_overlap or agree < self.cfg.loop_min_agree:
+                return None
+            s, R, t, in_b = robust_umeyama(new.local[sub], pb[sub], conf[1, sub] * vb, thresh, iters=2)
         except ValueError:
             return None
-        ok_a = in_a.sum() >= need * max(1, va.sum())
-        ok_b = in_b.sum() >= need * max(1, vb.sum())
-        in_view = self._overlap(old, pb, new.weight > 0)
-        if not (ok_a and ok_b and in_view >= need):
+        if in_b.sum() < need * max(1, vb.sum()):
             return None
         self.stats["verified"] += 1
         return sim3_to_matrix(s, R, t)
 
-    def _overlap(self, old: _Keyframe, pts: np.ndarray, valid: np.ndarray) -> float:
-        """Fraction of the new keyframe's valid points ``pts`` ``(H*W, 3)`` (in the old camera frame) that land
-        inside the old image on the old keyframe's own surface (depth within ``loop_inlier_thresh``): the pair
-        really overlaps, rather than I2P merely agreeing with itself on the new frame's shape."""
+    def _overlap(self, old: _Keyframe, pts: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
+        """How the new keyframe's valid points ``pts`` ``(H*W, 3)`` (in the old camera frame) meet the old view:
+        ``(seen, agree)``: the fraction of them that project inside the old image (in front of the camera), and
+        the fraction of those that land on the old keyframe's own surface (depth within ``loop_inlier_thresh``).
+        A true revisit agrees wherever the views overlap, however partly; I2P merely agreeing with itself on the
+        new frame's shape puts its points somewhere in the old view, off the old surface."""
         h, w = old.shape
-        local = torch.from_numpy(old.local.reshape(h, w, 3))
-        f = float(estimate_focal(local, torch.from_numpy((old.weight > 0).reshape(h, w)).float()))
+        f = self._focal(old)
         z = pts[:, 2]
         front = valid & (z > 1e-6)
         u = np.rint(f * pts[:, 0] / np.maximum(z, 1e-6) + (w - 1) / 2).astype(np.int64)
@@ -205,14 +225,22 @@ class LoopCloser:
         idx = v[inside] * w + u[inside]
         za = old.local[idx, 2]
         agree = (old.weight[idx] > 0) & (np.abs(z[inside] - za) < self.cfg.loop_inlier_thresh * np.abs(za))
-        return float(agree.sum() / max(1, valid.sum()))
+        n_in = int(inside.sum())
+        return n_in / max(1, int(valid.sum())), float(agree.sum() / max(1, n_in))
+
+    def _focal(self, kf: _Keyframe) -> float:
+        """Focal length (pixels) of a keyframe's I2P points, estimated once."""
+        if kf.focal is None:
+            h, w = kf.shape
+            kf.focal = float(estimate_focal(torch.from_numpy(kf.local.reshape(h, w, 3)),
+                                            torch.from_numpy((kf.weight > 0).reshape(h, w)).float()))
+        return kf.focal
 
     def add_loop_edge(self, i: int, j: int, rel: np.ndarray) -> None:
         """Add a loop edge by hand (e.g. a known revisit, or a deliberately wrong one in a robustness test)."""
         if i not in self.kfs or j not in self.kfs:
             raise ValueError(f"loop edge {i} -> {j}: both ends must be recorded keyframes")
-        self.edges.append(Edge(i, j, np.asarray(rel, dtype=np.float64), "loop"))
-        self._dirty = True
+        self._add_edge(i, self.kfs[j], np.asarray(rel, dtype=np.float64), "loop")
 
     # -------------------------------------------------------------------------------------------- graph
     def optimize(self) -> dict[int, np.ndarray]:
