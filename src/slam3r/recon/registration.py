@@ -41,3 +41,65 @@ def register_from_window(win_pts: np.ndarray, weights: np.ndarray, world: np.nda
     spread = float(np.linalg.norm(dst - dst.mean(0), axis=1).mean()) + 1e-12
     s, R, t, inliers = robust_umeyama(src, dst, w, INLIER_FRACTION * spread)
     return sim3_to_matrix(s, R, t), float(inliers.mean())
+
+
+FLOW_FB_PIXELS = 1.0
+"""Forward-backward consistency of the optical flow (pixels): pixels whose round trip misses by more are dropped
+(occlusions, frame borders, textureless patches)."""
+
+
+def flow_correspondences(rgb: np.ndarray, rgb_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense pixel correspondences from image ``rgb`` to ``rgb_ref`` by DIS optical flow (OpenCV, medium preset),
+    kept where the backward flow returns within :data:`FLOW_FB_PIXELS`.
+
+    Args:
+        rgb, rgb_ref: ``(H, W, 3)`` uint8 images of nearby frames (at the network resolution, a flow of up to
+            about 10 px between consecutive frames is tracked to about 0.1 px on the synthetic scenes).
+    Returns:
+        ``(keep (H, W) bool, target (H, W) int64)``: which pixels of ``rgb`` have a match, and the flat index
+        ``y * W + x`` of the matched pixel of ``rgb_ref`` (nearest pixel).
+    """
+    import cv2
+
+    g, g_ref = (cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2GRAY) for im in (rgb, rgb_ref))
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    fwd, bwd = dis.calc(g, g_ref, None), dis.calc(g_ref, g, None)
+    h, w = g.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    tx, ty = np.rint(xx + fwd[..., 0]).astype(np.int64), np.rint(yy + fwd[..., 1]).astype(np.int64)
+    inside = (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
+    tx, ty = np.clip(tx, 0, w - 1), np.clip(ty, 0, h - 1)
+    keep = inside & (np.linalg.norm(fwd + bwd[ty, tx], axis=-1) < FLOW_FB_PIXELS)
+    return keep, ty * w + tx
+
+
+def register_by_flow(local: np.ndarray, weight: np.ndarray, rgb: np.ndarray,
+                     registered: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, float]:
+    """Similarity camera -> world of a frame from its own pointmap and optical-flow matches to registered frames.
+
+    Each pixel of the frame matched (``flow_correspondences``) to a pixel of a registered frame pairs the frame's
+    camera-frame point with that pixel's world point; a robust weighted Umeyama fit of all pairs
+    (``register_from_window``'s fit) gives the similarity. Unlike the I2P window's overlap, the correspondences do
+    not depend on the network turning one view into another's frame, so the camera's rotation is recovered
+    whenever the frame's own depth is.
+
+    Args:
+        local: ``(H, W, 3)`` the frame's points in its camera frame (I2P, reference view).
+        weight: ``(H, W)`` per-pixel weights >= 0 of ``local``.
+        rgb: ``(H, W, 3)`` uint8 the frame's image.
+        registered: ``[(rgb_u (H, W, 3), world_u (H, W, 3), weight_u (H, W))]`` registered nearby frames.
+    Returns:
+        ``(T (4, 4) similarity, inlier fraction of the weighted pairs)``.
+    Raises:
+        ValueError: fewer than 3 weighted pairs.
+    """
+    src, dst, w = [], [], []
+    for rgb_u, world_u, weight_u in registered:
+        keep, target = flow_correspondences(rgb, rgb_u)
+        w_pair = weight.reshape(-1) * keep.reshape(-1) * weight_u.reshape(-1)[target.reshape(-1)]
+        src.append(local.reshape(-1, 3))
+        dst.append(world_u.reshape(-1, 3)[target.reshape(-1)])
+        w.append(w_pair)
+    if not registered:
+        raise ValueError("flow registration: no registered frame to match")
+    return register_from_window(np.concatenate(src)[None], np.concatenate(w)[None], np.concatenate(dst)[None])
