@@ -56,8 +56,8 @@ def flow_correspondences(rgb: np.ndarray, rgb_ref: np.ndarray) -> tuple[np.ndarr
         rgb, rgb_ref: ``(H, W, 3)`` uint8 images of nearby frames (at the network resolution, a flow of up to
             about 10 px between consecutive frames is tracked to about 0.1 px on the synthetic scenes).
     Returns:
-        ``(keep (H, W) bool, target (H, W) int64)``: which pixels of ``rgb`` have a match, and the flat index
-        ``y * W + x`` of the matched pixel of ``rgb_ref`` (nearest pixel).
+        ``(keep (H, W) bool, xy (H, W, 2) float)``: which pixels of ``rgb`` have a match, and the matched
+        sub-pixel position ``(x, y)`` in ``rgb_ref`` (pixel units, pixel centres at integers).
     """
     import cv2
 
@@ -65,12 +65,20 @@ def flow_correspondences(rgb: np.ndarray, rgb_ref: np.ndarray) -> tuple[np.ndarr
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     fwd, bwd = dis.calc(g, g_ref, None), dis.calc(g_ref, g, None)
     h, w = g.shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    tx, ty = np.rint(xx + fwd[..., 0]).astype(np.int64), np.rint(yy + fwd[..., 1]).astype(np.int64)
-    inside = (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
-    tx, ty = np.clip(tx, 0, w - 1), np.clip(ty, 0, h - 1)
-    keep = inside & (np.linalg.norm(fwd + bwd[ty, tx], axis=-1) < FLOW_FB_PIXELS)
-    return keep, ty * w + tx
+    xy = np.stack(np.meshgrid(np.arange(w), np.arange(h)), axis=-1) + fwd
+    inside = (xy[..., 0] >= 0) & (xy[..., 0] <= w - 1) & (xy[..., 1] >= 0) & (xy[..., 1] <= h - 1)
+    back = cv2.remap(bwd, xy[..., 0].astype(np.float32), xy[..., 1].astype(np.float32), cv2.INTER_LINEAR)
+    keep = inside & (np.linalg.norm(fwd + back, axis=-1) < FLOW_FB_PIXELS)
+    return keep, xy
+
+
+def _sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Bilinear samples ``(H, W, C)`` of ``image`` ``(H, W, C)`` at positions ``xy`` ``(H, W, 2)``."""
+    import cv2
+
+    out = cv2.remap(np.ascontiguousarray(image, dtype=np.float32), xy[..., 0].astype(np.float32),
+                    xy[..., 1].astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(*xy.shape[:2], -1)
 
 
 def register_by_flow(local: np.ndarray, weight: np.ndarray, rgb: np.ndarray,
@@ -95,11 +103,11 @@ def register_by_flow(local: np.ndarray, weight: np.ndarray, rgb: np.ndarray,
     """
     src, dst, w = [], [], []
     for rgb_u, world_u, weight_u in registered:
-        keep, target = flow_correspondences(rgb, rgb_u)
-        w_pair = weight.reshape(-1) * keep.reshape(-1) * weight_u.reshape(-1)[target.reshape(-1)]
+        keep, xy = flow_correspondences(rgb, rgb_u)
+        w_u = _sample(weight_u[..., None] * (np.linalg.norm(world_u, axis=-1, keepdims=True) > 0), xy)
         src.append(local.reshape(-1, 3))
-        dst.append(world_u.reshape(-1, 3)[target.reshape(-1)])
-        w.append(w_pair)
+        dst.append(_sample(world_u, xy).reshape(-1, 3))
+        w.append((weight * keep * w_u[..., 0]).reshape(-1))
     if not registered:
         raise ValueError("flow registration: no registered frame to match")
     return register_from_window(np.concatenate(src)[None], np.concatenate(w)[None], np.concatenate(dst)[None])
