@@ -1,10 +1,17 @@
-"""Geometric registration backend (``ReconConfig.registration = "geometric"``): a new frame is placed in the world
-by the overlap of its own I2P window with frames that are already registered, instead of by L2W.
+"""Geometric registration backends: a new frame is placed in the world by a robust similarity fit to frames that
+are already registered, instead of by L2W.
 
-The I2P window of frame ``v`` (``v`` as reference) predicts every window frame's points in ``v``'s camera frame.
-For the window frames that already have world points, the same pixels give correspondences camera-of-``v`` ->
-world; a robust weighted Umeyama fit (``geometry.robust_umeyama``; weights = the window's I2P confidence x the
-registered frame's L2W / final confidence) is the similarity ``T_v`` that maps ``v``'s points into the world.
+``registration: geometric``: the I2P window of frame ``v`` (``v`` as reference) predicts every window frame's
+points in ``v``'s camera frame. For the window frames that already have world points, the same pixels give
+correspondences camera-of-``v`` -> world; a robust weighted Umeyama fit (``geometry.robust_umeyama``; weights = the
+window's I2P confidence x the registered frame's L2W / final confidence) is the similarity ``T_v`` that maps
+``v``'s points into the world. It inherits the network's view of how the camera turned: a rotation-blind I2P (the
+bundled model's) gives rotation-blind registration.
+
+``registration: flow``: the correspondences come from the images instead: dense optical flow from ``v`` to the
+previous registered frame pairs ``v``'s own I2P points (its reference view, the network's best output) with that
+frame's world points, and the same robust fit places ``v``. Only the frame's own depth comes from the network;
+the camera's rotation is recovered whenever that depth is, at the price of frame-to-frame drift (no scene frames).
 """
 
 from __future__ import annotations
