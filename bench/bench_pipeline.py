@@ -161,7 +161,8 @@ def parse_args() -> argparse.Namespace:
                          "weights instead of the naive path, interleaved with slam3r")
     ap.add_argument("--repeat", type=int, default=1, help="with --official: interleaved runs of each")
     ap.add_argument("--loop-closure", action="store_true", help="loop closure on (ReconConfig.loop_closure)")
-    ap.add_argument("--registration", choices=["l2w", "geometric"], default="l2w", help="registration backend")
+    ap.add_argument("--registration", choices=["l2w", "geometric", "flow"], default=None,
+                    help="registration backend (default: the parameters', else l2w)")
     args = ap.parse_args()
     if args.params is None:
         args.params = "wild" if args.official else "reference"
@@ -205,8 +206,9 @@ def main() -> None:
     size = i2p.cfg.img_size[0]
     frames = synthetic_frames(args.frames, size)
     params = pipeline_params(args)
-    cfg = ReconConfig(**params, precision=args.precision, compile=args.compile, loop_closure=args.loop_closure,
-                      registration=args.registration)
+    if args.registration:
+        params["registration"] = args.registration
+    cfg = ReconConfig(**params, precision=args.precision, compile=args.compile, loop_closure=args.loop_closure)
     rows = []
     decisions: dict = {}
 
