@@ -7,6 +7,8 @@ scoring with RANSAC + ICP alignment, confidence threshold 1), run once per confi
 
 * ``l2w``: the shipped pipeline (the weights' ``recon.yaml``);
 * ``geometric``: ``registration: geometric`` (robust Sim(3) fit of the I2P window's registered frames);
+* ``flow``: ``registration: flow`` (robust Sim(3) fit of the frame's own points to the previous frame's world
+  points at optical-flow matches);
 * ``...+loop``: with ``loop_closure`` on (retrieval-head candidates, I2P pair verification, GTSAM pose graph).
 
 Scores are computed from the written output directory, i.e. after the loop-closure correction. The default 150
@@ -33,6 +35,8 @@ RUNS = {
     "l2w+loop": {"loop_closure": True},
     "geometric": {"registration": "geometric"},
     "geometric+loop": {"registration": "geometric", "loop_closure": True},
+    "flow": {"registration": "flow"},
+    "flow+loop": {"registration": "flow", "loop_closure": True},
 }
 
 
@@ -54,7 +58,8 @@ def main() -> None:
         for name in args.runs:
             recon = {**RUNS[name], **({"loop_min_gap": gap} if "loop" in name else {})}
             cfg = resolve_settings(ReconConfig, "recon", weights=args.weights, flags=recon).value
-            r = evaluate_scene(rt.i2p, rt.l2w, seed, args.frames, Path(args.out) / name / str(seed), cfg, eval_conf)
+            r = evaluate_scene(rt.i2p, rt.l2w, seed, args.frames, Path(args.out) / name / str(seed), cfg, eval_conf,
+                               baseline=False)
             m = r["model"]
             rows[name].append({"seed": seed, "ate": m["ate_cm"], "acc": m["accuracy_cm"], "comp": m["completion_cm"],
                                "fps": m["fps"]})

@@ -165,7 +165,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--loop-closure", action="store_true", help="loop closure on (ReconConfig.loop_closure)")
     ap.add_argument("--loop-closure-ab", type=int, default=0, metavar="N",
                     help="run loop closure off and on alternately, N times each (no naive path); FPS ratio on / off")
-    ap.add_argument("--registration", choices=["l2w", "geometric"], default="l2w", help="registration backend")
+    ap.add_argument("--registration", choices=["l2w", "geometric", "flow"], default=None,
+                    help="registration backend (default: the parameters', else l2w)")
     args = ap.parse_args()
     if args.params is None:
         args.params = "wild" if args.official else "reference"
@@ -209,8 +210,9 @@ def main() -> None:
     size = i2p.cfg.img_size[0]
     frames = synthetic_frames(args.frames, size)
     params = pipeline_params(args)
-    cfg = ReconConfig(**params, precision=args.precision, compile=args.compile, loop_closure=args.loop_closure,
-                      registration=args.registration)
+    if args.registration:
+        params["registration"] = args.registration
+    cfg = ReconConfig(**params, precision=args.precision, compile=args.compile, loop_closure=args.loop_closure)
     rows = []
     decisions: dict = {}
 

@@ -61,11 +61,12 @@ def plane_baseline(depth, K, c2w):
 
 
 def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, cfg: Any, eval_conf: float,
-                   device: str = "cpu", progress: bool = False, settings: dict | None = None) -> dict[str, Any]:
+                   device: str = "cpu", progress: bool = False, settings: dict | None = None,
+                   baseline: bool = True) -> dict[str, Any]:
     """Render, reconstruct with ``cfg`` (a :class:`~slam3r.recon.config.ReconConfig`) and score one held-out scene
-    at confidence > ``eval_conf`` (and the plane baseline on the same pixels); returns the report dict (also
-    written to ``out_dir/report.json``; ``settings`` goes into the run's summary.json). Lengths in cm; FPS of the
-    reconstruction alone."""
+    at confidence > ``eval_conf`` (and, unless ``baseline=False``, the plane baseline on the same pixels); returns
+    the report dict (also written to ``out_dir/report.json``; ``settings`` goes into the run's summary.json).
+    Lengths in cm; FPS of the reconstruction alone."""
     import numpy as np
 
     from slam3r.config import to_dict
@@ -95,7 +96,8 @@ def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, cf
     ecfg = EvalConfig(conf_thresh=eval_conf)
     model = evaluate_pointmaps(pred, conf, gt_pts, gt_valid, ecfg)
     traj = ate(poses[:, :3, 3], seq.c2w[np.rint(stamps).astype(int), :3, 3])
-    base = evaluate_pointmaps(plane_baseline(seq.depth, seq.K, seq.c2w), conf, gt_pts, gt_valid, ecfg)
+    base = evaluate_pointmaps(plane_baseline(seq.depth, seq.K, seq.c2w), conf, gt_pts, gt_valid, ecfg) \
+        if baseline else None
     t_eval = time.perf_counter() - t0
     report = {
         "seed": seed, "frames": num_frames, "image_size": size, "recon_config": to_dict(cfg),
@@ -104,9 +106,9 @@ def evaluate_scene(i2p, l2w, seed: int, num_frames: int, out_dir: str | Path, cf
                   "ate_cm": 100 * traj.ate_rmse_m, "fps": summary.fps, "stride": summary.engine.kf_stride,
                   "confident_fraction": float((conf > 3).mean()), "alignment_failed": model.failed,
                   "details": model.to_dict()},
-        "baseline": {"accuracy_cm": base.metrics.accuracy_cm, "completion_cm": base.metrics.completion_cm,
-                     "ate_cm": 0.0, "depth_m": float(np.median(seq.depth[seq.depth > 0])),
-                     "details": base.to_dict()},
+        "baseline": None if base is None else {
+            "accuracy_cm": base.metrics.accuracy_cm, "completion_cm": base.metrics.completion_cm, "ate_cm": 0.0,
+            "depth_m": float(np.median(seq.depth[seq.depth > 0])), "details": base.to_dict()},
         "seconds": {"render": t_render, "reconstruct": summary.seconds, "evaluate": t_eval},
     }
     (out / "report.json").write_text(jsonio.dumps(report, indent=1))

@@ -60,9 +60,11 @@ class ReconConfig:
     ``anchor`` first maps them into the camera frame of the latest scene frame (a similarity fit of its camera
     points to its world points) and maps the outputs back, so the origin sits at a nearby camera as in L2W
     training, however far the camera has travelled from the first keyframe."""
-    registration: Literal["l2w", "geometric"] = "l2w"
-    """How a new frame is placed in the world: ``l2w`` (the network) or ``geometric``: a robust similarity fit of
-    its I2P window's points of already-registered frames to their world points (``recon.registration``)."""
+    registration: Literal["l2w", "geometric", "flow"] = "l2w"
+    """How a new frame is placed in the world: ``l2w`` (the network); ``geometric``: a robust similarity fit of
+    its I2P window's points of already-registered frames to their world points; ``flow``: a robust similarity fit
+    of its own I2P points to the previous frame's world points at the pixels dense optical flow matches
+    (``recon.registration``)."""
     loop_closure: bool = False
     """Detect revisits among all keyframes, verify them with I2P and correct every frame by a Sim(3) pose graph
     (``recon.loop``); ``--loop-closure``."""

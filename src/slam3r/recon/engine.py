@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from slam3r.recon.camera import (estimate_focal, normalize_pointmaps, pose_from_
 from slam3r.recon.batching import NetCall, Steps, drive
 from slam3r.recon.config import ReconConfig, RunGeometry
 from slam3r.recon.loop import LoopCloser, apply_sim3_matrix
-from slam3r.recon.registration import register_from_window
+from slam3r.recon.registration import register_by_flow, register_from_window
 from slam3r.recon.summary import EngineSummary
 from slam3r.recon.types import FrameResult
 
@@ -364,6 +364,11 @@ class Engine:
         if any(self.window(v) is None for v in span):
             return None
         yield from self._run_i2p(span)
+        if self.cfg.registration == "flow":  # the initial window's other views are rotation-blind guesses too
+            ref = self.init_ref_id * self.s
+            order = [*range(ref + 1, len(span)), *range(ref - 1, -1, -1)]
+            yield from self._register_flow(order, lambda v: v - 1 if v > ref else v + 1)
+            return span
         keyframes = set(self.init_ids)
         inner = [v for v in span if v not in keyframes]
         if inner:
@@ -468,6 +473,28 @@ class Engine:
         if fallback:
             yield from self._l2w(self._retrieve(fallback[::2]), [fallback])
 
+    def _register_flow(self, order: Sequence[int], neighbour: Callable[[int], int]) -> Steps:
+        """``registration: flow``: frames ``order`` one after the other, each by a robust similarity fit of its own
+        I2P points to the world points of the registered frame ``neighbour(v)`` at the pixels the optical flow
+        matches (``recon.registration.register_by_flow``); frames with too few matches fall back to L2W. The final
+        confidence of a frame registered so is its I2P confidence."""
+        for v in order:
+            f, u = self.frames[v], self.frames[neighbour(v)]
+            weight = self._valid(f.conf_i2p) * (1 - 1 / f.conf_i2p)
+            weight_u = self._valid(u.conf_i2p) * (1 - 1 / u.conf_l2w.clamp(min=1.0))
+            with self._timed("register"):
+                try:
+                    T, _ = register_by_flow(f.local.cpu().numpy(), weight.cpu().numpy(), f.rgb,
+                                            [(u.rgb, u.world.cpu().numpy(), weight_u.cpu().numpy())])
+                except ValueError:
+                    T = None
+            if T is None:
+                yield from self._l2w(self._retrieve([v]), [[v]])
+                continue
+            f.world = torch.from_numpy(apply_sim3_matrix(T, f.local.cpu().numpy())).to(f.local.device)
+            f.conf_l2w = f.conf_i2p.clone()
+            self.l2w_mean[v] = f.conf_l2w.mean().item()
+
     # ------------------------------------------------------------------------------------------------ loop closure
     def _emit(self, ids: Sequence[int]) -> list[FrameResult]:
         """Results of frames ``ids``; the loop closer notes which keyframe pose each was emitted against."""
@@ -535,6 +562,8 @@ class Engine:
             yield from self._run_i2p(batch)
             if self.cfg.registration == "geometric":
                 yield from self._register_geometric(batch)
+            elif self.cfg.registration == "flow":
+                yield from self._register_flow(batch, lambda v: v - 1)
             else:
                 yield from self._l2w(self._retrieve(batch[::2]), [batch])
             self.next_id += len(batch)
