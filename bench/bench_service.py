@@ -243,6 +243,25 @@ def throughput(counts: list[int], frames: int, rounds: int, compare: bool, batch
     return rows
 
 
+def print_throughput(args: argparse.Namespace) -> None:
+    """``--streams``: the interleaved throughput check, printed as a table and a ``BENCH`` JSON line."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = throughput([int(n) for n in args.streams.split(",")], args.stream_frames, args.rounds, args.compare,
+                      args.batch_size)
+    print(f"{'streams':>7} {'batched':>7} {'frames/s':>9} {'x':>6} {'frames/CPU-s':>13} {'x':>6}")
+    for r in rows:
+        print(f"{r['streams']:>7} {str(r['batch_streams']):>7} {r['frames_per_s']:>9.2f} {r['x_wall']:>6.2f} "
+              f"{r['frames_per_cpu_s']:>13.2f} {r['x_cpu']:>6.2f}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(json.dumps({"bench": "service_streams", "threads": args.threads, "batch_size": args.batch_size,
+                      "load_avg": load, "results": [{k: (round(v, 3) if isinstance(v, float) else v)
+                                                 for k, v in r.items()} for r in rows]}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300)
@@ -262,21 +281,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="--streams: torch threads")
     args = ap.parse_args()
     if args.streams:
-        import os
-
-        import torch
-
-        torch.set_num_threads(args.threads)
-        rows = throughput([int(n) for n in args.streams.split(",")], args.stream_frames, args.rounds, args.compare,
-                          args.batch_size)
-        print(f"{'streams':>7} {'batched':>7} {'frames/s':>9} {'x':>6} {'frames/CPU-s':>13} {'x':>6}")
-        for r in rows:
-            print(f"{r['streams']:>7} {str(r['batch_streams']):>7} {r['frames_per_s']:>9.2f} {r['x_wall']:>6.2f} "
-                  f"{r['frames_per_cpu_s']:>13.2f} {r['x_cpu']:>6.2f}")
-        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        print(json.dumps({"bench": "service_streams", "threads": args.threads, "batch_size": args.batch_size,
-                          "load_avg": load, "results": [{k: (round(v, 3) if isinstance(v, float) else v)
-                                                     for k, v in r.items()} for r in rows]}))
+        print_throughput(args)
         return
     if args.many_streams:
         r = many_streams(args.many_streams, args.frames_per_stream, args.normal_every, args.conf_l2w)
