@@ -31,8 +31,9 @@ def make_encoding(name: str = "deployed", points_per_message: int = 50_000, seed
 
 
 def decode_payload(body: bytes, content_type: str | None, content_encoding: str | None = None) -> dict[str, Any]:
-    """Decode any message the service publishes, by its AMQP content type (msgpack arrays come back as numpy)."""
-    for cls in (DeployedEncoding, RichMsgpackEncoding, RichJsonEncoding):
+    """Decode any message the service publishes, by its AMQP content type (msgpack arrays come back as numpy); the
+    first registered encoding that claims the content type decodes it."""
+    for cls in ENCODINGS.values():
         if content_type in cls.content_types:
             return cls.decode(body, content_type, content_encoding)
     raise ValueError(f"unknown content type {content_type!r}")
