@@ -246,7 +246,7 @@ class ReconApp:
         except ValueError as exc:
             if run_dir is not None:
                 _rmtree(run_dir)
-            yield {self.status: _error(str(exc))}
+            yield {self.status: _error(f"not started: {exc}")}
             return
         _discard(data[self.result])
         yield {self.status: f"**Reading `{scene}`** …", self.viewer: self.axes, self.downloads: None,
@@ -267,7 +267,7 @@ class ReconApp:
             cfg = self._config(data)
             source = open_source(spec, fps=data[self.live_fps] or None)
         except ValueError as exc:
-            yield {self.status: _error(str(exc))}
+            yield {self.status: _error(f"not started: {exc}")}
             return
         _discard(data[self.result])
         yield {self.status: f"**Connecting to `{spec}`** …", self.viewer: self.axes, self.downloads: None,
