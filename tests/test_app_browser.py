@@ -208,10 +208,12 @@ def status(page) -> str:
 
 
 def wait_status(page, pattern: str) -> re.Match:
-    """Wait until the status region matches the regular expression ``pattern``."""
-    page.wait_for_function("p => new RegExp(p).test(document.querySelector('#status').innerText)", arg=pattern)
-    match = re.search(pattern, status(page))
-    assert match, status(page)
+    """Wait until the status region matches the regular expression ``pattern``; returns the match in the text
+    that matched (a later update, e.g. of a concurrent event, may already have replaced it)."""
+    text = page.wait_for_function("p => { const t = document.querySelector('#status').innerText;"
+                                  " return new RegExp(p).test(t) && t; }", arg=pattern).json_value()
+    match = re.search(pattern, text)
+    assert match, text
     return match
 
 
@@ -288,8 +290,8 @@ def test_first_page_inputs_errors_next_to_the_button(page, inputs) -> None:
     wait_status(page, "nothing uploaded")
     upload(page, inputs["one_frame"])
     page.click("#run")
-    wait_status(page, "at least 2 frames")
-    assert "Error: reconstruction failed" in status(page) and "/" not in status(page).split("failed:")[1]
+    failed = wait_status(page, "at least 2 frames").string
+    assert "Error: reconstruction failed" in failed and "/" not in failed.split("failed:")[1]
     set_number(page, "num-points", 0, "Enter")  # invalid: the app's message, no bare "Error" badges
     wait_status(page, "Points to keep must be a whole number of at least 1")
     page.click("#run")  # the click's blur re-applies the box (the same message); the run's refusal is its own
@@ -305,7 +307,7 @@ def test_reconstruct_refilter_download(page, inputs, server, tmp_path: Path) -> 
     set_number(page, "conf-thres-l2w", 1.5, "Tab")  # tiny random networks are not confident: low threshold
     upload(page, inputs["video"])
     page.click("#run")
-    wait_status(page, "Done: room")
+    done = wait_status(page, "Done: room").string
     page.wait_for_function(  # the 3D view follows the summary
         "() => /\\/view_\\d+\\.glb$/.test(document.querySelector('#viewer a[data-testid=model3d-download-link]')"
         "?.href || '')")
@@ -313,7 +315,7 @@ def test_reconstruct_refilter_download(page, inputs, server, tmp_path: Path) -> 
     page.locator("#frames button img").nth(14).wait_for()
     (result,) = result_dirs(work, "room")
     assert len(list(result.parent.glob("preview/preview_*.glb"))) >= 1  # the incremental preview was written
-    assert "on this server" not in status(page)  # no server-wide run count
+    assert "on this server" not in done  # no server-wide run count
     first = downloaded_ply(page, tmp_path)
     assert len(first) == expected_points(work, 1.5, 2_000_000) > 0
 
@@ -425,7 +427,7 @@ def test_stop_an_upload_run_keeps_what_was_registered(page, inputs, server, tmp_
     assert elapsed < 5.0, f"stopping took {elapsed:.1f} s"
     kept = int(match.group(1))
     assert 0 < kept < LONG_FRAMES
-    assert "export settings changed during the run were applied" in status(page)
+    assert "export settings changed during the run were applied" in match.string
     (result,) = result_dirs(server[2], "long")
     summary = json.loads((result / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["frames"] == kept
@@ -474,11 +476,11 @@ def test_live_stream_tab(page, inputs, server) -> None:
     try:  # an HTTP video stream that ends after 15 frames: registered causally, then exported
         page.fill("#stream textarea, #stream input", f"http://127.0.0.1:{http.server_port}/room.mp4")
         page.click("#live-start")
-        wait_status(page, "Done: live")
+        done = wait_status(page, "Done: live").string
     finally:
         http.shutdown()
         http.server_close()
-    assert "15 frames" in status(page)
+    assert "15 frames" in done
     assert page.locator("#downloads a[href$='live_recon.glb']").count() == 1
     assert log_count(server[1], r"inference run \d+ started: live \(online\)") == 1
     assert not list(server[2].glob("sessions/*/upload-*"))  # the session's previous result was replaced
@@ -498,10 +500,10 @@ def test_rabbitmq_wrong_port_is_an_error_with_a_reason(page) -> None:
     refused = free_port()
     page.fill("#amqp-url textarea, #amqp-url input", f"amqp://guest:guest@127.0.0.1:{refused}/")
     page.click("#amqp-connect")
-    wait_status(page, f"127.0.0.1:{refused}/: connection refused")
+    refusal = wait_status(page, f"127.0.0.1:{refused}/: connection refused").string
     seen = page.evaluate("window.statuses")
     assert any("Connecting" in s for s in seen) and not any("Subscribed" in s for s in seen), seen
-    assert "guest" not in status(page)
+    assert "guest" not in refusal
 
 
 def test_rabbitmq_service_tab(page) -> None:
@@ -536,8 +538,7 @@ def test_rabbitmq_service_tab(page) -> None:
                     content_type=msg.content_type, content_encoding=msg.content_encoding))
         wait_status(page, "point messages: 3, poses: 3")
         page.click("#amqp-disconnect")
-        wait_status(page, "Disconnected")
-        assert "192 points kept" in status(page)
+        assert "192 points kept" in wait_status(page, "Disconnected").string
         assert page.locator("#downloads a[href$='service_points.ply']").count() == 1
     finally:
         ch = conn.channel()
