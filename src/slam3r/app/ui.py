@@ -246,7 +246,7 @@ class ReconApp:
         except ValueError as exc:
             if run_dir is not None:
                 _rmtree(run_dir)
-            yield {self.status: _error(str(exc))}
+            yield {self.status: _error(f"not started: {exc}")}
             return
         _discard(data[self.result])
         yield {self.status: f"**Reading `{scene}`** …", self.viewer: self.axes, self.downloads: None,
@@ -267,7 +267,7 @@ class ReconApp:
             cfg = self._config(data)
             source = open_source(spec, fps=data[self.live_fps] or None)
         except ValueError as exc:
-            yield {self.status: _error(str(exc))}
+            yield {self.status: _error(f"not started: {exc}")}
             return
         _discard(data[self.result])
         yield {self.status: f"**Connecting to `{spec}`** …", self.viewer: self.axes, self.downloads: None,
@@ -322,14 +322,16 @@ class ReconApp:
                                     f"poses: {counts[1]}", self.viewer: shown}
             time.sleep(self.opt.update_interval)
 
-    def stop(self, request: gr.Request) -> str:
-        """Stop this session's reconstruction, stream or service subscription (what was registered is exported)."""
+    def stop(self, request: gr.Request) -> Any:
+        """Stop this session's reconstruction, stream or service subscription (what was registered is exported).
+        The status is left to the run's own updates ("Stopping …", then the result): this answer travels apart
+        from them and, arriving after the result on a loaded server, would leave the page saying "Stopping"."""
         running = self.sessions.running(request.session_hash)
         if running is None:
             return "Nothing is running."
         running.stop()
         log.info("stop requested")
-        return "**Stopping** …"
+        return gr.skip()
 
     def close_session(self, request: gr.Request) -> None:
         """The browser tab closed: stop its run and delete its files."""
