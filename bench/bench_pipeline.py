@@ -258,24 +258,31 @@ def main() -> None:
 
 
 def compare_loop_closure(n: int, cfg: ReconConfig, measure, rows, extra, nets) -> None:
-    """Loop closure off and on alternately (``n`` runs each, same process, models and frames): FPS per run and the
-    ratio of the median FPS on / off (the machine's load drifts; interleaving keeps it out of the ratio)."""
+    """Loop closure off and on in ``n`` pairs (same process, models and frames; ABBA order, so a load that drifts
+    in one direction favours neither): wall FPS per run, and FPS per CPU-second of this process (all its threads),
+    which other processes' load barely moves. Prints the median of the per-pair ratios on / off of both."""
     import dataclasses
     import os
     import statistics
+    import time
 
     fps: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(n):
-        for on in (False, True):
-            _, pf, _ = measure(f"loop closure {'on' if on else 'off'}", nets,
-                               dataclasses.replace(cfg, loop_closure=on), False)
+    cpu_fps: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(n):
+        for on in ((False, True) if i % 2 == 0 else (True, False)):
+            cpu0 = time.process_time()
+            res, pf, _ = measure(f"loop closure {'on' if on else 'off'}", nets,
+                                 dataclasses.replace(cfg, loop_closure=on), False)
             fps[on].append(1 / pf)
-            print(rows[-1], f"load average {os.getloadavg()[0]:.1f}", flush=True)
-    ratio = statistics.median(fps[True]) / statistics.median(fps[False])
-    extra.update(fps_off=fps[False], fps_on=fps[True], ratio_on_off=ratio, load_average=os.getloadavg())
+            cpu_fps[on].append(len(res) / (time.process_time() - cpu0))
+            print(rows[-1], f"frames/CPU-s {cpu_fps[on][-1]:.2f} load average {os.getloadavg()[0]:.1f}", flush=True)
+    wall = statistics.median(a / b for a, b in zip(fps[True], fps[False]))
+    cpu = statistics.median(a / b for a, b in zip(cpu_fps[True], cpu_fps[False]))
+    extra.update(fps_off=fps[False], fps_on=fps[True], cpu_fps_off=cpu_fps[False], cpu_fps_on=cpu_fps[True],
+                 ratio_on_off=wall, cpu_ratio_on_off=cpu, load_average=os.getloadavg())
     report(f"pipeline {extra['mode']} loop closure off / on — {extra['size']} — {extra['device']}", rows, extra)
-    print(f"FPS with loop closure on / off: {ratio:.2f} (median of {n}: on {statistics.median(fps[True]):.2f}, "
-          f"off {statistics.median(fps[False]):.2f})")
+    print(f"loop closure on / off, median of {n} pairs: FPS {wall:.2f}, frames per CPU-second {cpu:.2f} "
+          f"(on {statistics.median(cpu_fps[True]):.2f}, off {statistics.median(cpu_fps[False]):.2f} frames/CPU-s)")
 
 
 def compare_official(args, i2p, l2w, frames, params, measure, rows, extra) -> None:
