@@ -494,7 +494,7 @@ class Service:
         headers["x-reject-reason"] = reason
         headers["x-original-queue"] = d.queue or queue_names(self.cfg)[0 if d.source == "frames" else 1]
         payload = Payload(d.body, d.content_type or "application/octet-stream")
-        out.append(Outgoing(self._ex_dead, payload, headers, persistent=True))
+        out.append(Outgoing(self._ex_dead, payload, headers))
         out.append(Settle(d.generation, d.tag))
 
     # ------------------------------------------------------------------ meshing
