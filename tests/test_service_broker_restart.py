@@ -1,12 +1,13 @@
 """The broker stops and starts mid-stream: a real ``slam3r publish`` and ``slam3r serve`` lose no frame.
 
 A private RabbitMQ node (:class:`service_helpers.PrivateBroker`, never the shared broker) is stopped
-(``rabbitmqctl stop_app``: every connection closed, the port refused, the queues shut down) while ``slam3r publish``
-streams an image folder at a fixed rate, kept down until both the publisher and the worker have noticed and the
-publisher has failed to reconnect, then started again on the same port and data directory. Every published frame
-must get a pose (timestamps contiguous at the publishing rate), registered once by the worker; a pose published
-twice is byte-identical, so it carries the same ``timestamp_ns``. The consumer keeps a durable queue and
-acknowledges what it read, as a consumer that must not miss a pose across a broker restart does.
+(``rabbitmqctl stop_app``: every connection closed, the port refused, the queues shut down, transient messages
+dropped) while ``slam3r publish`` streams an image folder at a fixed rate, with frames in every state (acknowledged,
+held by the engine, delivered, waiting in the queue); it stays down until the worker has noticed and the publisher
+has failed to reconnect twice, then starts again on the same port and data directory. Every published frame must
+get a pose (timestamps contiguous at the publishing rate) and be registered once by the worker; a pose published
+twice is byte-identical (same ``timestamp_ns``, same pose). The consumer keeps a durable queue and acknowledges
+what it read, as a consumer that must not miss a pose across a broker restart does.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from service_helpers import PrivateBroker, needs_rabbitmq_server
 
 pytestmark = [needs_rabbitmq_server, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
-FPS, FRAMES = 10, 90
+FPS, FRAMES = 5, 60
 SEGMENT = "restart-test"
 
 
@@ -61,18 +62,20 @@ class DurableCollector:
     def connected(self) -> bool:
         return self._conn is not None and self._conn.is_open
 
-    def poll(self) -> None:
-        """Read what is waiting (nothing while the broker is down)."""
+    def poll(self) -> int:
+        """Read up to 50 waiting messages per queue (nothing while the broker is down); returns how many."""
         from slam3r.service.encodings import decode_payload
 
+        got = 0
         try:
             if not self.connected:
                 self._connect()
             for key, q in self.queues.items():
-                while True:
+                for _ in range(50):
                     method, props, body = self._ch.basic_get(q)
                     if method is None:
                         break
+                    got += 1
                     if not (method.redelivered and body in self._seen):
                         msg = decode_payload(body, props.content_type, props.content_encoding)
                         self.poses.append((body, msg)) if key == "pose" else self.vis.append(msg)
@@ -80,6 +83,16 @@ class DurableCollector:
                     self._ch.basic_ack(method.delivery_tag)
         except Exception:  # broker down or restarting: read again once it is back
             self._conn = None
+        return got
+
+    def depth(self, queue: str) -> int:
+        """Messages waiting (not delivered) in ``queue``."""
+        return self._ch.queue_declare(queue, passive=True).method.message_count if self.connected else 0
+
+    def drain(self) -> None:
+        """Read until the queues are empty."""
+        while self.poll():
+            pass
 
     def close(self) -> None:
         if self.connected:
@@ -105,7 +118,7 @@ class Scenario:
         self.tmp, self.broker, self.t0 = tmp_path, broker, time.monotonic()
         self.env = {**os.environ, "RABBITMQ_URL": broker.url, "PYTHONPATH": str(ROOT / "src"),
                     "SLAM3R_CONF_THRES_I2P": "1", "SLAM3R_CONF_THRES_L2W": "1",  # random tiny networks: conf ~2
-                    "SLAM3R_RECONNECT_MAX_S": "1"}
+                    "SLAM3R_RECONNECT_MAX_S": "1", "SLAM3R_PREFETCH": "4"}
         self.procs: dict[str, subprocess.Popen] = {}
         self.collector = DurableCollector(broker.url)
         self.timeline: list[str] = []
@@ -165,6 +178,7 @@ def test_broker_stop_and_start_mid_stream_loses_no_frame(tmp_path, tiny_weights_
             run.wait(lambda: run.procs["publish"].poll() is not None, "publisher done", ())
             run.wait(lambda: any(m.get("type") == "segment_boundary" for m in run.collector.vis), "segment end",
                      ("serve",))
+            run.collector.drain()                                  # (poses come before their segment's end)
         finally:
             code = run.stop()
             print("\n" + "\n".join(run.timeline))
@@ -172,24 +186,49 @@ def test_broker_stop_and_start_mid_stream_loses_no_frame(tmp_path, tiny_weights_
 
 
 def restart_mid_stream(run: Scenario) -> None:
-    """Stop the node while the publisher is mid-stream, keep it down until both sides noticed (the publisher failed
-    to reconnect twice), start it again. The publisher is paused (SIGSTOP) while ``rabbitmqctl stop_app`` runs,
-    which can take longer than the rest of the stream on a loaded machine: the stop then always lands
-    mid-stream."""
-    publisher = run.procs["publish"]
-    publisher.send_signal(signal.SIGSTOP)
+    """Stop the node mid-stream with frames in every state (acknowledged, held by the engine, delivered, waiting in
+    the queue, being published), keep it down until both sides noticed (the publisher failed to reconnect twice),
+    start it again. To have frames *waiting* (a backlog, as when the worker is slower than the camera: the frames a
+    restart loses when they are transient) the worker is paused (SIGSTOP) until some are; the publisher is paused
+    while ``rabbitmqctl stop_app`` runs, which takes long on a loaded machine: the stop always lands mid-stream."""
+    worker, publisher = run.procs["serve"], run.procs["publish"]
+    lost = run.log("serve").count("broker connection lost")         # (also logged while the node was booting)
+    worker.send_signal(signal.SIGSTOP)
     try:
+        run.wait(lambda: run.collector.depth("slam3r_video_frames_queue") >= 3, "a backlog", ("publish",))
+        publisher.send_signal(signal.SIGSTOP)
         assert publisher.poll() is None, "the publisher finished before the broker stopped"
-        lost = run.log("serve").count("broker connection lost")     # (also logged while the node was booting)
         run.poses_before = len(run.collector.poses)
+        probe(run.broker.url, put=True)
         run.broker.stop_app()
         run.mark("broker stopped")
     finally:
+        worker.send_signal(signal.SIGCONT)
         publisher.send_signal(signal.SIGCONT)
     run.wait(lambda: run.log("serve").count("broker connection lost") > lost and
              run.log("publish").count("retrying") >= 3, "both sides noticed", ("serve", "publish"))
     run.broker.start_app()
     run.mark("broker started again")
+    assert probe(run.broker.url) == 1, "the node kept a transient message: it did not really restart"
+
+
+def probe(url: str, put: bool = False) -> int:
+    """Put a transient and a persistent message on the durable queue ``test-restart-probe`` (``put``), or take
+    what it holds (a restarted node keeps the persistent one only); returns how many it held."""
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        ch.queue_declare("test-restart-probe", durable=True)
+        if put:
+            ch.confirm_delivery()
+            for mode in (1, 2):
+                ch.basic_publish("", "test-restart-probe", b"probe", pika.BasicProperties(delivery_mode=mode))
+            return 2
+        return ch.queue_purge("test-restart-probe").method.message_count
+    finally:
+        conn.close()
 
 
 def check(run: Scenario, code: int) -> None:
