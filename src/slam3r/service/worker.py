@@ -8,8 +8,9 @@ Delivery guarantees:
 
 * a frame is acknowledged only after every output it produced (persistent, so a durable consumer queue keeps it
   across a broker restart) was confirmed by the broker; frames the engine holds back (its initial window, its
-  registration batches) stay unacknowledged until their results come. The AMQP prefetch is therefore ``prefetch + frames held by the engines`` (capped by ``max_in_flight``), so the engine is
-  never starved of frames;
+  registration batches) stay unacknowledged until their results come. The AMQP prefetch is therefore
+  ``prefetch + frames held by the engines`` (capped by ``max_in_flight``), so the engine is never starved of
+  frames;
 * malformed messages (empty / undecodable body, missing or mistyped headers, images too small or over
   ``max_pixels``) and the frames of a segment too short to initialise are published to the dead-letter exchange
   with an ``x-reject-reason`` header, then acknowledged; nothing is dropped silently;
