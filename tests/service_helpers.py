@@ -1,14 +1,20 @@
-"""Shared helpers of the service tests: a fake engine, a broker-side test harness on the real RabbitMQ (the
-broker-free stand-ins, NullLink and PrecomputedEngine, live in :mod:`slam3r.service.testing`)."""
+"""Shared helpers of the service tests: a fake engine, a broker-side test harness on the real RabbitMQ, a private
+RabbitMQ node a test may stop and start (the broker-free stand-ins, NullLink and PrecomputedEngine, live in
+:mod:`slam3r.service.testing`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -201,3 +207,111 @@ def close_broker_connection(name: str) -> None:
     for pid in pids:
         subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test: simulated broker drop"], check=True,
                        capture_output=True, timeout=60)
+
+
+def _rabbitmq_scripts() -> Path | None:
+    """The directory of RabbitMQ's own start scripts (Debian's /usr/sbin ones are wrappers that switch to the
+    ``rabbitmq`` user and log into the system broker's files), or None when RabbitMQ is not installed."""
+    for d in (Path("/usr/lib/rabbitmq/bin"), Path(shutil.which("rabbitmq-server") or "/nonexistent").parent):
+        if (d / "rabbitmq-server").is_file() and (d / "rabbitmqctl").is_file():
+            return d
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+needs_rabbitmq_server = pytest.mark.skipif(
+    _rabbitmq_scripts() is None,
+    reason="rabbitmq-server is not installed (apt-get install rabbitmq-server): the test stops and starts a "
+           "private RabbitMQ node, never the shared broker")
+
+
+class PrivateBroker:
+    """A private RabbitMQ node that a test may stop and start: its own node name, AMQP and distribution ports,
+    config, plugins file (none), Erlang cookie and data directory, all under ``root``. The shared broker on
+    127.0.0.1:5672 is never touched. Use as a context manager (``close`` ends the node)."""
+
+    def __init__(self, root: Path) -> None:
+        self.scripts = _rabbitmq_scripts()
+        assert self.scripts is not None, "rabbitmq-server is not installed"
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.node = f"slam3rtest{uuid.uuid4().hex[:8]}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        (root / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\n")
+        (root / "rabbitmq-env.conf").write_text("")            # not the system's /etc/rabbitmq/rabbitmq-env.conf
+        (root / "enabled_plugins").write_text("[].\n")
+        cookie = root / ".erlang.cookie"                         # read by the node and by rabbitmqctl (HOME)
+        cookie.write_text(uuid.uuid4().hex)
+        cookie.chmod(0o400)
+        self.env = {**os.environ, "HOME": str(root), "RABBITMQ_NODENAME": self.node,
+                    "RABBITMQ_DIST_PORT": str(_free_port()), "RABBITMQ_CONF_ENV_FILE": str(root / "rabbitmq-env.conf"),
+                    "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq.conf"),
+                    "RABBITMQ_ADVANCED_CONFIG_FILE": str(root / "advanced.config"),
+                    "RABBITMQ_ENABLED_PLUGINS_FILE": str(root / "enabled_plugins"),
+                    "RABBITMQ_MNESIA_BASE": str(root / "mnesia"), "RABBITMQ_LOG_BASE": str(root / "log"),
+                    "RABBITMQ_PID_FILE": str(root / "node.pid"), "ERL_EPMD_ADDRESS": "127.0.0.1",
+                    "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+S 1:1"}   # one scheduler: the CPUs are shared
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "PrivateBroker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the node (returns at once; :meth:`wait_up` waits for it)."""
+        with open(self.root / "server.out", "ab") as out:
+            self.proc = subprocess.Popen([str(self.scripts / "rabbitmq-server")], env=self.env, cwd=self.root,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def is_up(self) -> bool:
+        """Whether the node accepts AMQP connections."""
+        return broker_available(self.url)
+
+    def wait_up(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.is_up():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"RabbitMQ node {self.node} exited ({self.proc.returncode}):\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"RabbitMQ node {self.node} not up after {timeout:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        """Run ``rabbitmqctl -n <node> args`` against this node; returns its stdout."""
+        return subprocess.run([str(self.scripts / "rabbitmqctl"), "-n", self.node, *args], env=self.env,
+                              check=True, capture_output=True, text=True, timeout=timeout).stdout
+
+    def stop_app(self) -> None:
+        """Stop RabbitMQ on the node (connections closed, listener gone, queues shut down; the Erlang VM stays);
+        returns once the AMQP port refuses connections."""
+        self.ctl("stop_app")
+        assert not self.is_up()
+
+    def start_app(self) -> None:
+        """Start RabbitMQ again (same port, same data directory: durable queues and persistent messages are
+        recovered from disk); returns once it accepts connections."""
+        self.ctl("start_app")
+        self.wait_up()
+
+    def log_tail(self, n: int = 30) -> str:
+        logs = sorted((self.root / "log").glob("*.log")) + [self.root / "server.out"]
+        return "\n".join("\n".join(p.read_text(errors="replace").splitlines()[-n:]) for p in logs if p.exists())
+
+    def close(self) -> None:
+        """End the node (SIGTERM: a clean shutdown; SIGKILL after 30 s)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)

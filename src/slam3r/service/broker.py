@@ -8,7 +8,8 @@ Failure handling: any connection / channel error closes the connection and recon
 (0.5 s doubling to ``reconnect_max_s``, with jitter). Every connection has a new *generation*: deliveries carry the
 generation they came with, and acknowledgements of an older generation are dropped (RabbitMQ has already requeued
 those frames and will redeliver them). Publishes still in the outbox are retried on the new connection, so outputs
-are delivered at least once (a frame processed just before a drop can be published twice).
+are delivered at least once (a frame processed just before a drop can be published twice). Outputs are persistent,
+so a consumer's durable queue keeps them across a broker restart.
 
 Topology (all names prefixed with ``name_prefix``; exchanges durable, queues durable):
 
@@ -64,12 +65,12 @@ class Delivery:
 
 @dataclass
 class Outgoing:
-    """A message to publish on ``exchange`` (the full broker-side name)."""
+    """A message to publish on ``exchange`` (the full broker-side name). Every output is persistent: a consumer's
+    durable queue keeps it across a broker restart (a non-durable queue never writes it to disk)."""
 
     exchange: str
     payload: Payload
     headers: dict[str, Any] | None = None
-    persistent: bool = False
 
 
 @dataclass
@@ -359,7 +360,7 @@ class BrokerLink(threading.Thread):
             else:
                 p = item.payload
                 props = pika.BasicProperties(content_type=p.content_type, content_encoding=p.content_encoding,
-                                             headers=item.headers, delivery_mode=2 if item.persistent else 1)
+                                             headers=item.headers, delivery_mode=2)
                 self._pub.basic_publish(item.exchange, "", p.wire_body(), props)
             self._outbox.popleft()          # only once done: a failure leaves it for the next connection
 

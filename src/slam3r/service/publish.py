@@ -7,7 +7,7 @@ save the segment.
 Frames are *persistent* (``delivery_mode=2``): the durable frame queue then keeps them on disk, so frames waiting
 for the worker survive a broker restart (transient ones are lost with it). A publish the broker does not confirm
 (connection lost) is retried on a new connection: the frame may then arrive twice, with the same
-``timestamp_ns``, and the service registers it once.
+``timestamp_ns``, and the service registers it once (docs/service.md, "Broker restart").
 """
 
 from __future__ import annotations

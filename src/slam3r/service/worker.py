@@ -6,10 +6,11 @@ thread) decodes, runs the engine and encodes; meshing runs in a separate process
 
 Delivery guarantees:
 
-* a frame is acknowledged only after every output it produced was confirmed by the broker; frames the engine holds
-  back (its initial window, its registration batches) stay unacknowledged until their results come. The AMQP
-  prefetch is therefore ``prefetch + frames held by the engines`` (capped by ``max_in_flight``), so the engine is
-  never starved of frames;
+* a frame is acknowledged only after every output it produced (persistent, so a durable consumer queue keeps it
+  across a broker restart) was confirmed by the broker; frames the engine holds back (its initial window, its
+  registration batches) stay unacknowledged until their results come. The AMQP prefetch is therefore
+  ``prefetch + frames held by the engines`` (capped by ``max_in_flight``), so the engine is never starved of
+  frames;
 * malformed messages (empty / undecodable body, missing or mistyped headers, images too small or over
   ``max_pixels``) and the frames of a segment too short to initialise are published to the dead-letter exchange
   with an ``x-reject-reason`` header, then acknowledged; nothing is dropped silently;
@@ -494,7 +495,7 @@ class Service:
         headers["x-reject-reason"] = reason
         headers["x-original-queue"] = d.queue or queue_names(self.cfg)[0 if d.source == "frames" else 1]
         payload = Payload(d.body, d.content_type or "application/octet-stream")
-        out.append(Outgoing(self._ex_dead, payload, headers, persistent=True))
+        out.append(Outgoing(self._ex_dead, payload, headers))
         out.append(Settle(d.generation, d.tag))
 
     # ------------------------------------------------------------------ meshing
