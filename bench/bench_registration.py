@@ -46,7 +46,8 @@ def i2p_relative_rotations(i2p, rgb: np.ndarray, c2w: np.ndarray, stride: int) -
 
 
 def pipeline_rotations(i2p, l2w, rgb: np.ndarray, cfg) -> np.ndarray:
-    """Camera-to-world rotations ``(N, 3, 3)`` estimated by the offline pipeline with ``cfg`` (a ReconConfig)."""
+    """Camera-to-world rotations ``(N, 3, 3)`` estimated by the offline pipeline with ``cfg`` (a ReconConfig); NaN
+    for frames it did not register."""
     import tempfile
 
     from slam3r.recon.run import reconstruct
@@ -83,7 +84,8 @@ def main() -> None:
         seq = render_heldout(seed, args.frames, i2p.cfg.img_size[0])
         i2p_stats = compare(*i2p_relative_rotations(i2p, seq.rgb, seq.c2w, args.stride))
         rot = pipeline_rotations(i2p, l2w, seq.rgb, cfg)
-        gt = seq.c2w[:, :3, :3]
+        registered = np.isfinite(rot).all(axis=(1, 2))  # unregistered frames have NaN poses: compare the others
+        rot, gt = rot[registered], seq.c2w[registered, :3, :3]
         step = compare(np.swapaxes(rot[:-1], -1, -2) @ rot[1:], np.swapaxes(gt[:-1], -1, -2) @ gt[1:])
         total = compare(rot[:1].swapaxes(-1, -2) @ rot[-1:], gt[:1].swapaxes(-1, -2) @ gt[-1:])
         rows.append({"seed": seed, "i2p": i2p_stats, "pipeline_step": step, "pipeline_total": total})
