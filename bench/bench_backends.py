@@ -27,7 +27,7 @@ import numpy as np
 from slam3r.demo import DEMO_LOOP_FRAMES, evaluate_scene
 from slam3r.eval.recon import EvalConfig
 from slam3r.recon.config import ReconConfig
-from slam3r.runtime import load_runtime, resolve_settings
+from slam3r.runtime import add_runtime_arguments, load_runtime, resolve_settings
 
 SEEDS = (1_000_001, 1_000_002, 1_000_003, 1_000_004, 1_000_005)
 RUNS = {
@@ -47,8 +47,8 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--loop-min-gap", type=int, default=None,
                         help="loop candidates at least this many frames older (default: 40%% of --frames)")
-    parser.add_argument("--weights", default="default")
     parser.add_argument("--out", default="outputs/bench_backends")
+    add_runtime_arguments(parser, options=("weights",))
     args = parser.parse_args()
     gap = args.loop_min_gap or max(1, int(0.4 * args.frames))
     rt = load_runtime(args.weights, "cpu", None)

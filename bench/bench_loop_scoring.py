@@ -27,8 +27,8 @@ import torch
 from slam3r.data.preprocess import to_tensor
 from slam3r.demo import DEMO_LOOP_FRAMES, render_heldout
 from slam3r.geometry.camera import backproject_depth
-from slam3r.models.registry import load_models
 from slam3r.recon.loop import global_descriptor
+from slam3r.runtime import add_runtime_arguments, load_runtime
 
 SEEDS = (1_000_001, 1_000_002, 1_000_003, 1_000_004, 1_000_005)
 
@@ -57,7 +57,8 @@ def verify(seeds: list[int], frames: int, weights: str) -> None:
     from slam3r.recon.offline import run_offline
     from slam3r.runtime import weights_defaults
 
-    i2p, l2w = load_models(weights)
+    rt = load_runtime(weights, "cpu")
+    i2p, l2w = rt.i2p, rt.l2w
     rows, last = [], {}
     overlap, check = loop_mod.LoopCloser._overlap, loop_mod.LoopCloser._verify
 
@@ -99,16 +100,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--frames", type=int, default=DEMO_LOOP_FRAMES)
-    parser.add_argument("--weights", default="default")
     parser.add_argument("--offset", type=int, default=1,
                         help="candidates lie this many frames off the queries' keyframe grid (default 1): the "
                              "generator's loops are periodic, so with 0 a candidate can be an exact repeat")
     parser.add_argument("--verify", action="store_true", help="loop verifications of the pipeline vs GT (docstring)")
+    add_runtime_arguments(parser, options=("weights",))
     args = parser.parse_args()
     if args.verify:
         verify(args.seeds, args.frames, args.weights)
         return
-    i2p, _ = load_models(args.weights)
+    i2p = load_runtime(args.weights, "cpu").i2p
     size = i2p.cfg.img_size[0]
     stats: dict[str, list[tuple[float, bool]]] = {"retrieval head": [], "descriptor": [], "random": [],
                                                    "GT best": []}

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, make_models, matmul_peak, report, sync  # noqa: E402
+from common import bench_runtime, device_name, matmul_peak, report, sync  # noqa: E402
 from flops import count_gflop  # noqa: E402
 from naive import NaiveI2P, NaiveL2W  # noqa: E402
 
 from slam3r.models.precision import autocast, describe  # noqa: E402
-from slam3r.models.registry import resolve_device  # noqa: E402
+from slam3r.runtime import add_runtime_arguments  # noqa: E402
 
 
 def _once(fn, device) -> float:
@@ -183,10 +183,8 @@ def measure_op(op, fast, slow, official, files, tmp, ref_name, args, device, pea
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="tiny")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--precision", default="fp32", choices=["auto", "fp32", "fp16", "bf16"],
-                    help="slam3r's precision (the yardstick always runs fp32, as the official code does on CPU)")
+    add_runtime_arguments(ap, options=("device", "threads", "precision"), precision_default="fp32",
+                          notes={"precision": "the yardstick always runs fp32, as the official code does on CPU"})
     ap.add_argument("--candidates", type=int, default=30, help="buffered frames scored by retrieval")
     ap.add_argument("--keyframes", type=int, default=2, help="keyframes registered per L2W call")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved timed repetitions per path (after 1 warm-up)")
@@ -196,10 +194,8 @@ def main() -> None:
     ap.add_argument("--ops", nargs="+", default=list(OUTPUT_KEY), choices=[*OUTPUT_KEY, *CACHED])
     ap.add_argument("--cache", action="store_true", help="also time the cached ops and print what caching saves")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    i2p, l2w = make_models(args.size, device)
+    rt = bench_runtime(None, args.size, args.device, args.threads)
+    i2p, l2w, device = rt.i2p, rt.l2w, rt.device
     x = inputs(i2p, device, args.candidates, args.keyframes)
     fast = slam3r_ops(i2p, l2w, x, device)
     prec = describe(device, args.precision)

@@ -20,14 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import rss  # noqa: E402
-from common import device_name, make_models, report, synthetic_frames  # noqa: E402
+from common import bench_runtime, device_name, report, synthetic_frames  # noqa: E402
 from naive import NaiveI2P, NaiveL2W  # noqa: E402
 
 from slam3r.models.precision import describe  # noqa: E402
-from slam3r.models.registry import resolve_device  # noqa: E402
 from slam3r.recon.config import ReconConfig  # noqa: E402
 from slam3r.recon.offline import run_offline  # noqa: E402
 from slam3r.recon.streaming import StreamingReconstructor  # noqa: E402
+from slam3r.runtime import add_runtime_arguments  # noqa: E402
 
 # The reference's demo parameters (scripts/demo_replica.sh), with the later release's fixed stride 3.
 DEMO = dict(keyframe_stride=3, win_r=5, initial_winsize=5, conf_thres_i2p=1.5, num_scene_frame=10,
@@ -147,17 +147,15 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--size", default="tiny", help="model size preset: tiny, default, released")
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--mode", choices=["offline", "streaming"], default="offline")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--precision", default="fp32", choices=["auto", "fp32", "fp16", "bf16"],
-                    help="slam3r's precision (auto: see slam3r.models.precision); the yardsticks run fp32")
+    add_runtime_arguments(ap, options=("weights", "device", "threads", "precision"), weights_default=None,
+                          precision_default="fp32",
+                          notes={"weights": "without it, random weights of --size", "precision": "the yardsticks run fp32"})
     ap.add_argument("--compile", action="store_true", help="torch.compile the fast path's network blocks")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive reference path")
     ap.add_argument("--params", choices=["reference", "wild", "bundled"], default=None,
                     help="pipeline parameters: the reference Replica demo's (fixed stride 3), the official wild "
                          "demo's (automatic stride; the default with --official), or the bundled model's recon.yaml")
     ap.add_argument("--stride", type=int, default=None, help="override the keyframe stride (-1 = automatic)")
-    ap.add_argument("--weights", default=None, help="load real weights (e.g. default) instead of random ones")
     ap.add_argument("--official", metavar="DIR", default=None,
                     help="checkout of github.com/PKU-VCL-3DV/SLAM3R: time it (offline) on the same frames and "
                          "weights instead of the naive path, interleaved with slam3r")
@@ -199,14 +197,8 @@ def device_summary(device: torch.device, size: int, fps: float) -> str:
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    if args.weights:
-        from slam3r.models.registry import load_models
-        i2p, l2w = load_models(args.weights, device)
-    else:
-        i2p, l2w = make_models(args.size, device)
+    rt = bench_runtime(args.weights, args.size, args.device, args.threads)
+    i2p, l2w, device = rt.i2p, rt.l2w, rt.device
     size = i2p.cfg.img_size[0]
     frames = synthetic_frames(args.frames, size)
     params = pipeline_params(args)

@@ -26,9 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_pipeline import DEMO, run  # noqa: E402
 from bench_quality import SEEDS  # noqa: E402
-from common import device_name, make_models, report, synthetic_frames  # noqa: E402
+from common import bench_runtime, device_name, report, synthetic_frames  # noqa: E402
 
+from slam3r.models.registry import resolve_device  # noqa: E402
 from slam3r.recon.config import ReconConfig  # noqa: E402
+from slam3r.runtime import add_runtime_arguments  # noqa: E402
 
 METRICS = ("accuracy_cm", "completion_cm", "ate_cm")
 
@@ -61,9 +63,10 @@ def scene_metrics(i2p, l2w, seq, gt, precision: str, device) -> dict:
 def quality(args, device) -> bool:
     from slam3r.data.pointmaps import gt_pointmaps
     from slam3r.demo import DEMO_FRAMES, render_heldout
-    from slam3r.models.registry import load_models
+    from slam3r.runtime import load_runtime
 
-    i2p, l2w = load_models(args.weights, device)
+    rt = load_runtime(args.weights, args.device, args.threads)
+    i2p, l2w = rt.i2p, rt.l2w
     size = i2p.cfg.img_size[0]
     rows, per = [], {p: {m: [] for m in (*METRICS, "fps")} for p in ("fp32", "bf16")}
     for seed in args.seeds:
@@ -94,7 +97,8 @@ def quality(args, device) -> bool:
 
 
 def deviation(args, device) -> bool:
-    i2p, l2w = make_models(args.size, device)
+    rt = bench_runtime(None, args.size, args.device, args.threads)
+    i2p, l2w = rt.i2p, rt.l2w
     frames = synthetic_frames(args.frames, i2p.cfg.img_size[0])
     log: dict = {}
     out, seconds = {}, {}
@@ -123,18 +127,15 @@ def deviation(args, device) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", choices=["quality", "deviation"], required=True)
-    ap.add_argument("--weights", default="default", help="quality: the model to score (default: bundled)")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="quality: scene seeds")
     ap.add_argument("--size", default="released", help="deviation: random-weight model size")
     ap.add_argument("--frames", type=int, default=None, help="frames per scene (quality: the demo's 60; "
                                                              "deviation: 40)")
     ap.add_argument("--tol", type=float, default=0.02, help="quality: allowed relative change of each metric")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default="cpu")
+    add_runtime_arguments(ap, options=("weights", "device", "threads"), device_default="cpu",
+                          notes={"weights": "quality: the model to score"})
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     if args.check == "deviation" and args.frames is None:
         args.frames = 40
     ok = quality(args, device) if args.check == "quality" else deviation(args, device)

@@ -20,7 +20,7 @@ import numpy as np
 
 from slam3r.demo import DEMO_FRAMES, evaluate_scene
 from slam3r.eval.recon import EvalConfig
-from slam3r.runtime import add_runtime_arguments, load_runtime, recon_settings, resolve_settings
+from slam3r.runtime import add_runtime_arguments, recon_settings, resolve_settings, runtime_from_args
 
 SEEDS = (1_000_001, 1_000_002, 1_000_003, 1_000_004, 1_000_005)
 
@@ -30,11 +30,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--frames", type=int, default=DEMO_FRAMES)
     parser.add_argument("--out", default="outputs/bench_quality")
-    add_runtime_arguments(parser)
+    add_runtime_arguments(parser, device_default="cpu")
     args = parser.parse_args()
     cfg = recon_settings(args).value
     eval_conf = resolve_settings(EvalConfig, "eval", weights=args.weights, config=args.config).value.conf_thresh
-    rt = load_runtime(args.weights, "cpu", args.threads)
+    rt = runtime_from_args(args)
     i2p, l2w = rt.i2p, rt.l2w
     rows = []
     for seed in args.seeds:

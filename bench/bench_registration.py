@@ -68,16 +68,16 @@ def compare(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 def main() -> None:
     from slam3r.demo import DEMO_FRAMES, render_heldout
-    from slam3r.runtime import add_runtime_arguments, load_runtime, recon_settings
+    from slam3r.runtime import add_runtime_arguments, recon_settings, runtime_from_args
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--frames", type=int, default=DEMO_FRAMES)
     parser.add_argument("--stride", type=int, default=3, help="keyframe stride of the I2P check")
-    add_runtime_arguments(parser)
+    add_runtime_arguments(parser, device_default="cpu")
     args = parser.parse_args()
     cfg = recon_settings(args).value
-    rt = load_runtime(args.weights, "cpu", args.threads)
+    rt = runtime_from_args(args)
     i2p, l2w = rt.i2p, rt.l2w
     rows = []
     for seed in args.seeds:

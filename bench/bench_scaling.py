@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, make_models, report  # noqa: E402
+from common import bench_runtime, device_name, report  # noqa: E402
 
-from slam3r.models.registry import resolve_device  # noqa: E402
 from slam3r.recon.config import ReconConfig  # noqa: E402
 from slam3r.recon.streaming import StreamingReconstructor  # noqa: E402
+from slam3r.runtime import add_runtime_arguments  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -32,13 +32,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="tiny")
     ap.add_argument("--frames", type=int, default=1000)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--buffer-size", type=int, default=30)
+    add_runtime_arguments(ap, options=("device", "threads"), threads_default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    i2p, l2w = make_models(args.size, device)
+    rt = bench_runtime(None, args.size, args.device, args.threads)
+    i2p, l2w, device = rt.i2p, rt.l2w, rt.device
     size = i2p.cfg.img_size[0]
     rng = np.random.default_rng(0)
     texture = rng.integers(0, 255, (size, args.frames // 2 + 2 * size, 3), dtype=np.uint8)

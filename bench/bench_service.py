@@ -138,14 +138,15 @@ def rss_bytes() -> int:
 
 def many_streams(n_streams: int, per_stream: int, normal_every: int, conf_l2w: float) -> dict:
     """Bounded state under ``n_streams`` short-lived streams (see module docstring); real engine, NullLink."""
-    from slam3r.models.registry import load_models
+    from slam3r.runtime import load_runtime
     from slam3r.recon.config import ReconConfig
     from slam3r.recon.streaming import StreamingReconstructor
 
     import logging
 
     logging.getLogger("slam3r.service").setLevel(logging.ERROR)     # one warning per evicted stream otherwise
-    i2p, l2w = load_models("default", "cpu")
+    rt = load_runtime("default", "cpu")
+    i2p, l2w = rt.i2p, rt.l2w
     recon = ReconConfig(conf_thres_l2w=conf_l2w, conf_thres_i2p=1.0)
     cfg = ServiceConfig(decode_min_side=0)
     link = NullLink()

@@ -30,6 +30,7 @@ def main() -> None:
 
     from slam3r.config import from_dict
     from slam3r.models.registry import bundled_dir
+    from slam3r.runtime import add_runtime_arguments
     from slam3r.train.config import TrainConfig
     from slam3r.train.trainer import Trainer
 
@@ -38,10 +39,10 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=6, help="steps per precision (after one warm-up each)")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="data.workers of the wait measurement")
     parser.add_argument("--cache", default="outputs/train_cache")
     parser.add_argument("--sequences", type=int, default=4)
+    add_runtime_arguments(parser, options=("threads",), threads_default=1)
     args = parser.parse_args()
 
     data = {"cache_dir": args.cache, "num_sequences": args.sequences, "frames_per_sequence": 48,

@@ -13,6 +13,8 @@ import torch
 
 from slam3r.models import Image2PointsModel, Local2WorldModel, PRESETS
 from slam3r.config import replace
+from slam3r.models.registry import configure_threads, resolve_device
+from slam3r.runtime import Runtime, load_runtime
 
 
 def device_name(device: torch.device) -> str:
@@ -30,6 +32,16 @@ def make_models(size: str, device: torch.device, seed: int = 0) -> tuple[Image2P
     i2p = Image2PointsModel(cfg).to(device).eval()
     l2w = Local2WorldModel(replace(cfg, need_encoder=False)).to(device).eval()
     return i2p, l2w
+
+
+def bench_runtime(weights: str | None, size: str, device: str = "auto", threads: int | None = None) -> Runtime:
+    """The networks of a bench: ``weights`` loaded by :func:`slam3r.runtime.load_runtime`, or without weights
+    (``None``) random networks of preset ``size``, on the same ``device`` under the same thread policy."""
+    if weights:
+        return load_runtime(weights, device, threads)
+    dev = resolve_device(device)
+    i2p, l2w = make_models(size, dev)
+    return Runtime(i2p, l2w, dev, configure_threads(i2p, dev, threads))
 
 
 def synthetic_frames(n: int, size: int, seed: int = 1_000_123) -> list[np.ndarray]:

@@ -145,30 +145,53 @@ SET_HELP = {
 }
 
 
+RUNTIME_OPTIONS = ("weights", "config", "set", "device", "threads", "precision")
+"""The shared options, in the order they are declared."""
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser, *, models: bool = True, section: str = "recon",
-                          weights_default: str | None = "default") -> None:
+                          weights_default: str | None = "default", options: Sequence[str] | None = None,
+                          device_default: str = "auto", threads_default: int | None = None,
+                          precision_default: str | None = None, notes: Mapping[str, str] | None = None) -> None:
     """Declare the shared options: ``--weights``, ``--config``, ``--set`` (fields of ``section``) and, when the
-    command runs the networks (``models``), ``--device``, ``--threads``, ``--precision``."""
+    command runs the networks (``models``), ``--device``, ``--threads``, ``--precision``. A bench declares only the
+    ``options`` it uses (names from :data:`RUNTIME_OPTIONS`), may change their defaults (``*_default``) and append
+    a sentence of its own to an option's help (``notes``: option name -> text)."""
+    wanted = set(options if options is not None else RUNTIME_OPTIONS[:None if models else 3])
+    g = parser.add_argument_group("weights, settings and runtime")
+    for name, (kwargs, help_text) in _runtime_options(section, weights_default, device_default, threads_default,
+                                                      precision_default).items():
+        if name in wanted:
+            note = (notes or {}).get(name)
+            g.add_argument(f"--{name}", **kwargs, help=f"{help_text}; {note}" if note else help_text)
+
+
+def _runtime_options(section: str, weights_default: str | None, device_default: str, threads_default: int | None,
+                     precision_default: str | None) -> dict[str, tuple[dict[str, Any], str]]:
+    """Each shared option's argparse keywords and help text (``(default: ...)`` included)."""
     from slam3r.models.registry import WEIGHTS_HELP
     from slam3r.recon.config import ReconConfig
 
-    g = parser.add_argument_group("weights, settings and runtime")
-    default_text = weights_default or "the weights recorded in the prediction's summary.json, else default"
-    g.add_argument("--weights", default=weights_default,
-                   help=f"{WEIGHTS_HELP}; a weights directory may carry {SETTINGS_FILE} with the settings tuned for "
-                        f"its networks (default: {default_text})")
-    g.add_argument("--config", metavar="FILE", default=None,
-                   help="YAML settings file with recon: / eval: / service: sections (e.g. configs/wild.yaml); "
-                        "overrides the weights' defaults, the environment and command line override it")
-    g.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=SET_HELP[section])
-    if not models:
-        return
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda if available)")
-    g.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads (default: 1 for small networks such as the bundled one, all cores otherwise)")
-    g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default=None,
-                   help=f"{field_help(ReconConfig).get('precision', 'autocast precision')} "
-                        f"{field_default_text(ReconConfig, 'recon', 'precision')}")
+    weights_text = weights_default or ("the weights recorded in the prediction's summary.json, else default"
+                                       if section == "eval" else "none")
+    threads_text = threads_default or "1 for small networks such as the bundled one, all cores otherwise"
+    precision_text = (f"(default: {precision_default})" if precision_default is not None
+                      else field_default_text(ReconConfig, "recon", "precision"))
+    return {
+        "weights": ({"default": weights_default},
+                    f"{WEIGHTS_HELP}; a weights directory may carry {SETTINGS_FILE} with the settings tuned for its "
+                    f"networks (default: {weights_text})"),
+        "config": ({"metavar": "FILE", "default": None},
+                   "YAML settings file with recon: / eval: / service: sections (e.g. configs/wild.yaml); overrides "
+                   "the weights' defaults, the environment and command line override it"),
+        "set": ({"nargs": "+", "action": "extend", "default": [], "metavar": "KEY=VALUE"}, SET_HELP[section]),
+        "device": ({"default": device_default},
+                   f"auto, cpu, cuda or cuda:N (default: {device_default}"
+                   f"{' = cuda if available' if device_default == 'auto' else ''})"),
+        "threads": ({"type": positive_int, "default": threads_default}, f"CPU threads (default: {threads_text})"),
+        "precision": ({"choices": ("auto", "fp32", "fp16", "bf16"), "default": precision_default},
+                      f"{field_help(ReconConfig).get('precision', 'autocast precision')} {precision_text}"),
+    }
 
 
 @dataclass

@@ -6,6 +6,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from slam3r.runtime import add_runtime_arguments
+
     sub = parser.add_subparsers(dest="action", required=True)
     info = sub.add_parser("info", help="print the config and parameter count of a model directory or hub id")
     info.add_argument("source", help="model directory (config.json + model.safetensors) or hub repo id")
@@ -16,8 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     conv.add_argument("--kind", choices=["i2p", "l2w"], required=True)
     conv.add_argument("--preset", default="released", help="model size preset of the checkpoint (default: released)")
     smoke = sub.add_parser("smoke", help="run both networks once on random input and report output shapes")
-    smoke.add_argument("--weights", default="default", help="default, released, DIR or I2P,L2W (default: default)")
-    smoke.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_runtime_arguments(smoke, options=("weights", "device", "threads"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     from slam3r.models import CheckpointError, Image2PointsModel, Local2WorldModel, preset
     from slam3r.models.hub import load_weights, read_torch_checkpoint
-    from slam3r.runtime import load_runtime
+    from slam3r.runtime import runtime_from_args
 
     cls = {"i2p": Image2PointsModel, "l2w": Local2WorldModel}
     try:
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             model = load_weights(model.to_empty(device="cpu"), state)
             print(f"wrote {model.save_pretrained(args.out)}")
         else:
-            rt = load_runtime(args.weights, args.device)
+            rt = runtime_from_args(args)
             i2p, l2w, device = rt.i2p, rt.l2w, rt.device
             h, w = i2p.cfg.img_size
             with torch.no_grad():
