@@ -217,11 +217,13 @@ def streams_run(nets, bodies: list[list[bytes]], batch_streams: bool, batch_size
     return {"frames": done, "seconds": wall, "frames_per_s": done / wall, "frames_per_cpu_s": done / cpu}
 
 
-def throughput(counts: list[int], frames: int, rounds: int, compare: bool, batch_size: int) -> list[dict]:
+def throughput(counts: list[int], frames: int, rounds: int, compare: bool, batch_size: int,
+               threads: int = 1) -> list[dict]:
     """Interleaved runs of ``streams_run`` for every stream count (and mode); per-run rows plus the medians."""
-    from slam3r.models.registry import load_models
+    from slam3r.runtime import load_runtime
 
-    nets = load_models("default", "cpu")
+    rt = load_runtime("default", "cpu", threads)
+    nets = (rt.i2p, rt.l2w)
     bodies = _stream_bodies(max(counts), frames)
     modes = (True, False) if compare else (True,)
     runs: dict[tuple[int, bool], list[dict]] = {}
@@ -235,6 +237,8 @@ def throughput(counts: list[int], frames: int, rounds: int, compare: bool, batch
                       f"{res['frames_per_s']:.2f} frames/s, {res['frames_per_cpu_s']:.2f} frames/CPU-s", flush=True)
     base = {k: float(np.median([x[k] for x in runs[(counts[0], True)]])) for k in ("frames_per_s",
                                                                                    "frames_per_cpu_s")}
+    if base["frames_per_s"] == 0:
+        raise SystemExit(f"no frame was registered in the {counts[0]}-stream runs: give more --stream-frames")
     rows = []
     for (n, mode), rs in runs.items():
         med = {k: float(np.median([x[k] for x in rs])) for k in ("frames_per_s", "frames_per_cpu_s")}
@@ -248,11 +252,8 @@ def print_throughput(args: argparse.Namespace) -> None:
     """``--streams``: the interleaved throughput check, printed as a table and a ``BENCH`` JSON line."""
     import os
 
-    import torch
-
-    torch.set_num_threads(args.threads)
     rows = throughput([int(n) for n in args.streams.split(",")], args.stream_frames, args.rounds, args.compare,
-                      args.batch_size)
+                      args.batch_size, args.threads)
     print(f"{'streams':>7} {'batched':>7} {'frames/s':>9} {'x':>6} {'frames/CPU-s':>13} {'x':>6}")
     for r in rows:
         print(f"{r['streams']:>7} {str(r['batch_streams']):>7} {r['frames_per_s']:>9.2f} {r['x_wall']:>6.2f} "
