@@ -28,7 +28,7 @@ from bench_pipeline import DEMO, run  # noqa: E402
 from bench_quality import SEEDS  # noqa: E402
 from common import bench_runtime, device_name, report, synthetic_frames  # noqa: E402
 
-from slam3r.models.registry import resolve_device  # noqa: E402
+from slam3r.models.loading import resolve_device  # noqa: E402
 from slam3r.recon.config import ReconConfig  # noqa: E402
 from slam3r.runtime import add_runtime_arguments  # noqa: E402
 

@@ -29,7 +29,7 @@ def main() -> None:
     import torch
 
     from slam3r.config import from_dict
-    from slam3r.models.registry import bundled_dir
+    from slam3r.models.loading import bundled_dir
     from slam3r.runtime import add_runtime_arguments
     from slam3r.train.config import TrainConfig
     from slam3r.train.trainer import Trainer

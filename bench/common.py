@@ -13,7 +13,7 @@ import torch
 
 from slam3r.models import Image2PointsModel, Local2WorldModel, PRESETS
 from slam3r.config import replace
-from slam3r.models.registry import configure_threads, resolve_device
+from slam3r.models.loading import configure_threads, resolve_device
 from slam3r.runtime import Runtime, load_runtime
 
 

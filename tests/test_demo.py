@@ -11,7 +11,7 @@ import pytest
 
 from slam3r.cli import main
 from slam3r.demo import plane_baseline, render_heldout
-from slam3r.models.registry import bundled_dir
+from slam3r.models.loading import bundled_dir
 
 
 def test_plane_baseline_is_a_fronto_parallel_plane_at_median_depth() -> None:
@@ -47,7 +47,7 @@ def test_tiny_demo_writes_report(tmp_path: Path, capsys) -> None:
 @pytest.mark.skipif(not (bundled_dir() / "i2p" / "model.safetensors").is_file(), reason="no bundled model")
 def test_bundled_model_loads_by_name() -> None:
     from slam3r.models.config import preset
-    from slam3r.models.registry import load_models
+    from slam3r.models.loading import load_models
 
     i2p, l2w = load_models("default")
     assert i2p.cfg == preset("default") and l2w.cfg == preset("default", l2w=True)

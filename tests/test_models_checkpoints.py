@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from slam3r.models import CheckpointError, Image2PointsModel, Local2WorldModel, ModelConfig, RELEASED, TINY, preset
 from slam3r.models import hub
-from slam3r.models.registry import load_models, resolve_weights
+from slam3r.models.loading import load_models, resolve_weights
 
 
 @pytest.mark.parametrize("name,cls,l2w,params", [

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from slam3r.models import Image2PointsModel, Local2WorldModel, TINY, preset
 from slam3r.models.hub import load_weights
-from slam3r.models.registry import compile_blocks
+from slam3r.models.loading import compile_blocks
 
 
 def _tiny(fixtures_dir):

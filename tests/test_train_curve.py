@@ -54,7 +54,7 @@ def test_train_curve_dry_run(tmp_path: Path) -> None:
         assert all(int(r["samples"]) == 2 * int(r["step"]) for r in part)
         assert all(math.isfinite(float(r[key])) and float(r[key]) >= 0 for r in part)
     assert (out / "i2p" / "DONE").is_file() and (out / "l2w" / "DONE").is_file()
-    from slam3r.models.registry import load_models
+    from slam3r.models.loading import load_models
 
     i2p, l2w = load_models(str(out / "model"))
     assert i2p.cfg.img_size == l2w.cfg.img_size == (64, 64)
@@ -78,7 +78,7 @@ def test_gpu_run_dry_run_on_cpu(tmp_path: Path) -> None:
     with tarfile.open(out / "logs.tar.gz") as t:
         names = t.getnames()
     assert "i2p/log.csv" in names and "l2w/log.csv" in names and "bench_bf16.log" in names
-    from slam3r.models.registry import load_models
+    from slam3r.models.loading import load_models
 
     i2p, l2w = load_models(str(tmp_path / "unpacked" / "model"))
     assert i2p.cfg.img_size == (64, 64)

@@ -52,7 +52,7 @@ def weights_settings_file(weights: str) -> Path | None:
     """The ``recon.yaml`` that comes with a ``--weights`` choice: the bundled model's for ``default``,
     ``DIR/recon.yaml`` for a weights directory, none for ``released``, hub ids or ``I2P,L2W`` pairs (reference
     defaults)."""
-    from slam3r.models.registry import bundled_dir
+    from slam3r.models.loading import bundled_dir
 
     root = bundled_dir() if weights == "default" else Path(weights)
     if "," in weights or weights == "released" or not (root / "i2p").is_dir():
@@ -169,7 +169,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, models: bool = Tru
 def _runtime_options(section: str, weights_default: str | None, device_default: str, threads_default: int | None,
                      precision_default: str | None) -> dict[str, tuple[dict[str, Any], str]]:
     """Each shared option's argparse keywords and help text (``(default: ...)`` included)."""
-    from slam3r.models.registry import WEIGHTS_HELP
+    from slam3r.models.loading import WEIGHTS_HELP
     from slam3r.recon.config import ReconConfig
 
     weights_text = weights_default or ("the weights recorded in the prediction's summary.json, else default"
@@ -206,9 +206,9 @@ class Runtime:
 
 def load_runtime(weights: str = "default", device: str = "auto", threads: int | None = None) -> Runtime:
     """Resolve the device, load the ``weights`` networks onto it and apply the thread policy
-    (:func:`slam3r.models.registry.configure_threads`). Bad choices raise a :class:`~slam3r.errors.Slam3rError`."""
+    (:func:`slam3r.models.loading.configure_threads`). Bad choices raise a :class:`~slam3r.errors.Slam3rError`."""
     from slam3r.errors import InputError
-    from slam3r.models.registry import configure_threads, load_models, resolve_device
+    from slam3r.models.loading import configure_threads, load_models, resolve_device
 
     try:
         dev = resolve_device(device)

@@ -101,7 +101,7 @@ class ReconConfig:
     has AVX-512 BF16 / AMX once its accuracy checks have passed (``slam3r.models.precision``). ``fp32`` forces exact
     arithmetic, ``bf16`` forces bf16 autocast."""
     compile: bool = False
-    """``torch.compile`` the networks' blocks (``models.registry.compile_blocks``): minutes of compilation per input
+    """``torch.compile`` the networks' blocks (``models.loading.compile_blocks``): minutes of compilation per input
     shape on a CPU for about 5-10% less time per call; eager where it cannot compile."""
     intrinsics: tuple[float, float, float, float] | None = None
     """Known (fx, fy, cx, cy) in pixels of the ORIGINAL frames, if the user has them; ``None`` = estimate."""

@@ -26,7 +26,7 @@ from slam3r.data.preprocess import to_tensor
 from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.models.base import ViewFeatures
 from slam3r.models.precision import autocast as precision_autocast
-from slam3r.models.registry import compile_blocks
+from slam3r.models.loading import compile_blocks
 from slam3r.recon.camera import (estimate_focal, normalize_pointmaps, pose_from_pnp, pose_from_pointmaps,
                                  similarity_fit)
 from slam3r.recon.batching import NetCall, Steps, drive

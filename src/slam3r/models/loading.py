@@ -1,6 +1,7 @@
-"""Resolve a ``--weights`` choice to a pair of networks: ``default`` (bundled with the package), ``released``
-(the official checkpoints from the HuggingFace hub), a local directory holding ``i2p/`` and ``l2w/`` sub-directories,
-or ``I2P_REPO,L2W_REPO`` hub ids / directories."""
+"""Loading networks for a run: resolve a ``--weights`` choice to a pair of networks, put them on a device, apply
+the CPU thread policy and optional ``torch.compile``. A ``--weights`` choice is ``default`` (bundled with the
+package), ``released`` (the official checkpoints from the HuggingFace hub), a local directory holding ``i2p/`` and
+``l2w/`` sub-directories, or ``I2P_REPO,L2W_REPO`` hub ids / directories."""
 
 from __future__ import annotations
 
