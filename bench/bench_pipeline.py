@@ -13,6 +13,7 @@ import argparse
 import inspect
 import sys
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -162,9 +163,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=1, help="with --official: interleaved runs of each")
     ap.add_argument("--loop-closure", action="store_true", help="loop closure on (ReconConfig.loop_closure)")
     ap.add_argument("--loop-closure-ab", type=int, default=0, metavar="N",
-                    help="run loop closure off and on alternately, N times each (no naive path); FPS ratio on / off")
-    ap.add_argument("--registration", choices=["l2w", "geometric", "flow"], default=None,
-                    help="registration backend (default: the parameters', else l2w)")
+                    help="run loop closure off and on in N pairs, ABBA order (no naive path); per-pair FPS ratios "
+                         "on / off, wall and per CPU-second")
+    ap.add_argument("--registration", choices=typing.get_args(typing.get_type_hints(ReconConfig)["registration"]),
+                    default=None, help="registration backend (default: the parameters', else l2w)")
     args = ap.parse_args()
     if args.params is None:
         args.params = "wild" if args.official else "reference"
