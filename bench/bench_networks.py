@@ -138,7 +138,7 @@ OUTPUT_KEY = {"encode": "tokens", "i2p": "pts3d", "retrieval": "scores", "l2w": 
 CACHED = ("features", "scene_features", "i2p_cached", "retrieval_cached", "l2w_cached")
 
 
-def measure_op(op, fast, slow, official, files, tmp, ref_name, args, device, peak) -> dict:
+def measure_op(op, fast, slow, official, files, tmp, ref_name, args, device) -> dict:
     """One op of slam3r and of its yardstick (naive, official or none), interleaved, after one warm-up round."""
     tf, tr, ref_out, gf_ref = [], [], None, None
     for r in range(args.repeat + 1):
@@ -167,7 +167,7 @@ def measure_op(op, fast, slow, official, files, tmp, ref_name, args, device, pea
         gf = count_gflop(fast[op])
     f_min, f_med = _stats(tf)
     row = {"op": op, "slam3r_min_s": round(f_min, 4), "slam3r_med_s": round(f_med, 4), "GFLOP": round(gf, 3),
-           "GFLOP/s": round(gf / f_min, 2), "of_peak": f"{gf / f_min / peak:.0%}"}
+           "GFLOP/s": round(gf / f_min, 2)}
     if ref_out is None:
         return row
     ref_out = ref_out.reshape(out.shape)
@@ -199,7 +199,7 @@ def main() -> None:
     x = inputs(i2p, device, args.candidates, args.keyframes)
     fast = slam3r_ops(i2p, l2w, x, device)
     prec = describe(device, args.precision)
-    peak = {"fp32": matmul_peak(device, "fp32"), prec: matmul_peak(device, prec)}
+    peak = {"fp32": matmul_peak(device, "fp32"), prec: matmul_peak(device, prec)}   # again at the end: the best
     rows, tmpdir = [], tempfile.TemporaryDirectory()
     tmp = Path(tmpdir.name)
     official = slow = files = None
@@ -217,8 +217,11 @@ def main() -> None:
     ops = args.ops + [op for op in CACHED if args.cache and op not in args.ops]
     with torch.no_grad():
         for op in ops:
-            rows.append(measure_op(op, fast, slow, official, files, tmp, ref_name, args, device, peak[prec]))
+            rows.append(measure_op(op, fast, slow, official, files, tmp, ref_name, args, device))
             print(rows[-1], flush=True)
+    peak = {k: max(v, matmul_peak(device, k)) for k, v in peak.items()}   # a busy moment lowers one measurement
+    for row in rows:
+        row["of_peak"] = f"{row['GFLOP/s'] / peak[prec]:.0%}"
     for line in cache_savings(rows):
         print(line)
     if official is not None:

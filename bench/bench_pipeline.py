@@ -161,6 +161,8 @@ def parse_args() -> argparse.Namespace:
                     help="checkout of github.com/PKU-VCL-3DV/SLAM3R: time it (offline) on the same frames and "
                          "weights instead of the naive path, interleaved with slam3r")
     ap.add_argument("--repeat", type=int, default=1, help="with --official: interleaved runs of each")
+    ap.add_argument("--also-precision", choices=["auto", "fp32", "fp16", "bf16"], default=None,
+                    help="with --official: also time slam3r at this precision, in the same interleaved runs")
     ap.add_argument("--loop-closure", action="store_true", help="loop closure on (ReconConfig.loop_closure)")
     ap.add_argument("--loop-closure-ab", type=int, default=0, metavar="N",
                     help="run loop closure off and on in N pairs, ABBA order (no naive path); per-pair FPS ratios "
@@ -280,60 +282,85 @@ def compare_loop_closure(n: int, cfg: ReconConfig, measure, rows, extra, nets) -
 
 
 def compare_official(args, i2p, l2w, frames, params, measure, rows, extra) -> None:
-    """slam3r and the official code alternately on the same frames and weights (``--repeat`` runs each): total and
-    steady-state seconds per frame (min / median), their ratios, peak RSS, and how far the world points differ."""
-    import statistics
+    """slam3r (at ``--precision``, and at ``--also-precision`` when given) and the official code alternately on the
+    same frames and weights (``--repeat`` runs each): total and steady-state seconds per frame (min / median), their
+    ratios, peak RSS, and how far the world points differ."""
     import tempfile
 
     from official import Official, save_weights
 
-    cfg = ReconConfig(**params, precision=args.precision, compile=args.compile)
+    device = next(i2p.parameters()).device
+    precisions = [args.precision] + [p for p in [args.also_precision] if p and p != args.precision]
+    cfgs = {p: ReconConfig(**params, precision=p, compile=args.compile) for p in precisions}
+    ours: dict[str, list] = {p: [] for p in precisions}
+    theirs, worlds, world = [], {}, None
     with tempfile.TemporaryDirectory() as tmp, \
             Official(args.official, save_weights(i2p, l2w, Path(tmp) / "weights"), args.threads) as official:
         np.savez(Path(tmp) / "frames.npz", frames=np.stack(frames))
-        ours, theirs, world = [], [], None
         for r in range(args.repeat):
-            res, pf, steady = measure("slam3r", (i2p, l2w), cfg, False)
-            ours.append((rows[-1]["wall_s"] / len(frames), steady))
-            out = official.call("pipeline", inputs=str(Path(tmp) / "frames.npz"), params=params, seed=cfg.seed,
-                                out=str(Path(tmp) / "official.npz") if r == 0 else None)
+            for p in precisions:
+                res, pf, steady = measure(f"slam3r {describe(device, p)}", (i2p, l2w), cfgs[p], False)
+                ours[p].append((rows[-1]["wall_s"] / len(frames), steady))
+                print(rows[-1], flush=True)
+                if r == 0:
+                    worlds[p] = (np.stack([x.pts3d_world for x in res]), rows[-1]["stride"])
+            out = official.call("pipeline", inputs=str(Path(tmp) / "frames.npz"), params=params,
+                                seed=cfgs[args.precision].seed, out=str(Path(tmp) / "official.npz") if r == 0 else None)
             theirs.append((out["s_per_frame"], out["steady_s_per_frame"]))
-            rows.append({"path": "official", "s/frame": round(out["s_per_frame"], 4),
-                         "steady s/frame": out["steady_s_per_frame"] and round(out["steady_s_per_frame"], 4),
-                         "steady frames": out["steady_frames"], "fps": round(1 / out["s_per_frame"], 2),
-                         "wall_s": round(out["seconds"], 1), "stride": out["stride"],
-                         "peak_rss_gib": round(out["peak_rss_gib"], 2),
-                         **{k: round(v, 2) for k, v in out["stages"].items()}})
-            print(rows[-2], rows[-1], sep="\n", flush=True)
+            rows.append(_official_row(out))
+            print(rows[-1], flush=True)
             if r == 0:
                 with np.load(Path(tmp) / "official.npz") as z:
-                    world = z["world"]
-                ours_world = np.stack([x.pts3d_world for x in res])
-    same_stride = rows[0]["stride"] == rows[1]["stride"]
-    extra["stride_slam3r"], extra["stride_official"] = rows[0]["stride"], rows[1]["stride"]
+                    world = z["world"], out["stride"]
+    extra["stride_official"] = world[1]
+    extra["slam3r"] = {p: _versus_official(ours[p], theirs, worlds[p], world) for p in precisions}
+    report(f"pipeline offline vs official — {args.weights or args.size} — {extra['device']}", rows, extra)
+    for p, cmp in extra["slam3r"].items():
+        _print_versus_official(describe(device, p), cmp, extra["stride_official"])
+
+
+def _official_row(out: dict) -> dict:
+    """The table row of one official pipeline run (``official.py``'s answer)."""
+    return {"path": "official", "s/frame": round(out["s_per_frame"], 4),
+            "steady s/frame": out["steady_s_per_frame"] and round(out["steady_s_per_frame"], 4),
+            "steady frames": out["steady_frames"], "fps": round(1 / out["s_per_frame"], 2),
+            "wall_s": round(out["seconds"], 1), "stride": out["stride"], "peak_rss_gib": round(out["peak_rss_gib"], 2),
+            **{k: round(v, 2) for k, v in out["stages"].items()}}
+
+
+def _versus_official(ours: list, theirs: list, mine: tuple, world: tuple) -> dict:
+    """Ratios of the official code's seconds per frame to slam3r's (total and steady state; median and min of the
+    runs) and, when both used the same stride, how far slam3r's world points ``(N, H, W, 3)`` are from its."""
+    import statistics
+
+    cmp: dict = {"stride": mine[1]}
     for key, i in (("total", 0), ("steady", 1)):
         a, b = [x[i] for x in ours], [x[i] for x in theirs]
         if None in a or None in b:
             continue
-        extra[f"{key}_s_per_frame"] = {"slam3r_min": min(a), "slam3r_median": statistics.median(a),
-                                       "official_min": min(b), "official_median": statistics.median(b)}
-        extra[f"{key}_speedup_median"] = statistics.median(b) / statistics.median(a)
-        extra[f"{key}_speedup_min"] = min(b) / min(a)
-    if same_stride and world is not None:
-        dev = np.linalg.norm(ours_world - world.reshape(ours_world.shape), axis=-1)
-        scale = float(np.median(np.linalg.norm(world.reshape(-1, 3) - np.median(world.reshape(-1, 3), 0), axis=1)))
-        extra.update(max_abs_diff_world=float(dev.max()), median_rel_diff_world=float(np.median(dev)) / scale)
-    report(f"pipeline offline vs official — {args.weights or args.size} — {extra['device']}", rows, extra)
+        cmp[f"{key}_s_per_frame"] = {"slam3r_min": min(a), "slam3r_median": statistics.median(a),
+                                     "official_min": min(b), "official_median": statistics.median(b)}
+        cmp[f"{key}_speedup_median"] = statistics.median(b) / statistics.median(a)
+        cmp[f"{key}_speedup_min"] = min(b) / min(a)
+    if mine[1] == world[1]:
+        ref = world[0].reshape(mine[0].shape)
+        dev = np.linalg.norm(mine[0] - ref, axis=-1)
+        scale = float(np.median(np.linalg.norm(ref.reshape(-1, 3) - np.median(ref.reshape(-1, 3), 0), axis=1)))
+        cmp.update(max_abs_diff_world=float(dev.max()), median_rel_diff_world=float(np.median(dev)) / scale)
+    return cmp
+
+
+def _print_versus_official(precision: str, cmp: dict, stride_official: int) -> None:
     for key in ("total", "steady"):
-        if f"{key}_speedup_median" in extra:
-            print(f"{key}: slam3r ({extra['precision']}) {extra[f'{key}_speedup_median']:.2f}x faster per frame than "
-                  f"the official code (median; min {extra[f'{key}_speedup_min']:.2f}x)")
-    if not same_stride:
-        print(f"strides differ (slam3r {extra['stride_slam3r']}, official {extra['stride_official']}: their random "
+        if f"{key}_speedup_median" in cmp:
+            print(f"{key}: slam3r ({precision}) {cmp[f'{key}_speedup_median']:.2f}x faster per frame than "
+                  f"the official code (median; min {cmp[f'{key}_speedup_min']:.2f}x)")
+    if cmp["stride"] != stride_official:
+        print(f"strides differ (slam3r {precision} {cmp['stride']}, official {stride_official}: their random "
               "stride-search windows differ); outputs not compared; pass --stride N for equal work")
-    elif "max_abs_diff_world" in extra:
-        print(f"world points: max |diff| {extra['max_abs_diff_world']:.2e}, median {extra['median_rel_diff_world']:.2e}"
-              " of the scene scale")
+    elif "max_abs_diff_world" in cmp:
+        print(f"world points, slam3r ({precision}) vs official: max |diff| {cmp['max_abs_diff_world']:.2e}, "
+              f"median {cmp['median_rel_diff_world']:.2e} of the scene scale")
 
 
 if __name__ == "__main__":
