@@ -240,7 +240,7 @@ def downloaded_ply(page, tmp_path: Path, href_end: str = ".ply"):
 
 def viewer_glb(page) -> tuple[str, dict]:
     """The 3D view's model URL and its glTF document."""
-    from slam3r.app.scene import read_glb_json
+    from slam3r.data.glb import read_glb_json
 
     href = page.locator("#viewer a[data-testid=model3d-download-link]").get_attribute("href")
     with urllib.request.urlopen(href, timeout=30) as resp:

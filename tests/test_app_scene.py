@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slam3r.app.scene import (HIGHLIGHT_RGB, SceneGLB, ViewOptions, frustum_segments, read_glb_json,
-                              trajectory_segments, write_view)
+from slam3r.app.scene import HIGHLIGHT_RGB, ViewOptions, frustum_segments, trajectory_segments, write_view
+from slam3r.data.glb import GLBScene, read_glb_json
 from slam3r.app.sessions import Sessions, public_message
 from slam3r.recon.output import ReconWriter
 from slam3r.recon.summary import EngineSummary, RunSummary
@@ -45,7 +45,7 @@ def test_trajectory_segments_join_consecutive_centres() -> None:
 
 def test_scene_glb_layout(tmp_path: Path) -> None:
     xyz = np.array([[0, 0, 1], [1, 2, 3]], np.float32)
-    glb = SceneGLB().points(xyz, np.array([[255, 0, 0], [0, 255, 0]], np.uint8))
+    glb = GLBScene().points(xyz, np.array([[255, 0, 0], [0, 255, 0]], np.uint8))
     glb.lines(np.zeros((3, 2, 3)), (1, 2, 3)).lines(np.zeros((0, 2, 3)), (0, 0, 0))  # empty sets are left out
     path = glb.write(tmp_path / "s.glb")
     doc = read_glb_json(path)

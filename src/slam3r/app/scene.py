@@ -2,23 +2,22 @@
 and one frame's pointmap highlighted, written as one glTF binary with a POINTS primitive and LINES primitives.
 
 World coordinates are the pipeline's (OpenCV axes: x right, y down, z forward, scene units); like
-:func:`slam3r.data.glb.write_glb` the file is flipped to glTF's y-up, z-back convention.
+:mod:`slam3r.data.glb` (which writes it) the file is flipped to glTF's y-up, z-back convention.
 """
 
 from __future__ import annotations
 
-import json
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from slam3r.data.glb import DEFAULT_RGB, GLBScene
 
 FRUSTUM_RGB = (255, 200, 0)
 KEYFRAME_RGB = (255, 60, 60)
 TRAJECTORY_RGB = (80, 200, 255)
 HIGHLIGHT_RGB = (255, 0, 255)
-_FLIP = np.array([1, -1, -1], np.float32)  # OpenCV -> glTF axes
 
 
 def frustum_segments(c2w: np.ndarray, focal: np.ndarray, size: int, depth: float) -> np.ndarray:
@@ -41,62 +40,6 @@ def trajectory_segments(centres: np.ndarray) -> np.ndarray:
     """Camera centres ``(N, 3)`` in order -> the path between them as segments ``(N - 1, 2, 3)``."""
     c = np.asarray(centres, np.float32).reshape(-1, 3)
     return np.stack([c[:-1], c[1:]], axis=1)
-
-
-@dataclass
-class SceneGLB:
-    """Primitives of one glTF file, added in order; :meth:`write` saves them."""
-
-    _parts: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (mode, xyz, rgb)
-
-    def points(self, xyz: np.ndarray, rgb: np.ndarray) -> "SceneGLB":
-        """Add points ``(N, 3)`` with colours ``(N, 3)`` uint8."""
-        self._parts.append((0, np.asarray(xyz, np.float32).reshape(-1, 3), np.asarray(rgb, np.uint8).reshape(-1, 3)))
-        return self
-
-    def lines(self, segments: np.ndarray, rgb: tuple[int, int, int] | np.ndarray) -> "SceneGLB":
-        """Add line segments ``(M, 2, 3)`` in one colour ``(3,)`` or one per segment ``(M, 3)`` uint8."""
-        segs = np.asarray(segments, np.float32).reshape(-1, 3)
-        col = np.broadcast_to(np.asarray(rgb, np.uint8).reshape(-1, 1, 3), (len(segs) // 2, 2, 3)).reshape(-1, 3)
-        if len(segs):
-            self._parts.append((1, segs, col))
-        return self
-
-    def write(self, path: str | Path) -> Path:
-        binary, views, accessors, primitives = bytearray(), [], [], []
-        for mode, xyz, rgb in self._parts:
-            pos = (xyz * _FLIP).astype("<f4")
-            col = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
-            for data, acc in ((pos, {"componentType": 5126, "type": "VEC3", "min": pos.min(0).tolist() if len(pos)
-                                     else [0, 0, 0], "max": pos.max(0).tolist() if len(pos) else [0, 0, 0]}),
-                              (col, {"componentType": 5121, "normalized": True, "type": "VEC4"})):
-                views.append({"buffer": 0, "byteOffset": len(binary), "byteLength": data.nbytes, "target": 34962})
-                accessors.append({"bufferView": len(views) - 1, "count": len(data), **acc})
-                binary += data.tobytes()
-            primitives.append({"attributes": {"POSITION": len(accessors) - 2, "COLOR_0": len(accessors) - 1},
-                               "mode": mode})
-        doc = {"asset": {"version": "2.0", "generator": "slam3r app"}, "scene": 0, "scenes": [{"nodes": [0]}],
-               "nodes": [{"mesh": 0}], "meshes": [{"primitives": primitives}],
-               "buffers": [{"byteLength": len(binary)}], "bufferViews": views, "accessors": accessors}
-        js = json.dumps(doc, separators=(",", ":")).encode()
-        js += b" " * (-len(js) % 4)
-        binary += b"\0" * (-len(binary) % 4)
-        path = Path(path)
-        with open(path, "wb") as fh:
-            fh.write(struct.pack("<4sII", b"glTF", 2, 28 + len(js) + len(binary)))
-            fh.write(struct.pack("<I4s", len(js), b"JSON") + js)
-            fh.write(struct.pack("<I4s", len(binary), b"BIN\0") + bytes(binary))
-        return path
-
-
-def read_glb_json(path: str | Path) -> dict:
-    """The JSON document of a glTF binary (to inspect what a file holds)."""
-    data = Path(path).read_bytes()
-    magic, _, _ = struct.unpack_from("<4sII", data)
-    if magic != b"glTF":
-        raise ValueError(f"{Path(path).name} is not a glTF binary")
-    length, kind = struct.unpack_from("<I4s", data, 12)
-    return json.loads(data[20:20 + length])
 
 
 MAX_FRUSTA = 200
@@ -130,7 +73,8 @@ def write_view(result_dir: str | Path, path: str | Path, opt: ViewOptions) -> Pa
     everything = np.concatenate([np.asarray(cloud.xyz, np.float32).reshape(-1, 3), poses[:, :3, 3]])
     extent = float(np.percentile(np.linalg.norm(everything - np.median(everything, 0), axis=1), 90)) \
         if len(everything) else 1.0
-    glb = SceneGLB().points(cloud.xyz, cloud.rgb if cloud.rgb is not None else np.full((len(cloud), 3), 200))
+    rgb = cloud.rgb if cloud.rgb is not None else np.tile(np.array(DEFAULT_RGB, np.uint8), (len(cloud), 1))
+    glb = GLBScene(generator="slam3r app").points(cloud.xyz, rgb)
     if opt.cameras and len(poses):
         pick = np.arange(0, len(poses), max(1, -(-len(poses) // MAX_FRUSTA)))
         colours = np.where(cams.keyframe[shown][pick, None], KEYFRAME_RGB, FRUSTUM_RGB).astype(np.uint8)
