@@ -105,12 +105,32 @@ def umeyama(
     return float(s), R.numpy(), t.numpy()
 
 
+def scale_translation_fit(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None,
+                          R: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares ``dst ~= s * R @ src + t`` with the rotation ``R`` (3, 3) given: ``(s, R, t (3,))``.
+
+    ``src``, ``dst`` (N, 3); ``weights`` (N,) >= 0 or ``None``. Raises ``ValueError`` when the weighted ``src``
+    points are all identical (scale undefined)."""
+    w = np.ones(len(src)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.sum() <= 0:
+        raise ValueError("scale_translation_fit: weights have no positive sum")
+    w = w / w.sum()
+    rs = np.asarray(src, dtype=np.float64) @ np.asarray(R, dtype=np.float64).T
+    mu_s, mu_d = w @ rs, w @ np.asarray(dst, dtype=np.float64)
+    var = w @ np.sum((rs - mu_s) ** 2, axis=1)
+    if var <= 1e-18:
+        raise ValueError("scale_translation_fit: source points are all identical, scale is undefined")
+    s = float(w @ np.sum((rs - mu_s) * (dst - mu_d), axis=1) / var)
+    return s, np.asarray(R, dtype=np.float64), mu_d - s * mu_s
+
+
 def robust_umeyama(
     src: np.ndarray,
     dst: np.ndarray,
     weights: np.ndarray | None = None,
     inlier_thresh: float = 0.05,
     iters: int = 8,
+    rotation: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """Similarity ``dst ~= s * R @ src + t`` robust to outlier pairs: iteratively reweighted :func:`umeyama` with
     Huber weights on the residuals (threshold ``inlier_thresh``, in ``dst`` units), then one fit on the inliers.
@@ -120,6 +140,8 @@ def robust_umeyama(
         weights: optional prior per-pair weights (N,) >= 0 (e.g. confidences).
         inlier_thresh: residual below which a pair is an inlier (and keeps its full weight).
         iters: reweighting rounds after the first (plain weighted) fit.
+        rotation: ``R`` (3, 3) known from elsewhere: only ``s`` and ``t`` are fitted
+            (:func:`scale_translation_fit`).
     Returns:
         ``(s, R (3, 3), t (3,), inliers (N,) bool)``; inliers = pairs with a positive prior weight whose final
         residual is below ``inlier_thresh``.
@@ -129,9 +151,13 @@ def robust_umeyama(
     prior = np.ones(len(src)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
     if inlier_thresh <= 0:
         raise ValueError(f"inlier_thresh must be > 0, got {inlier_thresh}")
+
+    def fit(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        return umeyama(a, b, w) if rotation is None else scale_translation_fit(a, b, w, rotation)
+
     w = prior
     for _ in range(iters + 1):
-        s, R, t = umeyama(src, dst, w)
+        s, R, t = fit(src, dst, w)
         res = np.linalg.norm(s * src @ R.T + t - dst, axis=1)
         huber = np.minimum(1.0, inlier_thresh / np.maximum(res, 1e-12))
         w = prior * huber
@@ -139,7 +165,7 @@ def robust_umeyama(
             break
     inliers = (res < inlier_thresh) & (prior > 0)
     if inliers.sum() >= 3:  # Huber weights never reach 0: a last fit on the inliers alone removes the outliers' pull
-        s, R, t = umeyama(src[inliers], dst[inliers], prior[inliers])
+        s, R, t = fit(src[inliers], dst[inliers], prior[inliers])
         inliers = (np.linalg.norm(s * src @ R.T + t - dst, axis=1) < inlier_thresh) & (prior > 0)
     return s, R, t, inliers
 

@@ -65,6 +65,16 @@ class ReconConfig:
     its I2P window's points of already-registered frames to their world points; ``flow``: a robust similarity fit
     of its own I2P points to the previous frame's world points at the pixels dense optical flow matches
     (``recon.registration``)."""
+    flow_refs: tuple[int, ...] = (1,)
+    """``registration: flow``: offsets d of the already-registered frames ``v - d`` each frame ``v`` is matched to;
+    all their matches enter one fit (points) and one chordal mean (``flow_rotation: homography``). Must include 1:
+    only the flow to the previous frame is computed (one DIS pair per frame), the longer baselines compose it with
+    the flows the frames in between kept (``recon.registration.chain_flow``)."""
+    flow_rotation: Literal["fit", "homography"] = "fit"
+    """``registration: flow``: where a frame's rotation comes from: ``fit`` (the robust similarity fit of its I2P
+    points, as scale and translation) or ``homography`` (the images alone: a RANSAC homography of the flow matches
+    to each reference frame read as a rotation, ``recon.registration.flow_rotation``; scale and translation are
+    then fitted with that rotation held). With flattened network depth, ``fit`` under-turns the camera."""
     loop_closure: bool = False
     """Detect revisits among all keyframes, verify them with I2P and correct every frame by a Sim(3) pose graph
     (``recon.loop``); ``--loop-closure``."""
@@ -126,6 +136,8 @@ class ReconConfig:
              and self.loop_inlier_thresh > 0,
              "loop_min_inliers, loop_min_overlap and loop_min_agree must be in (0, 1] and loop_inlier_thresh > 0"),
             (self.online_stride >= 1, "online_stride must be >= 1"),
+            (1 in self.flow_refs and min(self.flow_refs) >= 1 and len(set(self.flow_refs)) == len(self.flow_refs),
+             f"flow_refs must be distinct frame offsets >= 1 including 1, got {self.flow_refs}"),
             (self.conf_thres_i2p >= 1 and self.conf_thres_l2w >= 1 and self.init_conf_thres >= 1
              and self.low_conf_frame_thresh >= 1, "confidence thresholds are >= 1 (confidences are 1 + exp(c))"),
             (all(math.isfinite(v) for v in (self.conf_thres_i2p, self.conf_thres_l2w, self.init_conf_thres,

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from slam3r.data.preprocess import to_tensor
+from slam3r.geometry.transforms import sim3_to_matrix
 from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.models.base import ViewFeatures
 from slam3r.models.precision import autocast as precision_autocast
@@ -32,7 +33,7 @@ from slam3r.recon.camera import (estimate_focal, normalize_pointmaps, pose_from_
 from slam3r.recon.batching import NetCall, Steps, drive
 from slam3r.recon.config import ReconConfig, RunGeometry
 from slam3r.recon.loop import LoopCloser, apply_sim3_matrix
-from slam3r.recon.registration import register_by_flow, register_from_window
+from slam3r.recon.registration import chain_flow, flow_correspondences, register_by_flow, register_from_window
 from slam3r.recon.summary import EngineSummary
 from slam3r.recon.types import FrameResult
 
@@ -50,6 +51,8 @@ class _Frame:
     world: Tensor | None = None  # (H, W, 3)
     conf_l2w: Tensor | None = None  # (H, W)
     window: tuple[list[int], Tensor, Tensor] | None = None  # geometric registration: window ids, points, confs
+    sim: np.ndarray | None = None  # flow registration: (4, 4) the frame's camera -> world similarity
+    flow: tuple[int, np.ndarray, np.ndarray] | None = None  # flow registration: (u, keep, xy) flow to frame u
     # per-frame network work reused by every window / retrieval / L2W call the frame joins (Engine._features)
     i2p_ref: ViewFeatures | None = None  # as a window's keyframe or a retrieval query
     i2p_src: ViewFeatures | None = None  # as a window's other view or a retrieval candidate
@@ -367,7 +370,8 @@ class Engine:
         if self.cfg.registration == "flow":  # the initial window's other views are rotation-blind guesses too
             ref = self.init_ref_id * self.s
             order = [*range(ref + 1, len(span)), *range(ref - 1, -1, -1)]
-            yield from self._register_flow(order, lambda v: v - 1 if v > ref else v + 1)
+            yield from self._register_flow(order, lambda v: self._flow_refs(v, 1, ref) if v > ref
+                                           else self._flow_refs(v, -1, len(span) - 1))
             return span
         keyframes = set(self.init_ids)
         inner = [v for v in span if v not in keyframes]
@@ -433,7 +437,8 @@ class Engine:
 
     def _evict(self) -> None:
         """Drop state no future step can need: not buffered, registered, and older than every pending window."""
-        keep_from = self.next_id - self.cfg.win_r * self.s
+        keep_from = self.next_id - max(self.cfg.win_r * self.s,
+                                       max(self.cfg.flow_refs) if self.cfg.registration == "flow" else 0)
         buffered = set(self.buffer)
         for v in [v for v in self.frames if v < keep_from and v not in buffered]:
             del self.frames[v]
@@ -473,24 +478,72 @@ class Engine:
         if fallback:
             yield from self._l2w(self._retrieve(fallback[::2]), [fallback])
 
-    def _register_flow(self, order: Sequence[int], neighbour: Callable[[int], int]) -> Steps:
+    def _flow_refs(self, v: int, step: int, bound: int) -> list[int]:
+        """Registered frames ``v - step * d`` (d in ``flow_refs``) that frame ``v`` is matched to: those not past
+        ``bound`` (registration proceeds away from it, ``step`` = +1: ids >= bound, -1: ids <= bound) and still
+        held, nearest first; the nearest (``v - step``, whose flow is computed) always exists."""
+        ids = [v - step * d for d in sorted(self.cfg.flow_refs)]
+        return [u for u in ids if (u >= bound if step > 0 else u <= bound) and u in self.frames]
+
+    def _chained_flow(self, v: int, target: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Flow matches ``(keep, xy)`` of frame ``v`` to frame ``target`` by composing the flows the frames kept
+        from their own registration (``recon.registration.chain_flow``), or ``None`` where the chain breaks."""
+        links, u = [], v
+        while u != target:
+            f = self.frames.get(u)
+            if f is None or f.flow is None or len(links) > max(self.cfg.flow_refs):
+                return None
+            links.append(f.flow[1:])
+            u = f.flow[0]
+        return chain_flow(links)
+
+    def _camera_sim(self, f: _Frame, weight: Tensor) -> np.ndarray | None:
+        """``(4, 4)`` frame ``f``'s camera -> world similarity (``flow_rotation: homography`` only): kept from its
+        flow registration, else fitted to its points (I2P camera frame -> world)."""
+        if self.cfg.flow_rotation != "homography":
+            return None
+        if f.sim is None:
+            s, r, t = similarity_fit(f.local, f.world, weight * (f.world.norm(dim=-1) > 0))
+            f.sim = sim3_to_matrix(float(s), r.cpu().double().numpy(), t.cpu().double().numpy())
+        return f.sim
+
+    def _flow_focal(self, f: _Frame, weight: Tensor) -> float | None:
+        """Focal length (pixels of the network input) that ``flow_rotation: homography`` reads rotations with: the
+        known intrinsics' ``fx``, else estimated from the frame's I2P points; ``None`` for ``flow_rotation: fit``."""
+        if self.cfg.flow_rotation != "homography":
+            return None
+        if self.geometry.intrinsics_net is not None:
+            return float(self.geometry.intrinsics_net[0])
+        return float(estimate_focal(f.local, weight.float()))
+
+    def _register_flow(self, order: Sequence[int], refs: Callable[[int], list[int]]) -> Steps:
         """``registration: flow``: frames ``order`` one after the other, each by a robust similarity fit of its own
-        I2P points to the world points of the registered frame ``neighbour(v)`` at the pixels the optical flow
+        I2P points to the world points of the registered frames ``refs(v)`` at the pixels the optical flow
         matches (``recon.registration.register_by_flow``); frames with too few matches fall back to L2W. The final
         confidence of a frame registered so is its I2P confidence."""
         for v in order:
-            f, u = self.frames[v], self.frames[neighbour(v)]
+            f = self.frames[v]
             weight = self._valid(f.conf_i2p) * (1 - 1 / f.conf_i2p)
-            weight_u = self._valid(u.conf_i2p) * (1 - 1 / u.conf_l2w.clamp(min=1.0))
+            registered = []
             with self._timed("register"):
+                ids = refs(v)
+                f.flow = (ids[0], *flow_correspondences(f.rgb, self.frames[ids[0]].rgb))
+                for ui in ids:
+                    u, match = self.frames[ui], self._chained_flow(v, ui)
+                    if match is None:
+                        continue
+                    weight_u = self._valid(u.conf_i2p) * (1 - 1 / u.conf_l2w.clamp(min=1.0))
+                    registered.append((match, u.world.cpu().numpy(), weight_u.cpu().numpy(),
+                                       self._camera_sim(u, weight_u)))
+                focal = self._flow_focal(f, weight)
                 try:
-                    T, _ = register_by_flow(f.local.cpu().numpy(), weight.cpu().numpy(), f.rgb,
-                                            [(u.rgb, u.world.cpu().numpy(), weight_u.cpu().numpy())])
+                    T, _ = register_by_flow(f.local.cpu().numpy(), weight.cpu().numpy(), registered, focal)
                 except ValueError:
                     T = None
             if T is None:
                 yield from self._l2w(self._retrieve([v]), [[v]])
                 continue
+            f.sim = T
             f.world = torch.from_numpy(apply_sim3_matrix(T, f.local.cpu().numpy())).to(f.local.device)
             f.conf_l2w = f.conf_i2p.clone()
             self.l2w_mean[v] = f.conf_l2w.mean().item()
@@ -563,7 +616,7 @@ class Engine:
             if self.cfg.registration == "geometric":
                 yield from self._register_geometric(batch)
             elif self.cfg.registration == "flow":
-                yield from self._register_flow(batch, lambda v: v - 1)
+                yield from self._register_flow(batch, lambda v: self._flow_refs(v, 1, 0))
             else:
                 yield from self._l2w(self._retrieve(batch[::2]), [batch])
             self.next_id += len(batch)
