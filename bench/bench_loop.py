@@ -1,6 +1,7 @@
 """Loop closure on synthetic loop sequences with ground-truth oracle networks and injected registration drift.
 
-    python bench/bench_loop.py [--seeds 1000001 ...] [--frames 300] [--drift 0.3] [--stride 2]
+    python bench/bench_loop.py [--seeds 1000001 ...] [--frames 300] [--drift 0.3] [--stride 2] [--local-span 10]
+        [--no-loops] [--pair-drift 0.3] [--contrast]
 
 Each held-out seed renders the generator's 1.25-loop handheld trajectory (the end revisits the start). The networks
 are the GT oracles of ``tests/test_recon_oracle.py``; the oracle L2W is wrapped so that every registration against
@@ -17,6 +18,10 @@ Per seed, four runs of the same pipeline (offline driver):
   keyframe at 60%), injected mid-run as if detection had produced it;
 * ``wrong-ls`` (with ``--contrast``): the same wrong edge with the robust optimisation off (plain least squares).
 
+``--local-span 0`` turns the local edges off (loop edges only, the graph before them), ``--no-loops`` the loop
+edges (local edges only); ``--pair-drift D`` gives the loop closer's pair I2P (loop and local edge verification)
+an error of the registration drift's form and size ``D``, one per pair, instead of the oracle's exact answer.
+
 Printed: ATE (cm, Sim(3)-aligned camera centres), accuracy / completion (cm, all frames' points after the same
 alignment, published definitions), loop edges found, and the targets: ATE off / on >= 3, wrong within 10% of on.
 """
@@ -29,10 +34,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_recon_loop import CovisI2P, DriftL2W, make_loop_scene  # noqa: E402
+from test_recon_loop import CovisI2P, DriftL2W, drift_sim3, make_loop_scene  # noqa: E402
 from test_recon_oracle import Scene  # noqa: E402
 
 from slam3r.eval.metrics import cloud_metrics  # noqa: E402
@@ -45,16 +51,41 @@ from slam3r.recon.offline import run_offline  # noqa: E402
 SEEDS = (1_000_001, 1_000_002, 1_000_003, 1_000_004, 1_000_005)
 
 
-def run(scene: Scene, K: np.ndarray, cfg: ReconConfig, drift: float, seed: int, wrong: bool) -> dict:
+class NoisyPairI2P:
+    """The loop closer's I2P with the pair answers off by a random Sim(3) of the registration drift's size (the
+    second view's points about their centroid, one error per pair): loop and local edges then measure as badly as
+    one registration does, instead of exactly as the oracle would (``--pair-drift``)."""
+
+    def __init__(self, i2p: CovisI2P, drift: float, seed: int) -> None:
+        self.i2p, self.drift, self.seed = i2p, drift, seed
+
+    def corr_scores(self, *args, **kwargs):
+        return self.i2p.corr_scores(*args, **kwargs)
+
+    def __call__(self, tokens, ref_id: int = 0, *, ref_only: bool = False):
+        out = self.i2p(tokens, ref_id, ref_only=ref_only)
+        ids = self.i2p.ids(tokens)
+        pts = out.pts3d.numpy().astype(np.float64)
+        for b in range(ids.shape[1]):
+            rng = np.random.default_rng([self.seed, 7, *ids[:, b].tolist()])
+            s, R, t = drift_sim3(rng, self.drift, pts[1 - ref_id, b].reshape(-1, 3))
+            pts[1 - ref_id, b] = apply_sim3(s, R, t, pts[1 - ref_id, b])
+        return type(out)(torch.from_numpy(pts.astype(np.float32)), out.conf)
+
+
+def run(scene: Scene, K: np.ndarray, cfg: ReconConfig, drift: float, seed: int, wrong: bool,
+        pair_drift: float = 0.0) -> dict:
     """One reconstruction; returns corrected centres (N, 3), points (N, P, 3) and loop statistics."""
     engine, it = run_offline(CovisI2P(scene, K), DriftL2W(scene, drift, seed), list(scene.rgb), cfg, chunk=16)
+    if pair_drift and engine.loop is not None:
+        engine.loop.i2p = NoisyPairI2P(engine.loop.i2p, pair_drift, seed)
     n = len(scene.rgb)
     if wrong:
         loop, add = engine.loop, engine.loop.add_keyframe
         state = {"done": False}
 
-        def add_with_wrong_loop(fid, *args):
-            closed = add(fid, *args)
+        def add_with_wrong_loop(fid, *args, **kwargs):
+            closed = add(fid, *args, **kwargs)
             if not state["done"] and fid >= 0.6 * n:
                 early = [k for k in loop.order if k >= 0.3 * n][0]
                 # "the keyframe at 30% sits right next to this one": the relative pose of two adjacent keyframes
@@ -87,7 +118,7 @@ def score(out: dict, scene: Scene) -> dict:
             "kept": out["loop"].get("loop_edges_kept", 0), "seconds": out["seconds"]}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--frames", type=int, default=300)
@@ -97,11 +128,22 @@ def main() -> None:
     parser.add_argument("--off", type=float, nargs=3, metavar=("ATE", "ACC", "COMP"),
                         help="skip the loop-off run (its code path is unchanged) and use these figures (cm)")
     parser.add_argument("--stride", type=int, default=2, help="keyframe stride (2: one frame registered per call)")
-    args = parser.parse_args()
+    parser.add_argument("--local-span", type=int, default=ReconConfig.loop_local_span,
+                        help="loop_local_span (0: no local edges, loop edges only)")
+    parser.add_argument("--no-loops", action="store_true",
+                        help="ablation: loop_min_gap beyond the run (no loop edges; local edges only)")
+    parser.add_argument("--pair-drift", type=float, default=0.0,
+                        help="error of the loop closer's pair I2P, same units as --drift (0: the exact oracle)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     import slam3r.recon.loop  # noqa: F401  (fail early without gtsam)
 
     base = dict(keyframe_stride=args.stride, win_r=2, num_scene_frame=3, buffer_size=6, buffer_strategy="fifo",
-                conf_thres_l2w=3, loop_min_gap=60,
+                conf_thres_l2w=3, loop_min_gap=10 * args.frames if args.no_loops else 60,
+                loop_local_span=args.local_span,
                 loop_score="retrieval")  # the oracle's retrieval head scores GT co-visibility
     runs = {"off": (ReconConfig(**base), False), "on": (ReconConfig(**base, loop_closure=True), False),
             "wrong": (ReconConfig(**base, loop_closure=True), True)}
@@ -110,7 +152,7 @@ def main() -> None:
     table = {}
     for seed in args.seeds:
         scene, K = make_loop_scene(seed, args.frames)
-        table[seed] = {name: score(run(scene, K, cfg, args.drift, seed, wrong), scene)
+        table[seed] = {name: score(run(scene, K, cfg, args.drift, seed, wrong, args.pair_drift), scene)
                        for name, (cfg, wrong) in runs.items() if not (name == "off" and args.off)}
         if args.off:
             table[seed]["off"] = {"ate": args.off[0], "acc": args.off[1], "comp": args.off[2], "seconds": float("nan")}

@@ -2,7 +2,8 @@
 
 A node is a keyframe's similarity ``T_k`` (4x4, ``[[s R, t], [0, 1]]``) mapping its camera-frame (I2P) points to
 the world; an edge ``(i, j, M)`` measures ``T_i^-1 T_j`` (odometry: consecutive keyframes as the registration
-placed them; loop: a verified revisit). Scale is a node variable, so scale drift is corrected too.
+placed them; loop: a verified revisit; local: a verified edge to a recent keyframe). Scale is a node variable, so
+scale drift is corrected too. Loop and local edges are the robust ones; odometry edges are known inliers.
 
 Why GTSAM: it ships the Lie group ``Similarity3`` with ``BetweenFactorSimilarity3`` (no hand-written Jacobians),
 Levenberg-Marquardt, and graduated non-convexity (``GncLMOptimizer``, truncated least squares) that rejects
@@ -31,7 +32,7 @@ class Edge:
     i: int
     j: int
     rel: np.ndarray
-    kind: str  # "odometry" | "loop"
+    kind: str  # "odometry" | "loop" | "local"
     sigmas: tuple[float, float, float] = (0.01, 0.01, 0.01)
 
 
@@ -56,7 +57,8 @@ def _noise(sigmas: tuple[float, float, float]):
 
 @dataclass
 class GraphResult:
-    """Optimised node similarities (4x4 by keyframe id), which loop edges survived, and the optimiser's error."""
+    """Optimised node similarities (4x4 by keyframe id), which robust (non-odometry: loop, local) edges survived,
+    in edge order, and the optimiser's error."""
 
     poses: dict[int, np.ndarray]
     loop_inliers: list[bool]
@@ -68,7 +70,7 @@ def optimize_pose_graph(poses: dict[int, np.ndarray], edges: list[Edge], robust:
                         max_iters: int = 100) -> GraphResult:
     """Optimise keyframe similarities ``poses`` (4x4 by id, the initial estimate) under ``edges``; the first
     (lowest) id is held fixed (the world gauge). ``robust``: graduated non-convexity (truncated least squares)
-    over the loop edges, odometry edges known inliers; else plain Levenberg-Marquardt."""
+    over the loop and local edges, odometry edges known inliers; else plain Levenberg-Marquardt."""
     import gtsam
 
     if not poses:
@@ -84,7 +86,7 @@ def optimize_pose_graph(poses: dict[int, np.ndarray], edges: list[Edge], robust:
     graph.add(gtsam.PriorFactorSimilarity3(anchor, _to_gtsam(poses[anchor]), _noise((1e-6, 1e-6, 1e-6))))
     known, loops = [0], []
     for e in edges:
-        known.append(graph.size()) if e.kind != "loop" else loops.append(graph.size())
+        known.append(graph.size()) if e.kind == "odometry" else loops.append(graph.size())
         graph.add(gtsam.BetweenFactorSimilarity3(e.i, e.j, _to_gtsam(e.rel), _noise(e.sigmas)))
     initial_error = graph.error(values)
     if robust and loops:
