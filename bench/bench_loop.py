@@ -84,8 +84,8 @@ def run(scene: Scene, K: np.ndarray, cfg: ReconConfig, drift: float, seed: int, 
         loop, add = engine.loop, engine.loop.add_keyframe
         state = {"done": False}
 
-        def add_with_wrong_loop(fid, *args, **kwargs):
-            closed = add(fid, *args, **kwargs)
+        def add_with_wrong_loop(fid, *args):
+            closed = add(fid, *args)
             if not state["done"] and fid >= 0.6 * n:
                 early = [k for k in loop.order if k >= 0.3 * n][0]
                 # "the keyframe at 30% sits right next to this one": the relative pose of two adjacent keyframes
@@ -130,6 +130,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--stride", type=int, default=2, help="keyframe stride (2: one frame registered per call)")
     parser.add_argument("--local-span", type=int, default=ReconConfig.loop_local_span,
                         help="loop_local_span (0: no local edges, loop edges only)")
+    parser.add_argument("--local-interval", type=int, default=ReconConfig.loop_local_interval,
+                        help="loop_local_interval (a local edge tried every this many keyframes)")
     parser.add_argument("--no-loops", action="store_true",
                         help="ablation: loop_min_gap beyond the run (no loop edges; local edges only)")
     parser.add_argument("--pair-drift", type=float, default=0.0,
@@ -143,7 +145,7 @@ def main() -> None:
 
     base = dict(keyframe_stride=args.stride, win_r=2, num_scene_frame=3, buffer_size=6, buffer_strategy="fifo",
                 conf_thres_l2w=3, loop_min_gap=10 * args.frames if args.no_loops else 60,
-                loop_local_span=args.local_span,
+                loop_local_span=args.local_span, loop_local_interval=args.local_interval,
                 loop_score="retrieval")  # the oracle's retrieval head scores GT co-visibility
     runs = {"off": (ReconConfig(**base), False), "on": (ReconConfig(**base, loop_closure=True), False),
             "wrong": (ReconConfig(**base, loop_closure=True), True)}

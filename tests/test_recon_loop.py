@@ -283,9 +283,8 @@ def test_loop_verification_keeps_partial_overlap_and_rejects_points_off_the_surf
     assert loops(PlacedInViewI2P(scene, K), unrelated)[0] == []
 
 
-def _closer(scene, cfg: dict, fids, refs=None):
-    """A loop closer fed GT keyframes ``fids`` (oracle I2P points, GT world points); ``refs[fid]``: the frames
-    its registration used."""
+def _closer(scene, cfg: dict, fids):
+    """A loop closer fed GT keyframes ``fids`` (oracle I2P points, GT world points)."""
     from slam3r.recon.loop import LoopCloser
 
     lc = LoopCloser(CovisI2P(*scene), ReconConfig(**{**LOOP_CFG, **cfg}, loop_closure=True), torch.device("cpu"))
@@ -294,39 +293,29 @@ def _closer(scene, cfg: dict, fids, refs=None):
         tok = torch.zeros(16, 64)
         tok[0, 0] = fid
         lc.add_keyframe(fid, tok, torch.from_numpy(sc.cam[fid] * SCALE_I2P), torch.from_numpy(sc.world[fid]),
-                        torch.ones(sc.cam.shape[1:3]), contextlib.nullcontext, refs=(refs or {}).get(fid, ()))
+                        torch.ones(sc.cam.shape[1:3]), contextlib.nullcontext)
     return lc
 
 
-def test_odometry_edges_come_from_the_registration_references(loop_scene):
-    """A keyframe placed against several recorded keyframes gets one odometry edge from each (sigmas x sqrt(m),
-    together one registration's information); without a recorded reference, the previous keyframe's edge."""
-    from slam3r.recon.loop import EDGE_SIGMA
-
-    lc = _closer(loop_scene, {"loop_local_span": 0}, [0, 2, 4, 6, 8],
-                 refs={4: (0, 2), 6: (0, 2, 4, 99), 8: (7,)})
-    odo = {(e.i, e.j): e for e in lc.edges if e.kind == "odometry"}
-    assert sorted(odo) == [(0, 2), (0, 4), (0, 6), (2, 4), (2, 6), (4, 6), (6, 8)]
-    assert odo[(0, 2)].sigmas[0] == pytest.approx(EDGE_SIGMA)
-    assert odo[(0, 4)].sigmas[0] == pytest.approx(EDGE_SIGMA * np.sqrt(2))
-    assert odo[(4, 6)].sigmas[0] == pytest.approx(EDGE_SIGMA * np.sqrt(3))  # 99 was never recorded
-    np.testing.assert_allclose(odo[(0, 6)].rel, np.linalg.inv(lc.kfs[0].pose) @ lc.kfs[6].pose, atol=1e-9)
-
-
-def test_local_edges_skip_references_and_hold_down_drift_without_a_revisit(loop_scene):
-    """``loop_local_span``: a verified edge to an earlier keyframe up to that many keyframes back (none from a
-    registration reference); with loops out of reach (gap larger than the run) they alone still reduce the drift, and they go
-    through the robust graph (a wrong one is rejected)."""
+def test_local_edges_adapt_their_span_and_hold_down_drift_without_a_revisit(loop_scene):
+    """``loop_local_span``: a verified edge to the keyframe that many keyframes back, the span halving when the
+    views no longer overlap; with loops out of reach (gap larger than the run) they alone still reduce the drift,
+    and they go through the robust graph (a wrong loop is rejected)."""
+    from slam3r.recon.loop import correct_pose
     from slam3r.recon.offline import run_offline
 
-    lc = _closer(loop_scene, {"loop_local_span": 2}, [0, 2, 4, 6, 8], refs={6: (2, 4), 8: (6,)})
+    # keyframes 3 frames (11 degrees) apart: 0 -> 12 (4 back) fails, so 15 tries 2 back, 18 3 back, 21 4 back
+    # (fails again), ...; where the scene allows (18 -> 30) 4 back passes
+    fids = list(range(0, 40, 3))
+    lc = _closer(loop_scene, {"loop_local_span": 4}, fids)
     local = [(e.i, e.j) for e in lc.edges if e.kind == "local"]
-    # not from a keyframe an odometry edge already starts at: 2 (placed by odometry from 0) gets none, 6 (placed
-    # against 2 and 4) one from 0, 8 (placed against 6) one from the 2nd newest other keyframe, 2
-    assert local == [(0, 4), (0, 6), (2, 8)] and lc.stats["local"] == 3
-    gt = {k: loop_scene[0].c2w[k] @ np.diag([1 / SCALE_I2P] * 3 + [1]) for k in (0, 4)}
-    e = next(e for e in lc.edges if e.kind == "local")
-    np.testing.assert_allclose(e.rel[:3, :3], (np.linalg.inv(gt[0]) @ gt[4])[:3, :3], atol=1e-4)
+    assert local == [(0, 6), (0, 9), (9, 15), (9, 18), (18, 24), (18, 27), (18, 30), (21, 33), (24, 36), (27, 39)]
+    assert lc.stats["local"] == len(local) and not lc.stats["verified"]  # no loop edges
+    gt = {k: loop_scene[0].c2w[k] @ np.diag([1 / SCALE_I2P] * 3 + [1]) for k in (0, 6)}
+    np.testing.assert_allclose(lc.edges[[e.kind for e in lc.edges].index("local")].rel[:3, :3],
+                               (np.linalg.inv(gt[0]) @ gt[6])[:3, :3], atol=1e-4)
+    every_other = _closer(loop_scene, {"loop_local_span": 2, "loop_local_interval": 2}, fids)
+    assert [(e.i, e.j) for e in every_other.edges if e.kind == "local"] == [(f - 6, f) for f in range(6, 40, 6)]
 
     scene, K = loop_scene
     no_loops = {**LOOP_CFG, "loop_min_gap": 10_000}
@@ -335,13 +324,12 @@ def test_local_edges_skip_references_and_hold_down_drift_without_a_revisit(loop_
         engine, it = run_offline(CovisI2P(scene, K), DriftL2W(scene, 0.5, 7), list(scene.rgb),
                                  ReconConfig(**no_loops, loop_closure=True, loop_local_span=span))
         results = list(it)
-        if wrong:  # "keyframe 20 is where keyframe 80 is"
-            engine.loop.add_loop_edge(20, 80, np.eye(4))
+        if wrong:  # "the keyframe at a sixth of the run is where the one at two thirds is"
+            order = engine.loop.order
+            engine.loop.add_loop_edge(order[len(order) // 6], order[2 * len(order) // 3], np.eye(4))
         corr = engine.loop.corrections()
         fixed = np.stack([correct_pose(corr[r.frame_id], r.pose_c2w)[:3, 3] for r in results])
         return ate(fixed, scene.c2w[:, :3, 3]).ate_rmse_m, engine.loop.summary()
-
-    from slam3r.recon.loop import correct_pose
 
     plain, info = run(0)
     assert info["local"] == 0 and info["optimisations"] == 0

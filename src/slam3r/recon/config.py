@@ -96,11 +96,14 @@ class ReconConfig:
     wherever the views overlap; I2P on an unrelated pair also puts the new points in view, off the surface:
     ``bench/bench_loop_scoring.py --verify``)."""
     loop_local_span: int = 10
-    """Besides loops, each new keyframe gets one verified edge (same verification) to an earlier keyframe up to
-    this many keyframes back that its registration did not use (the span halves when a verification fails, grows
-    back by one per success): a second measurement of the stretch the registration drifted over, so the pose graph
+    """Besides loops, each new keyframe gets one verified edge (same verification) to the keyframe up to this many
+    keyframes back (the span halves when a verification fails, grows back by one per success; at least 2, the
+    previous keyframe has the odometry edge): a second measurement of the stretch the registration drifted over, so the pose graph
     also holds down the drift of stretches that are never revisited (at most one I2P pair call per keyframe;
     ``recon.loop``). 0 = off."""
+    loop_local_interval: int = 1
+    """Try a local edge on every this-many-th keyframe only (streaming cost: one I2P pair call per this many
+    keyframes)."""
     loop_inlier_thresh: float = 0.05
     """Inlier residual, as a fraction of the keyframe's mean point distance."""
     loop_optimize_interval: int = 10
@@ -138,7 +141,8 @@ class ReconConfig:
             (self.retrieval_depth >= 1, "retrieval_depth must be >= 1"),
             (self.loop_min_gap >= 1 and self.loop_candidates >= 1 and self.loop_optimize_interval >= 1,
              "loop_min_gap, loop_candidates and loop_optimize_interval must be >= 1"),
-            (self.loop_local_span >= 0, "loop_local_span must be >= 0 (0 = off)"),
+            (self.loop_local_span == 0 or self.loop_local_span >= 2, "loop_local_span must be 0 (off) or >= 2"),
+            (self.loop_local_interval >= 1, "loop_local_interval must be >= 1"),
             (all(0 < x <= 1 for x in (self.loop_min_inliers, self.loop_min_overlap, self.loop_min_agree))
              and self.loop_inlier_thresh > 0,
              "loop_min_inliers, loop_min_overlap and loop_min_agree must be in (0, 1] and loop_inlier_thresh > 0"),

@@ -4,10 +4,7 @@ Every keyframe the engine inserts into its buffering set is recorded here (token
 points, its similarity ``T_k`` camera -> world as the registration placed it), whether or not the bounded buffer
 keeps it. For a new keyframe:
 
-1. **Odometry edges** from the keyframes its registration placed it against (``refs``: L2W's scene frames, the
-   geometric backend's window frames, flow's neighbour): ``T_r^-1 T_k``, sigmas x sqrt(m) for m references (the
-   previous keyframe when none is recorded). The registration's error is relative to those frames together; an
-   edge from the previous keyframe alone has errors anti-correlated from one keyframe to the next.
+1. **Odometry edge** to the previous keyframe: ``T_prev^-1 T_k`` from the registration.
 2. **Detection**: keyframes at least ``loop_min_gap`` frames older are scored against it, by the retrieval head
    (``loop_score: retrieval``, the network's own co-visibility score) or by the cosine of global descriptors
    (``descriptor``: mean of the L2-normalised encoder tokens); the ``loop_candidates`` best are verified, best
@@ -21,9 +18,9 @@ keeps it. For a new keyframe:
    ``loop_min_agree`` of those lie on the old keyframe's own surface (depth within ``loop_inlier_thresh``). A
    partial overlap is enough (a revisit is entered gradually); I2P on an unrelated pair also puts the new points
    in view, but off the old surface. Edge sigmas: :data:`EDGE_SIGMA`.
-4. **Local edges** (``loop_local_span``): one more verified edge per keyframe, to an earlier keyframe up to
-   ``loop_local_span`` keyframes back that no odometry edge of it starts from (the span halves when a
-   verification fails and grows back after successes). A second measurement of the stretch the registration
+4. **Local edges** (``loop_local_span``): one more verified edge per keyframe (per ``loop_local_interval``
+   keyframes), to the keyframe up to ``loop_local_span`` keyframes back (the span halves when a verification
+   fails and grows back after successes). A second measurement of the stretch the registration
    drifted over: the graph then also holds down the drift of stretches that are never revisited, where loop
    edges alone leave a chain fixed only at its ends. Robust like loop edges; they trigger no optimisation.
 5. **Optimisation** (``recon.pose_graph``) when a verified loop edge disagrees with the current poses (by more
@@ -43,7 +40,7 @@ import bisect
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -130,11 +127,10 @@ class LoopCloser:
 
     # -------------------------------------------------------------------------------------------- keyframes
     def add_keyframe(self, fid: int, tokens: Tensor, local: Tensor, world: Tensor, weight: Tensor,
-                     autocast: Callable[[], AbstractContextManager], refs: Sequence[int] = ()) -> bool:
+                     autocast: Callable[[], AbstractContextManager]) -> bool:
         """Record keyframe ``fid`` (tokens ``(S, C)``, camera / world points ``(H, W, 3)``, weights ``(H, W)``),
-        add its odometry edges (:meth:`_add_odometry`, from the frames ``refs`` its registration placed it against)
-        and verified loop edges; returns whether to optimise now: a loop edge disagrees with the
-        current poses by more than ``loop_inlier_thresh`` and ``loop_optimize_interval`` keyframes have passed since
+        add its odometry, verified loop and local (:meth:`_add_local`) edges; returns whether to optimise now: a
+        loop edge disagrees with the current poses by more than ``loop_inlier_thresh`` and ``loop_optimize_interval`` keyframes have passed since
         the last optimisation (consistent loops only wait for the final one).
         ``autocast()`` gives the networks' autocast context."""
         loc = local.reshape(-1, 3).float().cpu().numpy()
@@ -148,7 +144,9 @@ class LoopCloser:
         depth = float(np.linalg.norm(loc[sub][w[sub] > 0], axis=1).mean())
         kf = _Keyframe(fid, tokens.detach().cpu(), global_descriptor(tokens.detach()).cpu(), loc,
                        tuple(local.shape[:2]), w, sim3_to_matrix(s, R, t), depth)
-        measured = self._add_odometry(kf, refs)
+        if self.order:
+            prev = self.kfs[self.order[-1]]
+            self._add_edge(prev.fid, kf, np.linalg.inv(prev.pose) @ kf.pose, "odometry")
         self.kfs[fid] = kf
         self.order.append(fid)
         for cand in self._candidates(kf, autocast):  # best first, until one fails: outside a revisit that is
@@ -158,51 +156,35 @@ class LoopCloser:
             self._add_edge(cand, kf, rel, "loop")
             self.stats["verified"] += 1
             self._pending |= self._disagreement(self.kfs[cand], kf, rel) > self.cfg.loop_inlier_thresh
-        self._add_local(kf, measured, autocast)
+        self._add_local(kf, autocast)
         self._since_opt += 1
         return self._pending and self._since_opt >= self.cfg.loop_optimize_interval
 
-    def _add_odometry(self, kf: _Keyframe, refs: Sequence[int]) -> list[int]:
-        """Odometry edges of a new keyframe: the registration measured it against the world points of ``refs``
-        (e.g. L2W's scene frames), so its error is relative to those frames together, not to the previous keyframe
-        alone (an edge from the previous keyframe only makes consecutive edges' errors anti-correlated, and the
-        graph then spreads a loop's correction wrongly). One edge from each recorded keyframe among ``refs``, each
-        with sigmas x sqrt(m) (m such edges: together the information of one registration); the previous
-        keyframe when no reference is a recorded keyframe (the initial window, or references since evicted).
-        Returns the keyframes the edges start from."""
-        if not self.order:
-            return []
-        ids = sorted({r for r in refs if r in self.kfs}) or [self.order[-1]]
-        for i in ids:
-            self._add_edge(i, kf, np.linalg.inv(self.kfs[i].pose) @ kf.pose, "odometry", np.sqrt(len(ids)))
-        return ids
-
-    def _add_local(self, kf: _Keyframe, measured: Sequence[int], autocast) -> None:
-        """Local edge (``loop_local_span``): the ``span``-th newest earlier keyframe that ``kf``'s odometry edges do
-        not already start from (``measured``), verified like a loop candidate; none once that keyframe is old
-        enough to be a loop candidate. ``span`` adapts to the camera's motion: it starts at ``loop_local_span``,
+    def _add_local(self, kf: _Keyframe, autocast) -> None:
+        """Local edge (``loop_local_span``): the keyframe ``span`` keyframes before ``kf`` (``span`` >= 2: the
+        previous one has the odometry edge), verified like a loop candidate; none once that keyframe is old enough
+        to be a loop candidate. ``span`` adapts to the camera's motion: it starts at ``loop_local_span``,
         halves when a verification fails (the views no longer overlap) and grows by one after a success, up to
-        ``loop_local_span``: at most one I2P pair call per keyframe."""
-        recent = self.order[-2 - self._span - len(measured):-1]  # enough to find the span-th other one
-        others = [k for k in recent if k not in measured]
-        span = min(self._span, len(others))
-        if span < 1:
+        ``loop_local_span``: at most one I2P pair call per ``loop_local_interval`` keyframes."""
+        if (len(self.order) - 1) % self.cfg.loop_local_interval:
             return
-        old = self.kfs[others[-span]]
+        span = min(self._span, len(self.order) - 1)
+        if span < 2:
+            return
+        old = self.kfs[self.order[-1 - span]]
         if old.fid <= kf.fid - self.cfg.loop_min_gap:
             return
         rel = self._verify(old, kf, autocast)
         if rel is None:
-            self._span = max(1, span // 2)
+            self._span = max(2, span // 2)
             return
         self._span = min(self.cfg.loop_local_span, span + 1)
         self._add_edge(old.fid, kf, rel, "local")
         self.stats["local"] += 1
 
-    def _add_edge(self, i: int, new: _Keyframe, rel: np.ndarray, kind: str, inflate: float = 1.0) -> None:
-        """Edge ``i -> new.fid`` measuring ``rel`` (4x4), with sigmas per :data:`EDGE_SIGMA` times ``inflate``."""
-        sigma = EDGE_SIGMA * inflate
-        self.edges.append(Edge(i, new.fid, rel, kind, (sigma, sigma * new.depth, sigma)))
+    def _add_edge(self, i: int, new: _Keyframe, rel: np.ndarray, kind: str) -> None:
+        """Edge ``i -> new.fid`` measuring ``rel`` (4x4), with sigmas per :data:`EDGE_SIGMA`."""
+        self.edges.append(Edge(i, new.fid, rel, kind, (EDGE_SIGMA, EDGE_SIGMA * new.depth, EDGE_SIGMA)))
         self._dirty |= kind != "odometry"
 
     def _disagreement(self, old: _Keyframe, new: _Keyframe, rel: np.ndarray) -> float:
