@@ -307,7 +307,7 @@ def test_local_edges_adapt_their_span_and_hold_down_drift_without_a_revisit(loop
     # keyframes 3 frames (11 degrees) apart: 0 -> 12 (4 back) fails, so 15 tries 2 back, 18 3 back, 21 4 back
     # (fails again), ...; where the scene allows (18 -> 30) 4 back passes
     fids = list(range(0, 40, 3))
-    lc = _closer(loop_scene, {"loop_local_span": 4}, fids)
+    lc = _closer(loop_scene, {"loop_local_span": 4, "loop_local_interval": 1}, fids)
     local = [(e.i, e.j) for e in lc.edges if e.kind == "local"]
     assert local == [(0, 6), (0, 9), (9, 15), (9, 18), (18, 24), (18, 27), (18, 30), (21, 33), (24, 36), (27, 39)]
     assert lc.stats["local"] == len(local) and not lc.stats["verified"]  # no loop edges

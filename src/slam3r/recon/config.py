@@ -102,8 +102,9 @@ class ReconConfig:
     also holds down the drift of stretches that are never revisited (at most one I2P pair call per keyframe;
     ``recon.loop``). 0 = off."""
     loop_local_interval: int = 1
-    """Try a local edge on every this-many-th keyframe only (streaming cost: one I2P pair call per this many
-    keyframes)."""
+    """Try a local edge on every this-many-th keyframe only (one I2P pair call per this many keyframes). Sparser
+    is cheaper but not safe: on a fast-turning sequence without loops (``tests/test_recon_loop.py``'s), every
+    keyframe's local edge cut ATE 3.54 -> 2.60 cm, every 3rd's raised it to 4.76."""
     loop_inlier_thresh: float = 0.05
     """Inlier residual, as a fraction of the keyframe's mean point distance."""
     loop_optimize_interval: int = 10
