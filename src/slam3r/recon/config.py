@@ -98,9 +98,9 @@ class ReconConfig:
     loop_local_span: int = 10
     """Besides loops, each new keyframe gets one verified edge (same verification) to the keyframe up to this many
     keyframes back (the span halves when a verification fails, grows back by one per success; at least 2, the
-    previous keyframe has the odometry edge): a second measurement of the stretch the registration drifted over, so the pose graph
-    also holds down the drift of stretches that are never revisited (at most one I2P pair call per keyframe;
-    ``recon.loop``). 0 = off."""
+    previous keyframe has the odometry edge): a second measurement of the stretch the registration drifted over,
+    so the pose graph also holds down the drift of stretches that are never revisited (one I2P pair call per
+    keyframe; ``recon.loop``). 0 = off."""
     loop_local_interval: int = 1
     """Try a local edge on every this-many-th keyframe only (one I2P pair call per this many keyframes). Sparser
     is cheaper but not safe: on a fast-turning sequence without loops (``tests/test_recon_loop.py``'s), every

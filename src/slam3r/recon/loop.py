@@ -130,8 +130,9 @@ class LoopCloser:
                      autocast: Callable[[], AbstractContextManager]) -> bool:
         """Record keyframe ``fid`` (tokens ``(S, C)``, camera / world points ``(H, W, 3)``, weights ``(H, W)``),
         add its odometry, verified loop and local (:meth:`_add_local`) edges; returns whether to optimise now: a
-        loop edge disagrees with the current poses by more than ``loop_inlier_thresh`` and ``loop_optimize_interval`` keyframes have passed since
-        the last optimisation (consistent loops only wait for the final one).
+        loop edge disagrees with the current poses by more than ``loop_inlier_thresh`` and
+        ``loop_optimize_interval`` keyframes have passed since the last optimisation (consistent loops only wait
+        for the final one).
         ``autocast()`` gives the networks' autocast context."""
         loc = local.reshape(-1, 3).float().cpu().numpy()
         wld = world.reshape(-1, 3).float().cpu().numpy()
