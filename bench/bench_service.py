@@ -20,6 +20,15 @@ one process (``--rounds`` times, interleaved), with the streams' network calls b
 the default) and, with ``--compare``, without. Reports total frames/s (wall) and frames per CPU-second of the
 process (comparable on a shared machine), and each figure's ratio to the 1-stream one.
 
+``--streams 1,2,4 --broker --workers 1,2``: the same throughput through real worker processes, the deployment
+way for one machine to use its cores: per worker count, ``slam3r serve --workers N`` (bundled model, CPU,
+``--threads`` torch threads each) on unique names of the local RabbitMQ (deleted at the end), all deployments started
+together and kept for the whole run; per run, every frame of ``K`` streams published (round robin, then each
+stream's end marker), timed until every segment end and pose arrived; interleaved rounds. The stream ids are picked
+so that stream ``k`` is owned by worker ``k % N`` (see :func:`spread_stream_ids`). Reports total frames/s, the
+ratio to the same deployment's 1-stream figure (``x``) and to the first deployment's (``x first``), and frames per
+CPU-second of the worker processes.
+
 ``--many-streams N``: instead, the bounded-state check with the real engine (bundled model, CPU): ``N`` streams
 that each send a few frames (fewer than the engine needs to initialise) and stop, interleaved with one normal
 stream; reports the worker's peak RSS, the live streams, the frames held by the engines against
@@ -37,7 +46,7 @@ import cv2
 import numpy as np
 
 from slam3r.recon.types import FrameResult
-from slam3r.service.broker import Delivery
+from slam3r.service.broker import Delivery, delete_topology, shard_of
 from slam3r.service.config import ServiceConfig
 from slam3r.service.inbound import decode_image
 from slam3r.service.testing import NullLink, PrecomputedEngine, room_results
@@ -119,11 +128,7 @@ def through_broker(results: list[FrameResult], body: bytes, frames: int) -> dict
     finally:
         svc.stop()
         thread.join(30)
-        for name in (cfg.frames_queue, cfg.restart_queue, cfg.dead_letter_queue):
-            ch.queue_delete(cfg.name(name))
-        for name in (cfg.frames_exchange, cfg.restart_exchange, cfg.dead_letter_exchange, cfg.pose_exchange,
-                     cfg.pointcloud_exchange, cfg.vis_exchange):
-            ch.exchange_delete(cfg.name(name))
+        delete_topology(ch, cfg)
         conn.close()
     return {"frames_per_s": frames / dt, "overhead_ms": svc.stats.overhead_per_frame_ms}
 
@@ -264,7 +269,232 @@ def print_throughput(args: argparse.Namespace) -> None:
                                                  for k, v in r.items()} for r in rows]}))
 
 
-def main() -> None:
+# ---------------------------------------------------------------------------------------------- --broker mode
+
+def spread_stream_ids(n_streams: int, workers: int, shards: int) -> list[str]:
+    """``n_streams`` stream ids, stream ``k`` owned by worker ``k % workers``: its shard ``crc32(id) % shards`` is
+    one of that worker's own (``shard % workers == k % workers``). Hashed ids often pile up on one worker (4 random
+    ids over 2 workers split 2/2 only 3 times in 8), so the bench picks them; a deployment can do the same."""
+    cfg = ServiceConfig(shards=shards)
+    ids: list[str] = []
+    i = 0
+    while len(ids) < n_streams:
+        name = f"cam{i}"
+        if shard_of(cfg, {"stream_id": name}) % workers == len(ids) % workers:
+            ids.append(name)
+        i += 1
+    return ids
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its live descendants (Linux ``/proc``)."""
+    import os
+
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue                                     # ended meanwhile
+    return total
+
+
+class Deployment:
+    """``slam3r serve --workers N`` (bundled model, CPU, ``threads`` torch threads per worker) on its own names of
+    the local RabbitMQ; counts the poses and segment ends it publishes (consumed, not polled). Close to stop the
+    workers and delete every exchange and queue it made."""
+
+    def __init__(self, workers: int, threads: int, shards: int, log_path: str) -> None:
+        import os
+        import subprocess
+        import sys
+        from collections import Counter
+
+        import pika
+
+        url = "amqp://guest:guest@127.0.0.1:5672/"
+        # standby_delay_s: no worker takes a shard over during the run, so each stream stays with its owner even
+        # when one worker loads its model later than the others' standby delay
+        self.cfg = ServiceConfig(rabbitmq_url=url, name_prefix=f"bench{uuid.uuid4().hex[:8]}-", shards=shards,
+                                 num_workers=workers, standby_delay_s=3600.0)
+        self.workers, self.poses, self.ends, self.arrived = workers, Counter(), {}, {}
+        params = pika.URLParameters(url)
+        params.heartbeat = 0                  # idle while another deployment runs: no heartbeats to miss
+        self.conn = pika.BlockingConnection(params)
+        self.ch = self.conn.channel()
+        self.probe = self.conn.channel()      # passive declares (a failing one closes its channel)
+        for base, callback in ((self.cfg.pose_exchange, self._pose), (self.cfg.vis_exchange, self._vis)):
+            ex = self.cfg.name(base)
+            self.ch.exchange_declare(ex, exchange_type="fanout", durable=True)
+            q = self.ch.queue_declare("", exclusive=True).method.queue
+            self.ch.queue_bind(q, ex)
+            self.ch.basic_consume(q, callback, auto_ack=True)
+        env = {**os.environ, "RABBITMQ_URL": url, "SLAM3R_NAME_PREFIX": self.cfg.name_prefix,
+               "SLAM3R_SHARDS": str(shards), "SLAM3R_STANDBY_DELAY_S": str(self.cfg.standby_delay_s),
+               "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "slam3r.cli", "serve", "--weights", "default",
+                                      "--device", "cpu", "--threads", str(threads), "--workers", str(workers),
+                                      "--log-level", "WARNING"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def _pose(self, ch, method, props, body: bytes) -> None:
+        m = json.loads(body)
+        key = (m["stream_id"], m["video_segment"])
+        self.poses[key] += 1
+        self.arrived[key] = time.perf_counter()
+
+    def _vis(self, ch, method, props, body: bytes) -> None:
+        from slam3r.service.encodings import JSON
+
+        if props.content_type != JSON:                   # map updates (gzip JSON): not decoded here
+            return
+        m = json.loads(body)
+        if m.get("type") == "segment_boundary":
+            key = (m["stream_id"], m["previous_segment"])
+            self.ends[key] = m["frames"]
+            self.arrived[key] = time.perf_counter()
+
+    def wait(self, cond, timeout: float, what: str) -> None:
+        """Serve the output consumers until ``cond()`` holds; fail if the workers died or after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{self.workers} worker(s): no {what} (exit code {self.proc.poll()}; see "
+                                 f"{self.log.name})")
+            self.conn.process_data_events(time_limit=0.2)
+
+    def wait_consuming(self, timeout: float = 300.0) -> None:
+        """Until each shard queue has its owner as its one consumer and every worker consumes the intake (one
+        worker: the frames queue has its consumer)."""
+        from slam3r.service.broker import queue_names, shard_queue
+
+        want = {queue_names(self.cfg)[0]: self.workers}
+        if self.workers > 1:
+            want.update({shard_queue(self.cfg, k): 1 for k in range(self.cfg.shards)})
+
+        def ready() -> bool:
+            try:
+                return all(self.probe.queue_declare(q, passive=True).method.consumer_count == n
+                           for q, n in want.items())
+            except Exception:  # not declared yet: the passive declare closed the channel
+                self.probe = self.conn.channel()
+                return False
+        self.wait(ready, timeout, "consumers on every queue")
+
+    def close(self) -> None:
+        import signal
+        import subprocess
+
+        import pika
+
+        from slam3r.service.broker import delete_topology
+
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)        # forwarded to every worker: graceful shutdown
+                try:
+                    self.proc.wait(120)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(30)
+            conn = pika.BlockingConnection(pika.URLParameters(self.cfg.rabbitmq_url))    # a fresh one: always works
+            try:
+                delete_topology(conn.channel(), self.cfg, self.workers)
+            finally:
+                conn.close()
+        finally:
+            if self.conn.is_open:
+                self.conn.close()
+            self.log.close()
+
+
+def broker_run(dep: Deployment, ids: list[str], bodies: list[list[bytes]], segment: str,
+               timeout: float = 900.0) -> dict:
+    """Publish every frame of ``bodies`` (stream ``k`` as ``ids[k]``, round robin) and each stream's end marker as
+    fast as possible; wall time until every segment end and every pose arrived, the workers' CPU time."""
+    from slam3r.service.publish import FramePublisher
+
+    keys = [(sid, segment) for sid in ids]
+    t0, c0 = time.perf_counter(), tree_cpu_s(dep.proc.pid)
+    with FramePublisher(dep.cfg.rabbitmq_url, dep.cfg.name(dep.cfg.frames_exchange)) as pub:
+        for i in range(len(bodies[0])):
+            for k, sid in enumerate(ids):
+                pub.publish(bodies[k][i], {"timestamp_ns": 1000 + i, "video_segment": segment, "stream_id": sid})
+        for sid in ids:
+            pub.end_segment(segment, sid)
+    dep.wait(lambda: all(k in dep.ends and dep.poses[k] >= dep.ends[k] for k in keys), timeout,
+             f"segment end and poses of {segment}")
+    wall, cpu = max(dep.arrived[k] for k in keys) - t0, tree_cpu_s(dep.proc.pid) - c0
+    frames = len(ids) * len(bodies[0])
+    return {"frames": frames, "registered": sum(dep.ends[k] for k in keys), "seconds": wall,
+            "frames_per_s": frames / wall, "frames_per_cpu_s": frames / cpu}
+
+
+def broker_throughput(counts: list[int], frames: int, rounds: int, workers: list[int], threads: int,
+                      shards: int) -> list[dict]:
+    """``--broker``: one deployment per worker count, all started together and kept for the whole run; rounds of
+    every (worker count, stream count) in turn; per-run rows and the medians, each against the 1-stream figure."""
+    import os
+    import tempfile
+
+    bodies = _stream_bodies(max(counts), frames)
+    ids = spread_stream_ids(max(counts), max(workers), shards)
+    print("streams -> worker: " + ", ".join(f"{s} (shard {shard_of(ServiceConfig(shards=shards), {'stream_id': s})})"
+                                            f" -> w{k % max(workers)}" for k, s in enumerate(ids)), flush=True)
+    logs = tempfile.mkdtemp(prefix="bench_service_")
+    deps: dict[int, Deployment] = {}
+    runs: dict[tuple[int, int], list[dict]] = {}
+    try:
+        for w in workers:
+            deps[w] = Deployment(w, threads, shards, os.path.join(logs, f"serve_w{w}.log"))
+        for w, dep in deps.items():
+            dep.wait_consuming()
+            broker_run(dep, ids[:w], [b[:32] for b in bodies[:w]], "warmup")   # every worker's first calls
+        for r in range(rounds):
+            for w, dep in deps.items():
+                for n in counts:
+                    res = broker_run(dep, ids[:n], bodies[:n], f"r{r}n{n}")
+                    runs.setdefault((w, n), []).append(res)
+                    print(f"round {r + 1}: {w} worker(s), {n} stream(s): {res['frames']} frames "
+                          f"({res['registered']} registered), {res['frames_per_s']:.2f} frames/s, "
+                          f"{res['frames_per_cpu_s']:.2f} frames/worker-CPU-s", flush=True)
+    finally:
+        for dep in deps.values():
+            dep.close()
+    med = {key: {k: float(np.median([x[k] for x in rs])) for k in ("frames_per_s", "frames_per_cpu_s")}
+           for key, rs in runs.items()}
+    first = med[(workers[0], counts[0])]["frames_per_s"]
+    return [{"workers": w, "streams": n, **m, "x_wall": m["frames_per_s"] / med[(w, counts[0])]["frames_per_s"],
+             "x_first": m["frames_per_s"] / first, "runs_frames_per_s": [round(x["frames_per_s"], 2)
+                                                                          for x in runs[(w, n)]]}
+            for (w, n), m in med.items()]
+
+
+def print_broker_throughput(args: argparse.Namespace) -> None:
+    """``--streams ... --broker``: printed as a table and a ``BENCH`` JSON line."""
+    import os
+
+    load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    workers = [int(w) for w in args.workers.split(",")]
+    rows = broker_throughput([int(n) for n in args.streams.split(",")], args.stream_frames, args.rounds, workers,
+                             args.threads, args.shards)
+    print(f"{'workers':>7} {'streams':>7} {'frames/s':>9} {'x':>6} {'x first':>7} {'frames/worker-CPU-s':>20}")
+    for r in rows:
+        print(f"{r['workers']:>7} {r['streams']:>7} {r['frames_per_s']:>9.2f} {r['x_wall']:>6.2f} "
+              f"{r['x_first']:>7.2f} {r['frames_per_cpu_s']:>20.2f}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(json.dumps({"bench": "service_streams_broker", "threads_per_worker": args.threads, "shards": args.shards,
+                      "stream_frames": args.stream_frames, "load_avg_before": load0, "load_avg_after": load,
+                      "results": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+                                  for r in rows]}))
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--no-broker", action="store_true", help="skip the run through RabbitMQ")
@@ -280,8 +510,20 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true", help="--streams: also run without batch_streams")
     ap.add_argument("--batch-size", type=int, default=ServiceConfig().batch_size,
                     help="--streams: deliveries per worker batch")
-    ap.add_argument("--threads", type=int, default=1, help="--streams: torch threads")
-    args = ap.parse_args()
+    ap.add_argument("--threads", type=int, default=1, help="--streams: torch threads (per worker with --broker)")
+    ap.add_argument("--broker", action="store_true",
+                    help="--streams: real worker processes (slam3r serve --workers N) on the local RabbitMQ")
+    ap.add_argument("--workers", default="1", metavar="N,N,...",
+                    help="--broker: worker counts, one deployment each, interleaved in the same run (e.g. 1,2)")
+    ap.add_argument("--shards", type=int, default=ServiceConfig().shards, help="--broker: shard queues")
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.streams and args.broker:
+        print_broker_throughput(args)
+        return
     if args.streams:
         print_throughput(args)
         return

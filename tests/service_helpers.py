@@ -4,7 +4,6 @@ RabbitMQ node a test may stop and start (the broker-free stand-ins, NullLink and
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import signal
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 
 from slam3r.recon.types import FrameResult
-from slam3r.service.broker import queue_names, shard_exchange, shard_queue
+from slam3r.service.broker import delete_topology
 from slam3r.service.config import ServiceConfig
 from slam3r.service.encodings import decode_payload
 from slam3r.service.testing import broker_available
@@ -159,18 +158,8 @@ class Harness:
 
     def close(self, workers: int = 3) -> None:
         """Delete this test's exchanges and queues (those of up to ``workers`` workers)."""
-        cfg = self.cfg
         try:
-            names = {cfg.name(cfg.frames_queue), cfg.name(cfg.restart_queue), cfg.name(cfg.dead_letter_queue)}
-            for i in range(workers):
-                names.update(queue_names(dataclasses.replace(cfg, worker_index=i, num_workers=workers)))
-            names.update(shard_queue(cfg, k) for k in range(cfg.shards))
-            for name in names:
-                self.ch.queue_delete(name)
-            for base in (cfg.frames_exchange, cfg.restart_exchange, cfg.dead_letter_exchange, cfg.pose_exchange,
-                         cfg.pointcloud_exchange, cfg.vis_exchange):
-                self.ch.exchange_delete(cfg.name(base))
-            self.ch.exchange_delete(shard_exchange(cfg))
+            delete_topology(self.ch, self.cfg, workers)
         finally:
             self.conn.close()
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service_helpers import (FakeEngine, Harness, close_broker_connection, needs_broker, run_in_thread,
-                             textured_frames)
+from service_helpers import (URL, FakeEngine, Harness, close_broker_connection, needs_broker, queue_exists,
+                             run_in_thread, textured_frames)
 from slam3r.service.broker import connection_name
 from slam3r.service.publish import encode_jpeg, publish_stream
 from slam3r.service.worker import Service
@@ -187,6 +187,40 @@ def test_two_workers_share_streams_through_single_active_consumer_shards(harness
     assert harness.queue_depth(harness.cfg.frames_queue) == 0
     for svc, thread, code in runs:
         stop(svc, thread, code)
+
+
+def exchange_exists(name: str) -> bool:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(URL))
+    try:
+        conn.channel().exchange_declare(name, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def test_delete_topology_removes_what_a_multi_worker_deployment_declared(harness):
+    from slam3r.service.broker import BrokerLink, delete_topology, queue_names, shard_exchange, shard_queue
+
+    cfg = dataclasses.replace(harness.cfg, num_workers=2, shards=3)
+    for i in range(2):                                          # each worker declares its part of the topology
+        link = BrokerLink(dataclasses.replace(cfg, worker_index=i), consume=False)
+        link.start()
+        assert link.connected.wait(10)
+        link.close(5)
+    queues = [shard_queue(cfg, k) for k in range(3)] + [cfg.name(cfg.dead_letter_queue), queue_names(cfg)[0]]
+    queues += [queue_names(dataclasses.replace(cfg, worker_index=i))[1] for i in range(2)]
+    exchanges = [shard_exchange(cfg)] + [cfg.name(b) for b in (cfg.frames_exchange, cfg.restart_exchange,
+                                                               cfg.dead_letter_exchange, cfg.pose_exchange,
+                                                               cfg.pointcloud_exchange, cfg.vis_exchange)]
+    assert all(queue_exists(q) for q in queues) and all(exchange_exists(e) for e in exchanges)
+    delete_topology(harness.ch, cfg, workers=2)
+    assert not any(queue_exists(q) for q in queues)
+    assert not any(exchange_exists(e) for e in exchanges)
 
 
 def test_new_segment_and_redelivered_late_frames(harness, tmp_path):

@@ -32,6 +32,7 @@ Prefetch is channel-wide (``global_qos``) and can be raised at run time with :me
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import random
@@ -107,6 +108,22 @@ def shard_of(cfg: ServiceConfig, headers: dict[str, Any] | None) -> int:
     value = (headers or {}).get(cfg.stream_header, cfg.default_stream)
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return zlib.crc32(text.encode()) % cfg.shards
+
+
+def delete_topology(ch: Any, cfg: ServiceConfig, workers: int = 1) -> None:
+    """Delete, on the pika channel ``ch``, every exchange and queue that workers ``0 .. workers - 1`` of a
+    ``workers``-worker deployment with ``cfg``'s names (prefix included) declare; missing ones are no error. For
+    test and bench runs on a shared broker, which must leave nothing behind."""
+    names = {cfg.name(cfg.frames_queue), cfg.name(cfg.restart_queue), cfg.name(cfg.dead_letter_queue)}
+    for i in range(workers):
+        names.update(queue_names(dataclasses.replace(cfg, worker_index=i, num_workers=workers)))
+    names.update(shard_queue(cfg, k) for k in range(cfg.shards))
+    for name in sorted(names):
+        ch.queue_delete(name)
+    for base in (cfg.frames_exchange, cfg.restart_exchange, cfg.dead_letter_exchange, cfg.pose_exchange,
+                 cfg.pointcloud_exchange, cfg.vis_exchange):
+        ch.exchange_delete(cfg.name(base))
+    ch.exchange_delete(shard_exchange(cfg))
 
 
 _SAC = {"x-single-active-consumer": True}
