@@ -177,3 +177,21 @@ def test_an_unregistered_frame_gets_no_fake_pose():
     assert rig.stamps() == [100, 102, 103]
     assert all(np.isfinite(np.asarray(m["raw_pose_matrix"], float)).all() for m in rig.out("pose"))
     assert len(rig.link.settled) == 4 and rig.dead() == [] and rig.svc.stats.unregistered == 1
+
+
+def test_map_updates_every_few_frames_of_a_stream_however_many_streams_share_the_batches():
+    rig = Rig(batch_size=4, map_update_frames=4)
+    streams = [f"cam{k}" for k in range(4)]
+    for t in range(10):                               # each batch: one frame of every stream
+        rig.send(*[{"timestamp_ns": 100 + t, "video_segment": "s", "stream_id": s} for s in streams])
+    rig.send(*[{"video_segment": "s", "end_of_segment": True, "stream_id": s} for s in streams], body=b"")
+    vis = rig.out("vis")
+    for s in streams:
+        updates = [m for m in vis if m["stream_id"] == s and m["type"] == "points_update_incremental"]
+        poses = [m for m in rig.out("pose") if m["stream_id"] == s]
+        assert len(poses) == 10
+        # after the 4th and 8th registered frames, then the last state (frame 10) at the segment end
+        assert [m["timestamp_ns"] for m in updates] == [103, 107, 109]
+        last = max(i for i, m in enumerate(vis) if m in updates)
+        end = next(i for i, m in enumerate(vis) if m["stream_id"] == s and m["type"] == "segment_boundary")
+        assert last < end

@@ -79,6 +79,11 @@ class ServiceConfig:
     """Point buffer cap (points)."""
     points_per_message: int = 50_000
     """Cap on the points of one point-cloud message (random subsample of the frame's confident points)."""
+    map_update_frames: int = 4
+    """Registered frames of a stream between two map updates on the visualisation exchange (the end of a segment
+    publishes the last state). An update carries the whole map (deployed: up to ``points_per_message`` points, ~20
+    ms to format and ~35 ms to gzip at 50,000 on one core), so one per batch would multiply them when several
+    streams share a worker's batches (4 streams: an update per frame)."""
     enable_mesh: bool = False
     """Run the background Poisson mesher (needs open3d)."""
     use_mesh_vis: bool = True
@@ -122,8 +127,8 @@ class ServiceConfig:
         if self.encoding not in ENCODINGS:
             raise ConfigError(f"encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
         positive = ("prefetch", "max_in_flight", "batch_size", "num_workers", "max_pointcloud_size",
-                    "points_per_message", "mesh_update_frequency", "mesh_max_points", "republish_cache", "shards",
-                    "max_streams", "max_pixels")
+                    "points_per_message", "map_update_frames", "mesh_update_frequency", "mesh_max_points",
+                    "republish_cache", "shards", "max_streams", "max_pixels")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -76,6 +76,10 @@ class StreamState:
         self.unregistered = 0
         self.last_keyframe_id = -1
         self.vis_marker: Marker | None = None
+        self.frames_since_map = 0
+        """Registered frames not yet in a map update."""
+        self.last_frame: tuple[int, int | None] = (-1, None)
+        """(frame id, timestamp_ns) of the latest registered frame."""
         self.frames_since_mesh = 0
         self.voxels_since_mesh = 0
         self.last_active = 0.0
@@ -107,6 +111,8 @@ class StreamState:
         self.timestamps.append(int(r.timestamp_ns) if r.timestamp_ns is not None else r.frame_id)
         self.poses.append(np.asarray(r.pose_c2w, np.float64))
         self.frames += 1
+        self.frames_since_map += 1
+        self.last_frame = (r.frame_id, r.timestamp_ns)
         self.frames_since_mesh += 1
         self.voxels_since_mesh += new_voxels
         if r.is_keyframe:
@@ -126,7 +132,7 @@ class StreamState:
         self.timestamps, self.poses = [], []
         self.frames = self.unregistered = 0
         self.last_keyframe_id = -1
-        self.frames_since_mesh = self.voxels_since_mesh = 0
+        self.frames_since_mesh = self.voxels_since_mesh = self.frames_since_map = 0
 
     def close_segment(self) -> None:
         """Forget the finished segment (its name is remembered to recognise late frames)."""

@@ -377,9 +377,10 @@ class Service:
             outcomes[i] = outcome
         return outcomes
 
-    def _emit(self, st: StreamState, results: list[FrameResult], out: list[_Item]) -> None:
-        """Publish the outputs of registered frames, update the map, then settle the frames' deliveries."""
-        if not results:
+    def _emit(self, st: StreamState, results: list[FrameResult], out: list[_Item], final: bool = False) -> None:
+        """Publish the outputs of registered frames, update the map (every ``map_update_frames`` registered frames
+        of the stream, and at the ``final`` emit of a segment), then settle the frames' deliveries."""
+        if not results and not (final and st.frames_since_map):
             return
         settles: list[_Item] = []
         for r in results:
@@ -409,11 +410,12 @@ class Service:
             self.stats.registered += 1
             out.extend(outputs)
             settles += [Settle(x.generation, x.tag) for x in deliveries]
-        last = results[-1]
-        ctx = MapContext(st.buffer, st.vis_marker, last.frame_id, last.timestamp_ns, st.last_keyframe_id,
-                         st.stream_id, st.segment or "")
-        payloads, st.vis_marker = self.encoding.map_update(ctx)
-        out.extend(Outgoing(self._ex_vis, p) for p in payloads)
+        if st.frames_since_map >= self.cfg.map_update_frames or (final and st.frames_since_map):
+            ctx = MapContext(st.buffer, st.vis_marker, *st.last_frame, st.last_keyframe_id, st.stream_id,
+                             st.segment or "")
+            payloads, st.vis_marker = self.encoding.map_update(ctx)
+            out.extend(Outgoing(self._ex_vis, p) for p in payloads)
+            st.frames_since_map = 0
         self._maybe_mesh(st)
         out.extend(settles)
 
@@ -448,7 +450,7 @@ class Service:
             results = []
         finally:
             self.stats.engine_s += time.perf_counter() - t0
-        self._emit(st, results, out)
+        self._emit(st, results, out, final=True)
         if st.pending:
             self._dead_letter_pending(st, f"segment ended with {len(st.pending)} frame(s) the engine did not "
                                           "register (too few to initialise)", out)

@@ -6,7 +6,7 @@ so its consumers work unchanged (facts taken from its ``slam3r_processor.py``; e
 * point cloud (``application/json+gzip``: the body is gzip-compressed JSON, no AMQP content_encoding):
   ``timestamp_ns``, ``points`` ``[[x, y, z], ...]``;
 * visualisation (``application/json+gzip``): ``points_update_incremental`` (the whole map, subsampled: ``vertices``
-  ``[[x, y, z]]``, ``colors`` ``[[r, g, b]]`` 0-255, ``faces`` ``[]``) after each batch of registered frames,
+  ``[[x, y, z]]``, ``colors`` ``[[r, g, b]]`` 0-255, ``faces`` ``[]``) every ``map_update_frames`` registered frames,
   ``mesh_update`` (``vertices``, ``faces``, ``vertex_colors`` 0-255) when a mesh is ready;
 * ``segment_boundary`` (``application/json``, plain, as deployed): ``previous_segment``, ``new_segment``,
   ``timestamp_ns``, at the end of every segment.
