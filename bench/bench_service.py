@@ -309,7 +309,7 @@ class Deployment:
     the local RabbitMQ; counts the poses and segment ends it publishes (consumed, not polled). Close to stop the
     workers and delete every exchange and queue it made."""
 
-    def __init__(self, workers: int, threads: int, shards: int, log_path: str) -> None:
+    def __init__(self, workers: int, threads: int, shards: int, log_path: str, map_update_frames: int) -> None:
         import os
         import subprocess
         import sys
@@ -336,6 +336,7 @@ class Deployment:
             self.ch.basic_consume(q, callback, auto_ack=True)
         env = {**os.environ, "RABBITMQ_URL": url, "SLAM3R_NAME_PREFIX": self.cfg.name_prefix,
                "SLAM3R_SHARDS": str(shards), "SLAM3R_STANDBY_DELAY_S": str(self.cfg.standby_delay_s),
+               "SLAM3R_MAP_UPDATE_FRAMES": str(map_update_frames),
                "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "slam3r.cli", "serve", "--weights", "default",
@@ -436,7 +437,7 @@ def broker_run(dep: Deployment, ids: list[str], bodies: list[list[bytes]], segme
 
 
 def broker_throughput(counts: list[int], frames: int, rounds: int, workers: list[int], threads: int,
-                      shards: int) -> list[dict]:
+                      shards: int, map_update_frames: int) -> list[dict]:
     """``--broker``: one deployment per worker count, all started together and kept for the whole run; rounds of
     every (worker count, stream count) in turn; per-run rows and the medians, each against the 1-stream figure."""
     import os
@@ -451,7 +452,7 @@ def broker_throughput(counts: list[int], frames: int, rounds: int, workers: list
     runs: dict[tuple[int, int], list[dict]] = {}
     try:
         for w in workers:
-            deps[w] = Deployment(w, threads, shards, os.path.join(logs, f"serve_w{w}.log"))
+            deps[w] = Deployment(w, threads, shards, os.path.join(logs, f"serve_w{w}.log"), map_update_frames)
         for w, dep in deps.items():
             dep.wait_consuming()
             broker_run(dep, ids[:w], [b[:32] for b in bodies[:w]], "warmup")   # every worker's first calls
@@ -482,13 +483,14 @@ def print_broker_throughput(args: argparse.Namespace) -> None:
     load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
     workers = [int(w) for w in args.workers.split(",")]
     rows = broker_throughput([int(n) for n in args.streams.split(",")], args.stream_frames, args.rounds, workers,
-                             args.threads, args.shards)
+                             args.threads, args.shards, args.map_update_frames)
     print(f"{'workers':>7} {'streams':>7} {'frames/s':>9} {'x':>6} {'x first':>7} {'frames/worker-CPU-s':>20}")
     for r in rows:
         print(f"{r['workers']:>7} {r['streams']:>7} {r['frames_per_s']:>9.2f} {r['x_wall']:>6.2f} "
               f"{r['x_first']:>7.2f} {r['frames_per_cpu_s']:>20.2f}")
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(json.dumps({"bench": "service_streams_broker", "threads_per_worker": args.threads, "shards": args.shards,
+                      "map_update_frames": args.map_update_frames,
                       "stream_frames": args.stream_frames, "load_avg_before": load0, "load_avg_after": load,
                       "results": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
                                   for r in rows]}))
@@ -516,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", default="1", metavar="N,N,...",
                     help="--broker: worker counts, one deployment each, interleaved in the same run (e.g. 1,2)")
     ap.add_argument("--shards", type=int, default=ServiceConfig().shards, help="--broker: shard queues")
+    ap.add_argument("--map-update-frames", type=int, default=ServiceConfig().map_update_frames,
+                    help="--broker: the workers' map_update_frames (1: about the cadence before, an update after every batch)")
     return ap
 
 
