@@ -53,3 +53,17 @@ def test_bundled_model_loads_by_name() -> None:
     assert i2p.cfg == preset("default") and l2w.cfg == preset("default", l2w=True)
     size = sum(p.stat().st_size for p in bundled_dir().rglob("*") if p.is_file())
     assert size < 30e6
+
+
+def test_report_hints_at_flow_only_when_l2w_loses_on_completion() -> None:
+    from slam3r.demo import FLOW_HINT, format_report
+
+    def report(registration: str, completion: float) -> dict:
+        row = {"accuracy_cm": 20.0, "completion_cm": completion, "ate_cm": 5.0, "fps": 10.0, "stride": 2}
+        return {"seed": 1_000_000, "frames": 12, "image_size": 112, "eval_conf_thresh": 1.0,
+                "recon_config": {"registration": registration}, "model": row,
+                "baseline": {"accuracy_cm": 25.0, "completion_cm": 20.0}}
+
+    assert FLOW_HINT in format_report(report("l2w", 100.0))
+    assert FLOW_HINT not in format_report(report("l2w", 15.0))      # l2w winning: nothing to suggest
+    assert FLOW_HINT not in format_report(report("flow", 100.0))    # already the flow backend

@@ -128,7 +128,14 @@ def format_report(report: dict[str, Any]) -> str:
              f"{'-':>8}",
              f"gain: accuracy x{b['accuracy_cm'] / max(m['accuracy_cm'], 1e-9):.1f}, completion "
              f"x{b['completion_cm'] / max(m['completion_cm'], 1e-9):.1f}"]
+    if report["recon_config"].get("registration") == "l2w" and m["completion_cm"] > b["completion_cm"]:
+        lines.append(FLOW_HINT)
     return "\n".join(lines)
+
+
+FLOW_HINT = ("note: the bundled model's L2W registration is rotation-blind, so its frames collapse onto the first "
+             "ones (MODEL_CARD.md); `--set registration=flow` places them by optical flow instead: a more complete "
+             "map, at about 40% of the FPS (README, registration backends)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
