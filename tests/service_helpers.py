@@ -166,11 +166,20 @@ class Harness:
 
 def queue_exists(name: str, url: str = URL) -> bool:
     """Whether queue ``name`` exists on the broker (a passive declare on a throwaway connection)."""
+    return _declared("queue_declare", name, url)
+
+
+def exchange_exists(name: str, url: str = URL) -> bool:
+    """Whether exchange ``name`` exists on the broker (a passive declare on a throwaway connection)."""
+    return _declared("exchange_declare", name, url)
+
+
+def _declared(method: str, name: str, url: str) -> bool:
     import pika
 
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:
-        conn.channel().queue_declare(name, passive=True)
+        getattr(conn.channel(), method)(name, passive=True)
         return True
     except pika.exceptions.ChannelClosedByBroker:
         return False

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service_helpers import (URL, FakeEngine, Harness, close_broker_connection, needs_broker, queue_exists,
-                             run_in_thread, textured_frames)
+from service_helpers import (URL, FakeEngine, Harness, close_broker_connection, exchange_exists, needs_broker,
+                             queue_exists, run_in_thread, textured_frames)
 from slam3r.service.broker import connection_name
 from slam3r.service.publish import encode_jpeg, publish_stream
 from slam3r.service.worker import Service
@@ -187,20 +187,6 @@ def test_two_workers_share_streams_through_single_active_consumer_shards(harness
     assert harness.queue_depth(harness.cfg.frames_queue) == 0
     for svc, thread, code in runs:
         stop(svc, thread, code)
-
-
-def exchange_exists(name: str) -> bool:
-    import pika
-
-    conn = pika.BlockingConnection(pika.URLParameters(URL))
-    try:
-        conn.channel().exchange_declare(name, passive=True)
-        return True
-    except pika.exceptions.ChannelClosedByBroker:
-        return False
-    finally:
-        if conn.is_open:
-            conn.close()
 
 
 def test_delete_topology_removes_what_a_multi_worker_deployment_declared(harness):
