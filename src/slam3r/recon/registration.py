@@ -126,8 +126,13 @@ def flow_rotation(keep: np.ndarray, xy: np.ndarray, focal: float) -> np.ndarray 
     H, _ = cv2.findHomography(src, xy[ys, xs].astype(np.float64), cv2.RANSAC, HOMOGRAPHY_PIXELS)
     if H is None:
         return None
-    K = np.array([[focal, 0.0, (w - 1) / 2], [0.0, focal, (h - 1) / 2], [0.0, 0.0, 1.0]])
+    K = _pinhole(focal, h, w)
     return project_rotation(np.linalg.inv(K) @ H @ K)
+
+
+def _pinhole(focal: float, h: int, w: int) -> np.ndarray:
+    """``(3, 3)`` intrinsics of an ``h`` x ``w`` image with focal ``focal`` (pixels), principal point at its centre."""
+    return np.array([[focal, 0.0, (w - 1) / 2], [0.0, focal, (h - 1) / 2], [0.0, 0.0, 1.0]])
 
 
 def project_rotation(M: np.ndarray) -> np.ndarray:
@@ -148,7 +153,7 @@ def _image_rotation(local: np.ndarray, matches: list[tuple[np.ndarray, np.ndarra
     previous estimate ``T`` (4, 4) of the frame's similarity, each match is first moved by the parallax that
     translation causes for the frame's point ``local`` (H, W, 3), so that what remains is the rotation's flow."""
     h, w = local.shape[:2]
-    K = np.array([[focal, 0.0, (w - 1) / 2], [0.0, focal, (h - 1) / 2], [0.0, 0.0, 1.0]])
+    K = _pinhole(focal, h, w)
     rot = np.zeros((3, 3))
     for (keep, xy), sim_u in zip(matches, sims):
         if sim_u is None:
