@@ -66,9 +66,9 @@ def verify(seeds: list[int], frames: int, weights: str) -> None:
         last["ov"] = overlap(self, *args)
         return last["ov"]
 
-    def verify_hook(self, old, new, autocast):
+    def verify_hook(self, old, new, autocast, pair=None):
         last.clear()
-        rel = check(self, old, new, autocast)
+        rel = check(self, old, new, autocast, pair)
         rows.append((seed, old.fid, new.fid, last.get("ov", (0.0, 0.0)), rel is not None))
         return rel
 

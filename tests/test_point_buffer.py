@@ -130,3 +130,30 @@ def test_points_views_are_read_only_and_inputs_validated():
     for kwargs in ({"voxel_size": 0}, {"max_points": 0}, {"coarsen_factor": 1.0}):
         with pytest.raises(ValueError):
             PointBuffer(**kwargs)
+
+
+def test_transform_tags_moves_what_each_insert_contributed_and_rebins():
+    """``transform_tags``: the points of a tag move by its matrix (others stay), the map is re-binned (voxels that
+    now coincide merge by confidence, the next delta is a reset), and tags survive re-binning."""
+    g = (np.stack(np.meshgrid(np.arange(10), np.arange(10)), -1).reshape(-1, 2) + 0.5) * 0.1
+    low = np.c_[g, np.full(len(g), 0.05)].astype(np.float32)
+    high = low + np.float32([0, 0, 5.0])
+    rgb = np.zeros((len(g), 3), np.uint8)
+    buf = PointBuffer(voxel_size=0.1)
+    buf.insert(low, rgb, np.ones(len(g), np.float32), tag=0)
+    buf.insert(high, rgb + 255, np.full(len(g), 2.0, np.float32), tag=1)
+    buf.insert(low + np.float32([5, 0, 0]), rgb, np.ones(len(g), np.float32))  # untagged
+    assert len(buf) == 300
+    marker = buf.marker()
+    down = np.eye(4)
+    down[2, 3] = -5.0
+    assert buf.transform_tags({1: down, 7: np.eye(4)}) == 100  # tag 7 has no point
+    xyz, col, conf = buf.points()
+    assert len(buf) == 200 and buf.changes_since(marker).reset
+    assert np.abs(xyz[:, 2] - 0.05).max() < 1e-5                   # tag 1 came down onto tag 0's plane ...
+    on_plane = xyz[:, 0] < 1
+    assert (col[on_plane] == 255).all() and (conf[on_plane] == 2.0).all()  # ... and its surer points won
+    assert buf.transform_tags({1: np.linalg.inv(down)}) == 100     # their tag stayed through the re-bin
+    xyz = buf.points()[0]
+    np.testing.assert_allclose(np.sort(xyz[xyz[:, 2] > 1][:, :2], axis=0), np.sort(high[:, :2], axis=0), atol=1e-6)
+    assert buf.transform_tags({}) == 0 and buf.transform_tags({0: down}) == 0  # tag 0 lost every voxel to tag 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -201,14 +202,20 @@ def test_streaming_map_updates_correct_emitted_frames(loop_scene, drift_ate):
     scene, K = loop_scene
     rec = StreamingReconstructor(CovisI2P(scene, K), DriftL2W(scene, 0.5, 7),
                                  ReconConfig(**LOOP_CFG, loop_closure=True))
-    results, versions = [], []
+    results, versions, mid = [], [], []
     for im in scene.rgb:
         results += rec.push(im)
         versions.append(rec.engine.loop.version)
+        up = rec.map_update(mid[-1].version if mid else 0)  # what a consumer polls (the service does)
+        if up is not None:
+            assert up.frame_ids == [r.frame_id for r in results] and up.version == versions[-1]
+            mid.append(up)
     results += rec.flush()
     assert [r.frame_id for r in results] == list(range(len(scene.rgb)))
-    assert versions[-1] >= 1 and versions[0] == 0  # corrections were published during the stream
-    update = rec.engine.loop.map_update()
+    assert versions[-1] >= 1 and versions[0] == 0 and mid  # corrections were published during the stream
+    assert rec.map_update(mid[-1].version) is None or rec.engine.loop.version > mid[-1].version
+    update = rec.map_update()
+    assert update.version == rec.engine.loop.version and update.loops
     assert update.frame_ids == list(range(len(scene.rgb)))
     raw = np.stack([r.pose_c2w[:3, 3] for r in results])
     fixed = np.stack([correct_pose(C, r.pose_c2w)[:3, 3] for C, r in zip(update.corrections, results)])
@@ -338,3 +345,56 @@ def test_local_edges_adapt_their_span_and_hold_down_drift_without_a_revisit(loop
     assert held < 0.9 * plain  # x0.78 measured (4-keyframe spans: this short sequence turns fast)
     robust, info = run(10, wrong=True)
     assert robust <= 1.1 * held and info["loop_edges_kept"] == 0
+
+
+def test_background_loop_thread_changes_where_the_work_runs_not_the_result(loop_scene):
+    """``loop_background``: the same schedule on the loop thread as on the caller's, so streaming results, map
+    updates and loop statistics are identical; the work ran on the thread (``busy_s`` counted there)."""
+    from slam3r.recon.streaming import StreamingReconstructor
+
+    scene, K = loop_scene
+
+    def stream(background: bool):
+        rec = StreamingReconstructor(CovisI2P(scene, K), DriftL2W(scene, 0.5, 7),
+                                     ReconConfig(**LOOP_CFG, loop_closure=True, loop_background=background))
+        threads = set()
+        add = rec._engine(scene.rgb[0].shape).loop.add_keyframe
+
+        def spy(*args, **kwargs):
+            threads.add(threading.current_thread().name)
+            return add(*args, **kwargs)
+
+        rec.engine.loop.add_keyframe = spy
+        results = [r for im in scene.rgb for r in rec.push(im)] + rec.flush()
+        update = rec.engine.loop.map_update()
+        return results, update, rec.engine.loop.summary(), threads
+
+    (fg, fg_update, fg_info, fg_threads), (bg, bg_update, bg_info, bg_threads) = stream(False), stream(True)
+    assert fg_threads == {threading.main_thread().name} and len(bg_threads) == 1
+    assert next(iter(bg_threads)).startswith("slam3r-loop")
+    assert fg_info["optimisations"] >= 1 and fg_info["verified"] >= 1
+    assert {k: v for k, v in fg_info.items() if k != "busy_s"} == {k: v for k, v in bg_info.items() if k != "busy_s"}
+    assert bg_info["busy_s"] > 0
+    for a, b in zip(fg, bg, strict=True):
+        np.testing.assert_array_equal(a.pts3d_world, b.pts3d_world)
+        np.testing.assert_array_equal(a.pose_c2w, b.pose_c2w)
+    assert fg_update.version == bg_update.version and fg_update.frame_ids == bg_update.frame_ids
+    np.testing.assert_array_equal(fg_update.corrections, bg_update.corrections)
+
+
+def test_loop_thread_errors_reach_the_caller(loop_scene):
+    """An exception in the loop thread's work is raised by the engine's next loop step, not lost."""
+    from slam3r.recon.streaming import StreamingReconstructor
+
+    scene, K = loop_scene
+    rec = StreamingReconstructor(CovisI2P(scene, K), DriftL2W(scene, 0.5, 7),
+                                 ReconConfig(**LOOP_CFG, loop_closure=True))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("verification exploded")
+
+    rec._engine(scene.rgb[0].shape).loop.add_keyframe = broken
+    with pytest.raises(RuntimeError, match="verification exploded"):
+        for im in scene.rgb:
+            rec.push(im)
+        rec.flush()

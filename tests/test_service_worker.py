@@ -21,15 +21,16 @@ class Rig:
     """A worker on a NullLink with PrecomputedEngines (kept in :attr:`engines`)."""
 
     def __init__(self, encoding: str = "deployed", init: int = 1, min_frames: int = 1,
-                 results: list | None = None, **changes) -> None:
+                 results: list | None = None, make=None, **changes) -> None:
         self.cfg = dataclasses.replace(ServiceConfig(encoding=encoding, decode_min_side=0), **changes)
         self.link = NullLink()
         self.engines: list[PrecomputedEngine] = []
         self.init, self.min_frames, self.results = init, min_frames, results or RESULTS
+        self.make = make or (lambda: PrecomputedEngine(self.results, self.init, self.min_frames))
         self.svc = Service(self.cfg, self._engine, net_size=16, conf_thres_l2w=1.0, link=self.link)
 
     def _engine(self) -> PrecomputedEngine:
-        self.engines.append(PrecomputedEngine(self.results, self.init, self.min_frames))
+        self.engines.append(self.make())
         return self.engines[-1]
 
     def send(self, *headers: dict, body: bytes = JPEG, redelivered: bool = False, source: str = "frames") -> list:
@@ -195,3 +196,43 @@ def test_map_updates_every_few_frames_of_a_stream_however_many_streams_share_the
         last = max(i for i, m in enumerate(vis) if m in updates)
         end = next(i for i, m in enumerate(vis) if m["stream_id"] == s and m["type"] == "segment_boundary")
         assert last < end
+
+
+class LoopClosingEngine(PrecomputedEngine):
+    """A PrecomputedEngine whose loop closure, once ``at`` frames were returned, moves frames 0-2 by ``shift``
+    (``StreamingReconstructor.map_update``'s contract: cumulative corrections of every returned frame)."""
+
+    def __init__(self, results, at: int, shift: np.ndarray) -> None:
+        super().__init__(results)
+        self.at, self.shift = at, shift
+
+    def map_update(self, since_version: int = 0):
+        from slam3r.recon.loop import MapUpdate
+
+        if self.n < self.at or since_version >= 1:
+            return None
+        ids = list(range(self.n))
+        return MapUpdate(1, ids, np.stack([self.shift if f < 3 else np.eye(4) for f in ids]), [(0, 4)])
+
+
+def test_a_closed_loop_moves_the_service_map_and_trajectory_at_once():
+    shift = np.eye(4)
+    shift[0, 3] = 100.0
+    rig = Rig(map_update_frames=100, make=lambda: LoopClosingEngine(RESULTS, 5, shift))
+    for t in range(4):
+        rig.send({"timestamp_ns": 100 + t, "video_segment": "s"})
+    assert not rig.out("vis")                                # no loop yet, and map_update_frames not reached
+    rig.send({"timestamp_ns": 104, "video_segment": "s"})   # the 5th frame: the loop closes
+    (update,) = [m for m in rig.out("vis") if m["type"] == "points_update_incremental"]
+    vertices = np.asarray(update["vertices"], np.float64)
+    moved = vertices[:, 0] > 50
+    st = next(iter(rig.svc.streams.values()))
+    own = np.concatenate([RESULTS[f].pts3d_world.reshape(-1, 3) for f in range(3)])
+    assert moved.any() and (~moved).any()
+    d = np.abs((vertices[moved] - [100, 0, 0])[:, None] - own[None]).max(-1).min(1)
+    assert d.max() < 1e-3                                    # moved points are frames 0-2's, shifted
+    np.testing.assert_allclose(np.stack(st.poses)[:3, 0, 3], [RESULTS[f].pose_c2w[0, 3] + 100 for f in range(3)])
+    np.testing.assert_allclose(np.stack(st.poses)[3:, 0, 3], [RESULTS[f].pose_c2w[0, 3] for f in (3, 4)])
+    rig.send({"timestamp_ns": 105, "video_segment": "s"})   # the same map version: nothing moves twice
+    assert len([m for m in rig.out("vis") if m["type"] == "points_update_incremental"]) == 1
+    np.testing.assert_allclose(st.poses[0][0, 3], RESULTS[0].pose_c2w[0, 3] + 100)

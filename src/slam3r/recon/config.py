@@ -110,6 +110,10 @@ class ReconConfig:
     loop_optimize_interval: int = 10
     """While streaming, optimise at most once every this many keyframes (pending loops wait; all are optimised at the
     end)."""
+    loop_background: bool = True
+    """Run loop detection and verification on a background thread while the next frames are registered (the
+    engine collects them at its next loop step, so the results do not depend on it: off runs the same schedule on
+    the calling thread). It uses a free core; where none is free it competes with the networks' threads."""
     loop_robust: bool = True
     """Graduated non-convexity over the loop edges (rejects wrong loops); off = plain least squares."""
     seed: int = 42

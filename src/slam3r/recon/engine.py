@@ -558,25 +558,24 @@ class Engine:
         return results
 
     def _loop_step(self) -> None:
-        """Hand new keyframes to the loop closer; after a loop closes, move every frame still held by its
-        keyframe's correction so that registration continues in the corrected world."""
+        """Collect the loop closer's work on the keyframes handed over at the previous step (after a loop closes,
+        move every frame still held by its keyframe's correction, so that registration continues in the corrected
+        world), then hand it the new keyframes (``LoopCloser.submit``: on its thread while the engine goes on)."""
         if self.loop is None:
             return
         with self._timed("loop"):
-            closed = False
-            for k in self.keyframes[self._loop_seen:]:
-                f = self.frames[k]
-                weight = self._valid(f.conf_i2p).float() * (1 - 1 / f.conf_l2w)
-                closed |= self.loop.add_keyframe(k, f.tokens, f.local, f.world, weight,
-                                                 lambda: autocast_context(self.device, self.cfg.precision))
+            if self.loop.collect():
+                deltas = self.loop.optimize()
+                for v, f in self.frames.items():
+                    if f.world is not None:
+                        C = deltas[self.loop.keyframe_of(v)]
+                        f.world = torch.from_numpy(apply_sim3_matrix(C, f.world.cpu().numpy())).to(f.world.device)
+            new = [(k, self.frames[k]) for k in self.keyframes[self._loop_seen:]]
             self._loop_seen = len(self.keyframes)
-            if not closed:
-                return
-            deltas = self.loop.optimize()
-            for v, f in self.frames.items():
-                if f.world is not None:
-                    C = deltas[self.loop.keyframe_of(v)]
-                    f.world = torch.from_numpy(apply_sim3_matrix(C, f.world.cpu().numpy())).to(f.world.device)
+            if new:
+                self.loop.submit([(k, f.tokens, f.local, f.world, self._valid(f.conf_i2p).float()
+                                   * (1 - 1 / f.conf_l2w)) for k, f in new],
+                                 lambda: autocast_context(self.device, self.cfg.precision))
 
     # ------------------------------------------------------------------------------------------------ driver
     def summary(self) -> EngineSummary:

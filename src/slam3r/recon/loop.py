@@ -28,6 +28,14 @@ keeps it. For a new keyframe:
    ``C_k = T_k_new T_k_old^-1`` is applied at once to the frames the engine still holds (so later registration
    continues in the corrected world) and accumulated for frames already emitted.
 
+Steps 1-4 of a step's new keyframes run on one background thread (``loop_background``, shared by every loop closer
+of the process) while the engine registers the next frames: :meth:`LoopCloser.submit` hands them over,
+:meth:`LoopCloser.collect` (the engine's next loop step) waits for them and says whether to optimise (step 5, on
+the caller's thread). The schedule is the same with or without the thread, so the results are identical: the
+thread only decides where the work runs. Everything the work reads is its own (the keyframes' arrays are copied
+at submission, and only the work changes the closer's keyframes and edges); every public method that reads them
+waits for it first.
+
 A frame's keyframe is the recorded keyframe nearest to it in the stream; a frame emitted before an optimisation
 takes its keyframe's correction from it (:meth:`LoopCloser.corrections`).
 Offline runs apply them to the output directory (:func:`apply_corrections`); streaming consumers read
@@ -37,6 +45,9 @@ Offline runs apply them to the output directory (:func:`apply_corrections`); str
 from __future__ import annotations
 
 import bisect
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,13 +63,27 @@ from slam3r.recon.config import ReconConfig
 from slam3r.recon.pose_graph import Edge, GraphResult, optimize_pose_graph
 
 
-VERIFY_POINTS = 4096
+VERIFY_POINTS = 1024
 """Pixels (evenly spread) used by the similarity fits of a loop verification."""
 
 EDGE_SIGMA = 0.01
 """Pose-graph edge sigma: radians for rotation, log-scale for scale, and for translation this fraction of the
 second keyframe's mean point depth (the edge's translation error is in its camera units, which are arbitrary:
 a rotation error of ``EDGE_SIGMA`` about the scene moves the camera by about ``EDGE_SIGMA`` x depth)."""
+
+
+_WORKER: ThreadPoolExecutor | None = None
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker() -> ThreadPoolExecutor:
+    """The process's one loop-closure thread (created on first use; a daemon-like pool thread that finishes its
+    current job at interpreter exit)."""
+    global _WORKER
+    with _WORKER_LOCK:
+        if _WORKER is None:
+            _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slam3r-loop")
+        return _WORKER
 
 
 def global_descriptor(tokens: Tensor) -> Tensor:
@@ -90,6 +115,7 @@ class MapUpdate:
     frame_ids: list[int]
     corrections: np.ndarray  # (N, 4, 4)
     loops: list[tuple[int, int]] = field(default_factory=list)
+    """The loop edges (keyframe ids) the latest optimisation had."""
 
 
 def apply_sim3_matrix(C: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -118,12 +144,53 @@ class LoopCloser:
         self.emitted: dict[int, int] = {}  # emitted frame -> map version at its emission
         self.history: list[dict[int, np.ndarray]] = []  # per optimisation: world correction by keyframe
         self.version = 0
+        self.optimised_loops: list[tuple[int, int]] = []  # loop edges of the latest optimisation
         self.last: GraphResult | None = None
         self._dirty = False
         self._pending = False  # a loop edge disagrees with the current poses
         self._since_opt = 0  # keyframes since the last optimisation
         self._span = cfg.loop_local_span  # current local-edge span, keyframes (``_add_local``)
         self.stats = {"candidates": 0, "verified": 0, "local": 0, "optimisations": 0}
+        self.busy_s = 0.0  # seconds spent in add_keyframe (on the loop thread when ``loop_background``)
+        self._job: Future | None = None  # the keyframes handed over by :meth:`submit`, until :meth:`collect`
+
+    # -------------------------------------------------------------------------------------------- hand-over
+    def submit(self, keyframes: list[tuple[int, Tensor, Tensor, Tensor, Tensor]],
+               autocast: Callable[[], AbstractContextManager]) -> None:
+        """Hand keyframes ``(fid, tokens, local, world, weight)`` (as :meth:`add_keyframe` takes them) to the loop
+        thread (``loop_background``; else they are added now); :meth:`collect` reads the outcome. Waits for an
+        earlier hand-over that was not collected (its outcome then only counts at the final optimisation)."""
+        self._settle()
+        items = [(fid, tokens.detach().cpu().clone(), local.detach().cpu().clone(), world.detach().cpu().clone(),
+                  weight.detach().cpu().clone()) for fid, tokens, local, world, weight in keyframes]
+
+        def work() -> bool:
+            t0 = time.perf_counter()
+            try:
+                with torch.no_grad():
+                    return any([self.add_keyframe(*item, autocast) for item in items])
+            finally:
+                self.busy_s += time.perf_counter() - t0
+
+        if self.cfg.loop_background:
+            self._job = _worker().submit(work)
+        else:
+            self._job = Future()
+            try:
+                self._job.set_result(work())
+            except Exception as exc:  # noqa: BLE001 - re-raised by collect, as the thread's would be
+                self._job.set_exception(exc)
+
+    def collect(self) -> bool:
+        """Wait for the keyframes of the last :meth:`submit`; returns whether to optimise now (see
+        :meth:`add_keyframe`). Re-raises the work's exception."""
+        job, self._job = self._job, None
+        return bool(job.result()) if job is not None else False
+
+    def _settle(self) -> None:
+        """Wait for handed-over keyframes before reading or changing the graph (their outcome is kept for the
+        final optimisation: :meth:`add_keyframe` already recorded the pending loop)."""
+        self.collect()
 
     # -------------------------------------------------------------------------------------------- keyframes
     def add_keyframe(self, fid: int, tokens: Tensor, local: Tensor, world: Tensor, weight: Tensor,
@@ -150,32 +217,39 @@ class LoopCloser:
             self._add_edge(prev.fid, kf, np.linalg.inv(prev.pose) @ kf.pose, "odometry")
         self.kfs[fid] = kf
         self.order.append(fid)
-        for cand in self._candidates(kf, autocast):  # best first, until one fails: outside a revisit that is
-            rel = self._verify(self.kfs[cand], kf, autocast)  # one I2P call per keyframe
+        cands, local = self._candidates(kf, autocast), self._local_target(kf)
+        first = [self.kfs[c] for c in cands[:1]] + ([local] if local is not None else [])
+        pairs = dict(zip([o.fid for o in first], self._pair_i2p(first, kf, autocast)))  # one batched I2P call
+        for cand in cands:  # best first, until one fails: outside a revisit that is the one batched call
+            rel = self._verify(self.kfs[cand], kf, autocast, pairs.pop(cand, None))
             if rel is None:
                 break
             self._add_edge(cand, kf, rel, "loop")
             self.stats["verified"] += 1
             self._pending |= self._disagreement(self.kfs[cand], kf, rel) > self.cfg.loop_inlier_thresh
-        self._add_local(kf, autocast)
+        if local is not None:
+            self._add_local(kf, local, self._verify(local, kf, autocast, pairs[local.fid]))
         self._since_opt += 1
         return self._pending and self._since_opt >= self.cfg.loop_optimize_interval
 
-    def _add_local(self, kf: _Keyframe, autocast) -> None:
-        """Local edge (``loop_local_span``): the keyframe ``span`` keyframes before ``kf`` (``span`` >= 2: the
-        previous one has the odometry edge), verified like a loop candidate; none once that keyframe is old enough
-        to be a loop candidate. ``span`` adapts to the camera's motion: it starts at ``loop_local_span``,
-        halves when a verification fails (the views no longer overlap) and grows by one after a success, up to
-        ``loop_local_span``: at most one I2P pair call per ``loop_local_interval`` keyframes."""
+    def _local_target(self, kf: _Keyframe) -> _Keyframe | None:
+        """The keyframe a local edge (``loop_local_span``) of ``kf`` goes to: ``span`` keyframes before it
+        (``span`` >= 2: the previous one has the odometry edge), on every ``loop_local_interval``-th keyframe;
+        none once that keyframe is old enough to be a loop candidate. ``span`` adapts to the camera's motion
+        (:meth:`_add_local`)."""
         if (len(self.order) - 1) % self.cfg.loop_local_interval:
-            return
+            return None
         span = min(self._span, len(self.order) - 1)
         if span < 2:
-            return
+            return None
         old = self.kfs[self.order[-1 - span]]
-        if old.fid <= kf.fid - self.cfg.loop_min_gap:
-            return
-        rel = self._verify(old, kf, autocast)
+        return None if old.fid <= kf.fid - self.cfg.loop_min_gap else old
+
+    def _add_local(self, kf: _Keyframe, old: _Keyframe, rel: np.ndarray | None) -> None:
+        """The local edge ``old -> kf`` measured as ``rel`` (``None``: its verification failed). The span starts
+        at ``loop_local_span``, halves when a verification fails (the views no longer overlap) and grows by one
+        after a success, up to ``loop_local_span``."""
+        span = len(self.order) - 1 - self.order.index(old.fid)
         if rel is None:
             self._span = max(2, span // 2)
             return
@@ -214,13 +288,24 @@ class LoopCloser:
         self.stats["candidates"] += len(best)
         return [old[i] for i in best]
 
-    def _verify(self, old: _Keyframe, new: _Keyframe, autocast) -> np.ndarray | None:
-        """``T_old^-1 T_new`` measured by I2P on the pair, or ``None`` when too few pixels agree."""
-        tokens = torch.stack([old.tokens, new.tokens])[:, None].to(self.device)
+    def _pair_i2p(self, olds: list[_Keyframe], new: _Keyframe, autocast) -> list[tuple[np.ndarray, np.ndarray]]:
+        """I2P on the pairs ``(old, new)`` for each of ``olds`` (old keyframe as reference), batched in one call:
+        per pair the points ``(2, H*W, 3)`` of both keyframes in the old camera frame and their confidences
+        ``(2, H*W)``."""
+        if not olds:
+            return []
+        tokens = torch.stack([torch.stack([old.tokens, new.tokens]) for old in olds], dim=1).to(self.device)
         with torch.no_grad(), autocast():
-            out = self.i2p(tokens, 0)
-        pts = out.pts3d[:, 0].float().reshape(2, -1, 3).cpu().numpy()
-        conf = out.conf[:, 0].float().reshape(2, -1).cpu().numpy()
+            out = self.i2p(tokens, 0)  # (2, B, ...)
+        pts = out.pts3d.float().reshape(2, len(olds), -1, 3).cpu().numpy()
+        conf = out.conf.float().reshape(2, len(olds), -1).cpu().numpy()
+        return [(pts[:, b], conf[:, b]) for b in range(len(olds))]
+
+    def _verify(self, old: _Keyframe, new: _Keyframe, autocast,
+                pair: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
+        """``T_old^-1 T_new`` measured by I2P on the pair (``pair``: its :meth:`_pair_i2p` output, computed here
+        when not given), or ``None`` when too few pixels agree."""
+        pts, conf = pair if pair is not None else self._pair_i2p([old], new, autocast)[0]
         thresh, need = self._thresh(old.local), self.cfg.loop_min_inliers
         sub = slice(None, None, max(1, len(old.local) // VERIFY_POINTS))  # evenly spread pixels
         va, vb = old.weight[sub] > 0, new.weight[sub] > 0
@@ -268,6 +353,7 @@ class LoopCloser:
 
     def add_loop_edge(self, i: int, j: int, rel: np.ndarray) -> None:
         """Add a loop edge by hand (e.g. a known revisit, or a deliberately wrong one in a robustness test)."""
+        self._settle()
         if i not in self.kfs or j not in self.kfs:
             raise ValueError(f"loop edge {i} -> {j}: both ends must be recorded keyframes")
         self._add_edge(i, self.kfs[j], np.asarray(rel, dtype=np.float64), "loop")
@@ -275,6 +361,7 @@ class LoopCloser:
     # -------------------------------------------------------------------------------------------- graph
     def optimize(self) -> dict[int, np.ndarray]:
         """Optimise the graph; returns this round's world correction ``C_k`` per keyframe (and updates poses)."""
+        self._settle()
         if not self._dirty:
             return {}
         self.last = optimize_pose_graph({k: kf.pose for k, kf in self.kfs.items()}, self.edges,
@@ -285,6 +372,7 @@ class LoopCloser:
         self._dirty = self._pending = False
         self._since_opt = 0
         self.history.append(deltas)
+        self.optimised_loops = [(e.i, e.j) for e in self.edges if e.kind == "loop"]
         self.version += 1
         self.stats["optimisations"] += 1
         return deltas
@@ -304,11 +392,13 @@ class LoopCloser:
         """Remember the map version the frame's result was emitted in (later corrections apply to it)."""
         self.emitted[fid] = self.version
 
-    def corrections(self) -> dict[int, np.ndarray]:
+    def corrections(self, final: bool = True) -> dict[int, np.ndarray]:
         """Per emitted frame: the 4x4 world similarity taking its emitted points / pose to the corrected world,
-        the product of its nearest keyframe's correction in every optimisation since its emission (after a final
-        optimisation if edges were added since the last one)."""
-        self.optimize()
+        the product of its nearest keyframe's correction in every optimisation since its emission. ``final``:
+        first a final optimisation if edges were added since the last one (the end of a run; mid-stream the
+        engine alone optimises, when it can also move the frames it holds)."""
+        if final:
+            self.optimize()
         keys = [sorted(d) for d in self.history]
         out = {}
         for f, version in self.emitted.items():
@@ -318,22 +408,24 @@ class LoopCloser:
             out[f] = C
         return out
 
-    def map_update(self) -> MapUpdate:
-        """Current corrections of every emitted frame, for streaming consumers (see :class:`MapUpdate`)."""
-        corr = self.corrections()
+    def map_update(self, final: bool = True) -> MapUpdate:
+        """Current corrections of every emitted frame, for streaming consumers (see :class:`MapUpdate`;
+        ``final`` as in :meth:`corrections`: ``False`` while the stream goes on)."""
+        corr = self.corrections(final)
         ids = sorted(corr)
         mats = np.stack([corr[f] for f in ids]) if ids else np.zeros((0, 4, 4))
-        loops = [(e.i, e.j) for e in self.edges if e.kind == "loop"]
-        return MapUpdate(self.version, ids, mats, loops)
+        return MapUpdate(self.version, ids, mats, list(self.optimised_loops))
 
     def summary(self) -> dict:
         """Counts for ``summary.json``: keyframes, loop edges found / kept by the robust graph, optimisations."""
+        self._settle()
         loops = [e for e in self.edges if e.kind == "loop"]
         robust = [e for e in self.edges if e.kind != "odometry"]  # GraphResult.loop_inliers' order
         kept = [e for e, ok in zip(robust, self.last.loop_inliers if self.last is not None else []) if ok]
         return {"keyframes": len(self.order), "loop_edges": [[e.i, e.j] for e in loops],
                 "loop_edges_kept": sum(e.kind == "loop" for e in kept),
-                "local_edges_kept": sum(e.kind == "local" for e in kept), **self.stats}
+                "local_edges_kept": sum(e.kind == "local" for e in kept), **self.stats,
+                "busy_s": round(self.busy_s, 3)}
 
 
 def apply_corrections(out_dir: str | Path, corrections: dict[int, np.ndarray]) -> None:

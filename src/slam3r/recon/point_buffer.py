@@ -19,6 +19,9 @@ Design
 * Incremental updates: every insert gets a tick; :meth:`PointBuffer.changes_since` returns the points whose voxel
   was created or replaced after a :class:`Marker`, with their slot index so a viewer can overwrite in place; after a
   :meth:`~PointBuffer.clear` or a re-bin the delta is flagged ``reset`` and holds everything.
+* Tags: every point keeps the integer tag of its insert (the service tags a frame's points with its frame id), so
+  :meth:`PointBuffer.transform_tags` can move what one frame contributed, e.g. by a loop-closure correction, and
+  re-bin the moved map.
 * Coordinates are limited to ``|floor(xyz / voxel_size)| < 2**20`` per axis (about +-10,000 scene units at 1 cm);
   points outside, and points with non-finite coordinates or confidence, are ignored.
 """
@@ -115,13 +118,14 @@ class PointBuffer:
         """The current position in the buffer history (for :meth:`changes_since`)."""
         return Marker(self._epoch, self._tick)
 
-    def insert(self, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray) -> int:
+    def insert(self, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray, tag: int = -1) -> int:
         """Merge points into the buffer.
 
         Args:
             xyz: ``(M, 3)`` float32 world coordinates (other float dtypes are converted).
             rgb: ``(M, 3)`` uint8 colours.
             conf: ``(M,)`` confidences (higher is better).
+            tag: integer kept with each point that wins a voxel (:meth:`transform_tags`); -1 = untagged.
 
         Returns:
             The number of voxels created by this insert (before any cap-induced re-bin).
@@ -131,13 +135,36 @@ class PointBuffer:
         conf = np.ascontiguousarray(conf, dtype=np.float32).reshape(-1)
         if not (len(xyz) == len(rgb) == len(conf)):
             raise ValueError(f"length mismatch: xyz {len(xyz)}, rgb {len(rgb)}, conf {len(conf)}")
+        tags = np.full(len(xyz), tag, np.int64)
         self._tick += 1
         created = 0
         for i in range(0, len(xyz), _CHUNK):
-            created += self._merge(xyz[i:i + _CHUNK], rgb[i:i + _CHUNK], conf[i:i + _CHUNK])
+            created += self._merge(xyz[i:i + _CHUNK], rgb[i:i + _CHUNK], conf[i:i + _CHUNK], tags[i:i + _CHUNK])
         while self._n > self.max_points:
             self._rebin(self._voxel * self.coarsen_factor)
         return created
+
+    def transform_tags(self, transforms: dict[int, np.ndarray]) -> int:
+        """Move the stored points of each tag by its ``(4, 4)`` matrix (a similarity: ``x -> A x + b``; tags not
+        given stay) and re-bin everything at the current voxel size (new epoch: the next :meth:`changes_since`
+        is a ``reset``). Returns how many points moved."""
+        if not transforms:
+            return 0
+        keys = np.array(sorted(transforms), np.int64)
+        mats = np.stack([np.asarray(transforms[k], np.float64) for k in keys.tolist()])
+        moved = 0
+        for i in range(0, self._n, _CHUNK):  # (K, 4, 4) per chunk: bounded memory
+            tags = self._tag[i:min(self._n, i + _CHUNK)]
+            pos = np.minimum(np.searchsorted(keys, tags), len(keys) - 1)
+            idx = np.flatnonzero(keys[pos] == tags)
+            if idx.size:
+                M = mats[pos[idx]]
+                xyz = self._xyz[i + idx].astype(np.float64)
+                self._xyz[i + idx] = (np.einsum("kij,kj->ki", M[:, :3, :3], xyz) + M[:, :3, 3]).astype(np.float32)
+                moved += idx.size
+        if moved:
+            self._rebin(self._voxel)
+        return moved
 
     def points(self, copy: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All stored points: xyz ``(N, 3)`` float32, rgb ``(N, 3)`` uint8, conf ``(N,)`` float32.
@@ -179,6 +206,7 @@ class PointBuffer:
         self._rgb = np.empty((cap, 3), np.uint8)
         self._conf = np.empty(cap, np.float32)
         self._stamp = np.zeros(cap, np.uint32)
+        self._tag = np.full(cap, -1, np.int64)
         self._keys = np.empty(cap, np.int64)
         self._scratch = np.empty(cap, np.int64)
 
@@ -189,9 +217,9 @@ class PointBuffer:
         while cap < need:
             cap *= 2
         n = self._n
-        old = (self._xyz, self._rgb, self._conf, self._stamp, self._keys)
+        old = (self._xyz, self._rgb, self._conf, self._stamp, self._keys, self._tag)
         self._alloc_storage(cap)
-        for dst, src in zip((self._xyz, self._rgb, self._conf, self._stamp, self._keys), old):
+        for dst, src in zip((self._xyz, self._rgb, self._conf, self._stamp, self._keys, self._tag), old):
             dst[:n] = src[:n]
 
     def _alloc_table(self, size: int) -> None:
@@ -264,10 +292,10 @@ class PointBuffer:
             slot[moved] = flat.take(2 * pos[moved] + 1)
         return pos, slot
 
-    def _merge(self, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray) -> int:
+    def _merge(self, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray, tags: np.ndarray) -> int:
         keys, valid = self._keys_of(xyz, conf)
         if valid is not None:
-            keys, xyz, rgb, conf = keys[valid], xyz[valid], rgb[valid], conf[valid]
+            keys, xyz, rgb, conf, tags = keys[valid], xyz[valid], rgb[valid], conf[valid], tags[valid]
         m = len(keys)
         if m == 0:
             return 0
@@ -299,15 +327,17 @@ class PointBuffer:
             ws = slot.take(win)
             _rows(self._xyz)[ws] = _rows(xyz).take(win)  # whole rows as opaque 12 / 3 byte items
             _rows(self._rgb)[ws] = _rows(rgb).take(win)
+            self._tag[ws] = tags.take(win)
             self._stamp[ws] = self._tick
         return created
 
     def _rebin(self, voxel: float) -> None:
         """Re-bin every stored point at voxel size ``voxel`` (new epoch)."""
         xyz, rgb, conf = self.points(copy=True)
+        tags = self._tag[:self._n].copy()
         tick = self._tick
         self._reset_storage()
         self._voxel = float(voxel)
         self._tick = tick
         self._epoch += 1
-        self._merge(xyz, rgb, conf)
+        self._merge(xyz, rgb, conf, tags)

@@ -11,6 +11,7 @@ from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.recon.batching import Steps, drive
 from slam3r.recon.config import ReconConfig, resolve_geometry
 from slam3r.recon.engine import Engine
+from slam3r.recon.loop import MapUpdate
 from slam3r.recon.types import FrameResult
 
 
@@ -69,6 +70,21 @@ class StreamingReconstructor:
             return []
         self.engine.finish()
         return self.engine.advance()
+
+    def map_update(self, since_version: int = 0) -> MapUpdate | None:
+        """With loop closure: the corrections of every frame returned so far (``recon.loop.MapUpdate``:
+        cumulative 4x4 world similarities per frame id) when a loop has closed since map version
+        ``since_version``; ``None`` without loop closure or when nothing changed. After :meth:`flush` it includes
+        the final optimisation."""
+        loop = self.engine.loop if self.engine is not None else None
+        if loop is None:
+            return None
+        final = self.engine.final
+        if final:
+            loop.optimize()
+        if loop.version <= since_version:
+            return None
+        return loop.map_update(final)
 
     def reset(self) -> None:
         """Forget the current reconstruction (e.g. a new video segment)."""

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from slam3r.recon.loop import correct_pose
 from slam3r.recon.point_buffer import Marker, PointBuffer
 from slam3r.recon.types import FrameResult
 from slam3r.service.broker import Delivery, Outgoing
@@ -72,6 +73,12 @@ class StreamState:
         self.last_timestamp = -1
         self.timestamps: list[int] = []
         self.poses: list[np.ndarray] = []
+        self.frame_ids: list[int] = []
+        """Engine frame id of each of :attr:`poses` (loop corrections are per frame id)."""
+        self.applied: dict[int, np.ndarray] = {}
+        """Loop-closure correction (4x4 world similarity) already applied to each frame's points and pose."""
+        self.map_version = 0
+        """The engine's loop-closure map version the map holds (:meth:`apply_loop_corrections`)."""
         self.frames = 0
         self.unregistered = 0
         self.last_keyframe_id = -1
@@ -110,6 +117,7 @@ class StreamState:
         """Account a registered frame (trajectory, counters)."""
         self.timestamps.append(int(r.timestamp_ns) if r.timestamp_ns is not None else r.frame_id)
         self.poses.append(np.asarray(r.pose_c2w, np.float64))
+        self.frame_ids.append(r.frame_id)
         self.frames += 1
         self.frames_since_map += 1
         self.last_frame = (r.frame_id, r.timestamp_ns)
@@ -117,6 +125,24 @@ class StreamState:
         self.voxels_since_mesh += new_voxels
         if r.is_keyframe:
             self.last_keyframe_id = r.frame_id
+
+    def apply_loop_corrections(self) -> bool:
+        """When the engine's loop closure has closed a loop since the last call (``map_update`` of
+        :class:`~slam3r.recon.streaming.StreamingReconstructor`; engines without one never move the map): move
+        each frame's points in the map (tagged by frame id) and its trajectory pose by the change of its
+        correction since the last call, and re-bin the map. Returns whether it moved."""
+        get = getattr(self._engine, "map_update", None)
+        update = get(self.map_version) if get is not None else None
+        if update is None:
+            return False
+        change = {}
+        for fid, C in zip(update.frame_ids, update.corrections):
+            change[fid] = C @ np.linalg.inv(self.applied.get(fid, np.eye(4)))
+            self.applied[fid] = C
+        self.buffer.transform_tags(change)
+        self.poses = [correct_pose(change[f], P) if f in change else P for f, P in zip(self.frame_ids, self.poses)]
+        self.map_version = update.version
+        return True
 
     def camera_centres(self) -> np.ndarray:
         """``(N, 3)`` camera positions of the registered frames."""
@@ -129,7 +155,8 @@ class StreamState:
         if self._engine is not None:
             self._engine.reset()
         self.buffer.clear()
-        self.timestamps, self.poses = [], []
+        self.timestamps, self.poses, self.frame_ids = [], [], []
+        self.applied, self.map_version = {}, 0
         self.frames = self.unregistered = 0
         self.last_keyframe_id = -1
         self.frames_since_mesh = self.voxels_since_mesh = self.frames_since_map = 0

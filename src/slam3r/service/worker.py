@@ -380,7 +380,7 @@ class Service:
     def _emit(self, st: StreamState, results: list[FrameResult], out: list[_Item], final: bool = False) -> None:
         """Publish the outputs of registered frames, update the map (every ``map_update_frames`` registered frames
         of the stream, and at the ``final`` emit of a segment), then settle the frames' deliveries."""
-        if not results and not (final and st.frames_since_map):
+        if not results and not final:
             return
         settles: list[_Item] = []
         for r in results:
@@ -402,7 +402,7 @@ class Service:
                 settles += [Settle(x.generation, x.tag) for x in deliveries]
                 continue
             xyz, rgb, conf = r.points(self.conf_thres_l2w)
-            created = st.buffer.insert(xyz, rgb, conf)
+            created = st.buffer.insert(xyz, rgb, conf, tag=r.frame_id)
             outputs = [Outgoing(self._ex_pose, self.encoding.pose(r, st.stream_id, key[0])),
                        Outgoing(self._ex_points, self.encoding.points(r, xyz, rgb, conf, st.stream_id, key[0]))]
             st.remember(key, outputs)
@@ -410,7 +410,11 @@ class Service:
             self.stats.registered += 1
             out.extend(outputs)
             settles += [Settle(x.generation, x.tag) for x in deliveries]
-        if st.frames_since_map >= self.cfg.map_update_frames or (final and st.frames_since_map):
+        moved = st.apply_loop_corrections()  # a loop closed: the whole map moves (these results too), at once
+        if moved:  # and its mesh is redone now
+            st.frames_since_mesh = max(st.frames_since_mesh, self.cfg.mesh_update_frequency)
+            st.voxels_since_mesh = max(st.voxels_since_mesh, self.cfg.mesh_min_new_voxels)
+        if moved or st.frames_since_map >= self.cfg.map_update_frames or (final and st.frames_since_map):
             ctx = MapContext(st.buffer, st.vis_marker, *st.last_frame, st.last_keyframe_id, st.stream_id,
                              st.segment or "")
             payloads, st.vis_marker = self.encoding.map_update(ctx)
