@@ -114,12 +114,15 @@ class _KnownRotationFit:
 
     def __init__(self, src: np.ndarray, dst: np.ndarray, R: np.ndarray):
         self.R = np.asarray(R, dtype=np.float64)
-        a = np.asarray(src, dtype=np.float64) @ self.R.T
-        b = np.asarray(dst, dtype=np.float64)
-        self.ca, self.cb = a.mean(0), b.mean(0)
-        a, b = a - self.ca, b - self.cb
-        self.F = np.concatenate([np.einsum("ij,ij->i", a, a)[None], np.einsum("ij,ij->i", a, b)[None],
-                                 np.einsum("ij,ij->i", b, b)[None], a.T, b.T])
+        self.F = np.empty((9, len(src)))
+        a, b = self.F[3:6], self.F[6:9]  # (3, N) rows: numpy is several times faster on them than on (N, 3)
+        np.dot(self.R, np.asarray(src, dtype=np.float64).T, out=a)
+        b[:] = np.asarray(dst, dtype=np.float64).T
+        self.ca, self.cb = a.mean(1), b.mean(1)
+        a -= self.ca[:, None]
+        b -= self.cb[:, None]
+        for row, (x, y) in enumerate(((a, a), (a, b), (b, b))):
+            self.F[row] = np.einsum("ij,ij->j", x, y)
 
     def fit(self, w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """``(s, R, t (3,))`` for pair weights ``w`` (N,) >= 0; ``ValueError`` when no weight is positive or the
