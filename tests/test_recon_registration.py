@@ -169,3 +169,25 @@ def test_robust_umeyama_early_stop_keeps_the_fit():
         assert early[0] == pytest.approx(full[0], rel=1e-5) and np.allclose(early[2], full[2], atol=1e-4)
         assert np.abs(early[1] - full[1]).max() < 1e-5 and (early[3] != full[3]).sum() <= 2
         assert np.abs(full[1] - R).max() < 1e-2 and (full[3] == ~bad).mean() > 0.97
+
+
+def test_a_frames_focal_is_estimated_once_per_points_and_weights(monkeypatch):
+    import torch
+
+    import slam3r.recon.engine as engine
+    from slam3r.recon.camera import estimate_focal
+
+    calls = []
+    monkeypatch.setattr(engine, "estimate_focal", lambda *a: calls.append(1) or estimate_focal(*a))
+    rng = np.random.default_rng(0)
+    f = engine._Frame(rgb=np.zeros((6, 8, 3), np.uint8), timestamp_ns=None,
+                      local=torch.from_numpy(rng.normal(size=(6, 8, 3)) + np.array([0.0, 0.0, 3.0])).float())
+    w = torch.rand(6, 8)
+    first = engine.Engine._focal(f, w)
+    assert engine.Engine._focal(f, w.clone()) == first and len(calls) == 1  # equal weights: reused (the pose's)
+    w2 = w.clone()
+    w2[0, 0] = 0.0
+    engine.Engine._focal(f, w2)
+    f.local = f.local * 2.0
+    engine.Engine._focal(f, w2)
+    assert len(calls) == 3  # other weights, other points: estimated again

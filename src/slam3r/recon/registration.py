@@ -102,7 +102,8 @@ def flow_correspondences(rgb: np.ndarray, rgb_ref: np.ndarray) -> tuple[np.ndarr
     xy = np.stack(np.meshgrid(np.arange(w), np.arange(h)), axis=-1) + fwd
     inside = (xy[..., 0] >= 0) & (xy[..., 0] <= w - 1) & (xy[..., 1] >= 0) & (xy[..., 1] <= h - 1)
     back = cv2.remap(bwd, xy[..., 0].astype(np.float32), xy[..., 1].astype(np.float32), cv2.INTER_LINEAR)
-    keep = inside & (np.linalg.norm(fwd + back, axis=-1) < FLOW_FB_PIXELS)
+    miss = fwd + back
+    keep = inside & (np.einsum("ijk,ijk->ij", miss, miss) < FLOW_FB_PIXELS ** 2)
     return keep, xy
 
 
