@@ -176,6 +176,22 @@ def test_similarity_fit_recovers_a_similarity_and_ignores_zero_weights():
     assert s.item() == 1.0 and torch.equal(r, torch.eye(3, dtype=torch.float64)) and not t.any()
 
 
+def test_estimate_focal_recovers_a_batch_of_pinholes_despite_outliers():
+    from slam3r.recon.camera import centred_pixel_grid, estimate_focal
+
+    h, w, focals = 12, 16, torch.tensor([80.0, 120.0])
+    depth = 2.0 + torch.rand(2, h, w, generator=torch.Generator().manual_seed(0))
+    uv = centred_pixel_grid(h, w)
+    pts = torch.cat([uv * depth[..., None] / focals[:, None, None, None], depth[..., None]], dim=-1)
+    weights = torch.ones(2, h, w)
+    pts[0, 0, :3] *= -1.0  # behind the camera: ignored
+    pts[1, 1, :4, :2] *= 3.0  # a few weighted outliers: the L1 fit is not pulled
+    weights[1, 2, :5], pts[1, 2, :5, :2] = 0.0, 0.0  # unweighted garbage
+    est = estimate_focal(pts, weights)
+    assert est.shape == (2,)
+    assert torch.allclose(est, focals, rtol=1e-3)
+
+
 def test_rotation_angle_deg():
     from slam3r.geometry import rotation_angle_deg
 

@@ -152,3 +152,42 @@ def test_scale_translation_fit_with_a_known_rotation():
     assert inl.sum() == 180
     s, _, t = scale_translation_fit(src[20:], dst[20:], None, R)
     assert s == pytest.approx(1.7) and np.allclose(t, [0.3, -1.0, 2.0])
+    with pytest.raises(ValueError, match="identical"):
+        scale_translation_fit(np.tile(src[:1] + 100.0, (50, 1)), dst[:50], None, R)
+
+
+def test_robust_umeyama_early_stop_keeps_the_fit():
+    rng = np.random.default_rng(6)
+    src = rng.normal(size=(2000, 3)) + np.array([0.0, 0.0, 4.0])
+    R = quat_to_rotmat(np.array([0.1, 0.2, -0.3, 0.9]))
+    dst = 0.8 * src @ R.T + np.array([1.0, 0.5, -2.0]) + rng.normal(0, 0.01, src.shape)
+    bad = rng.random(2000) < 0.25
+    dst[bad] += rng.normal(0, 0.5, (bad.sum(), 3))
+    for rot in (R, None):
+        full = robust_umeyama(src, dst, None, 0.05, iters=30, rotation=rot)
+        early = robust_umeyama(src, dst, None, 0.05, iters=30, rotation=rot, tol=1e-3)
+        assert early[0] == pytest.approx(full[0], rel=1e-5) and np.allclose(early[2], full[2], atol=1e-4)
+        assert np.abs(early[1] - full[1]).max() < 1e-5 and (early[3] != full[3]).sum() <= 2
+        assert np.abs(full[1] - R).max() < 1e-2 and (full[3] == ~bad).mean() > 0.97
+
+
+def test_a_frames_focal_is_estimated_once_per_points_and_weights(monkeypatch):
+    import torch
+
+    import slam3r.recon.engine as engine
+    from slam3r.recon.camera import estimate_focal
+
+    calls = []
+    monkeypatch.setattr(engine, "estimate_focal", lambda *a: calls.append(1) or estimate_focal(*a))
+    rng = np.random.default_rng(0)
+    f = engine._Frame(rgb=np.zeros((6, 8, 3), np.uint8), timestamp_ns=None,
+                      local=torch.from_numpy(rng.normal(size=(6, 8, 3)) + np.array([0.0, 0.0, 3.0])).float())
+    w = torch.rand(6, 8)
+    first = engine.Engine._focal(f, w)
+    assert engine.Engine._focal(f, w.clone()) == first and len(calls) == 1  # equal weights: reused (the pose's)
+    w2 = w.clone()
+    w2[0, 0] = 0.0
+    engine.Engine._focal(f, w2)
+    f.local = f.local * 2.0
+    engine.Engine._focal(f, w2)
+    assert len(calls) == 3  # other weights, other points: estimated again

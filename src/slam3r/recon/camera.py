@@ -24,17 +24,20 @@ def estimate_focal(pts_cam: Tensor, weights: Tensor, iters: int = 10) -> Tensor:
     ``pts_cam`` ``(..., H, W, 3)`` camera-frame points; ``weights`` ``(..., H, W)`` (0 = ignore). Returns ``(...)``.
     """
     h, w = pts_cam.shape[-3:-1]
-    uv = centred_pixel_grid(h, w, pts_cam.device)
-    z = pts_cam[..., 2:3]
-    ok = (z[..., 0] > 1e-6) & (weights > 0)
-    xy = torch.where(ok[..., None], pts_cam[..., :2] / z.clamp(min=1e-6), torch.zeros_like(pts_cam[..., :2]))
-    wgt = torch.where(ok, weights, torch.zeros_like(weights)).flatten(-2)
-    xy, uvf = xy.flatten(-3, -2), uv.flatten(0, 1)
-    dot = (xy * uvf).sum(-1)
-    sq = (xy * xy).sum(-1)
+    # one (..., H*W) tensor per coordinate: torch is about 10x slower reducing over a last dim of 2 or reading
+    # every third float than on contiguous rows
+    u, v = (c.flatten() for c in centred_pixel_grid(h, w, pts_cam.device).unbind(-1))
+    z = pts_cam[..., 2].flatten(-2)
+    ok = (z > 1e-6) & (weights.flatten(-2) > 0)
+    zc = z.clamp(min=1e-6)
+    x, y = (torch.where(ok, pts_cam[..., i].flatten(-2) / zc, 0.0) for i in (0, 1))
+    wgt = torch.where(ok, weights.flatten(-2), 0.0)
+    dot = x * u + y * v
+    sq = x * x + y * y
     f = (wgt * dot).sum(-1) / (wgt * sq).sum(-1).clamp(min=1e-12)  # least-squares start
     for _ in range(iters):
-        res = (uvf - f[..., None, None] * xy).norm(dim=-1).clamp(min=1e-3)
+        du, dv = u - f[..., None] * x, v - f[..., None] * y
+        res = (du * du + dv * dv).sqrt().clamp(min=1e-3)
         wi = wgt / res
         f = (wi * dot).sum(-1) / (wi * sq).sum(-1).clamp(min=1e-12)
     return f

@@ -53,6 +53,7 @@ class _Frame:
     window: tuple[list[int], Tensor, Tensor] | None = None  # geometric registration: window ids, points, confs
     sim: np.ndarray | None = None  # flow registration: (4, 4) the frame's camera -> world similarity
     flow: tuple[int, np.ndarray, np.ndarray] | None = None  # flow registration: (u, keep, xy) flow to frame u
+    focal: tuple[Tensor, Tensor, float] | None = None  # (local, weights, focal) of its last focal estimate
     # per-frame network work reused by every window / retrieval / L2W call the frame joins (Engine._features)
     i2p_ref: ViewFeatures | None = None  # as a window's keyframe or a retrieval query
     i2p_src: ViewFeatures | None = None  # as a window's other view or a retrieval candidate
@@ -427,7 +428,7 @@ class Engine:
             focal = float(fx)
         else:
             pose = None
-            focal = float(estimate_focal(f.local, torch.from_numpy(weights).to(f.local.device)))
+            focal = self._focal(f, torch.from_numpy(weights).to(f.local.device))
         if pose is None and (weights > 0).sum() >= 3:
             try:
                 pose, _ = pose_from_pointmaps(cam, world, weights)
@@ -514,7 +515,15 @@ class Engine:
             return None
         if self.geometry.intrinsics_net is not None:
             return float(self.geometry.intrinsics_net[0])
-        return float(estimate_focal(f.local, weight.float()))
+        return self._focal(f, weight.float())
+
+    @staticmethod
+    def _focal(f: _Frame, weights: Tensor) -> float:
+        """Focal length (pixels) ``estimate_focal`` reads from frame ``f``'s I2P points with ``weights`` (H, W):
+        estimated once for the same points and weights (flow registration's estimate serves the frame's pose)."""
+        if f.focal is None or f.focal[0] is not f.local or not torch.equal(f.focal[1], weights):
+            f.focal = (f.local, weights, float(estimate_focal(f.local, weights)))
+        return f.focal[2]
 
     def _register_flow(self, order: Sequence[int], refs: Callable[[int], list[int]]) -> Steps:
         """``registration: flow``: frames ``order`` one after the other, each by a robust similarity fit of its own
