@@ -134,8 +134,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 FLOW_HINT = ("note: the bundled model's L2W registration is rotation-blind, so its frames collapse onto the first "
-             "ones (MODEL_CARD.md); `--set registration=flow` places them by optical flow instead: a more complete "
-             "map, at about 40% of the FPS (README, registration backends)")
+             "ones (MODEL_CARD.md); its default, `registration: flow`, places them by optical flow instead: a more "
+             "complete map at about the same FPS (README, registration backends)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
