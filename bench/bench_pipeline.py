@@ -60,18 +60,21 @@ def hook_decisions(engine, log: dict, replay: bool) -> None:
         setattr(engine, name, hooked)
 
 
-STEPS = ("_run_i2p", "_retrieve", "_l2w")
+STEPS = ("_run_i2p", "_retrieve", "_l2w", "_register_flow")
 
 
 def hook_steps(engine, steps: dict) -> None:
     """Time each network call of a registration step, keyed by the step's first frame id; ``_l2w`` also records
-    how many scene frames it used."""
+    how many scene frames it used, ``_register_flow`` that the step was registered by flow (a frame that falls
+    back to L2W inside it is then counted in both)."""
     def account(name: str, args: tuple, t0: float) -> None:
         frames = args[1][0] if name == "_l2w" else args[0]
         step = steps.setdefault(min(frames), {"frames": len(frames), "s": 0.0})
         step["s"] += time.perf_counter() - t0
         if name == "_l2w":
             step["scene"] = len(args[0])
+        if name == "_register_flow":
+            step["flow"] = True
 
     for name in STEPS:
         original = getattr(engine, name)
@@ -94,10 +97,11 @@ def hook_steps(engine, steps: dict) -> None:
 def steady_state(steps: dict, timings: dict, n: int, cfg: ReconConfig, stride: int) -> tuple[float | None, int]:
     """Seconds per frame once the pipeline does its full per-frame work: registration steps whose frames all have
     a full I2P window (``win_r`` keyframe strides on both sides) and whose L2W call used ``num_scene_frame`` scene
-    frames, plus the per-frame encoder and pose time. Returns (s/frame, frames counted)."""
+    frames (or that ``registration: flow`` registered), plus the per-frame encoder and pose time. Returns (s/frame,
+    frames counted)."""
     lo, hi = cfg.win_r * stride, n - cfg.win_r * stride
     full = [(k, st) for k, st in steps.items()
-            if lo <= k and k + st["frames"] <= hi and st.get("scene") == cfg.num_scene_frame]
+            if lo <= k and k + st["frames"] <= hi and (st.get("scene") == cfg.num_scene_frame or st.get("flow"))]
     frames = sum(st["frames"] for _, st in full)
     if not frames:
         return None, 0
