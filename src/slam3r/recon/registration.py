@@ -124,7 +124,8 @@ HOMOGRAPHY_POINTS = 1024
 """Matches (evenly spread) the homography is estimated from."""
 
 
-def flow_rotation(keep: np.ndarray, xy: np.ndarray, focal: float) -> np.ndarray | None:
+def flow_rotation(xs: np.ndarray, ys: np.ndarray, uv: np.ndarray, focal: float,
+                  shape: tuple[int, int]) -> np.ndarray | None:
     """Rotation camera-of-``v`` -> camera-of-``u`` from optical-flow matches alone: a RANSAC homography ``H``
     between the matched pixels, read as a pure rotation (``K^-1 H K`` projected onto SO(3); principal point at
     the image centre). Between consecutive frames the camera turns much more than the parallax of its small
@@ -132,20 +133,12 @@ def flow_rotation(keep: np.ndarray, xy: np.ndarray, focal: float) -> np.ndarray 
     depth is flattened (on the benchmark scenes with the bundled model: about 0.5 deg per frame against 2.2).
 
     Args:
-        keep: ``(H, W)`` bool matched pixels of frame ``v``; xy: ``(H, W, 2)`` their positions in frame ``u``
-            (:func:`flow_correspondences`).
-        focal: focal length in pixels.
+        xs, ys: ``(M,)`` matched pixels of frame ``v`` (row-major order; :func:`flow_correspondences`' ``keep``);
+            uv: ``(M, 2)`` their positions in frame ``u`` (its ``xy`` there).
+        focal: focal length in pixels; shape: ``(H, W)`` of the images.
     Returns:
         ``R (3, 3)`` with ``x_u ~ R @ x_v`` for directions, or ``None`` (too few matches, no homography).
     """
-    ys, xs = np.nonzero(keep)
-    return _matches_rotation(xs, ys, xy[ys, xs], focal, keep.shape)
-
-
-def _matches_rotation(xs: np.ndarray, ys: np.ndarray, uv: np.ndarray, focal: float,
-                      shape: tuple[int, int]) -> np.ndarray | None:
-    """:func:`flow_rotation` of the matches pixel ``(xs, ys)`` (M,) of frame ``v`` -> position ``uv`` (M, 2) in
-    frame ``u``, in row-major pixel order, of an image of ``shape`` ``(H, W)``."""
     import cv2
 
     if len(xs) < 8:
@@ -215,7 +208,7 @@ def _image_rotation(refs: list[_RefMatches], shape: tuple[int, int], focal: floa
             full = turned + t
             uv = uv - focal * (full[:, :2] / full[:, 2:] - turned[:, :2] / turned[:, 2:])
         ys, xs = np.divmod(ref.pix[idx], shape[1])
-        rel_rot = _matches_rotation(xs, ys, uv, focal, shape)
+        rel_rot = flow_rotation(xs, ys, uv, focal, shape)
         if rel_rot is not None:
             rot += ref.rot @ rel_rot
     return project_rotation(rot) if rot.any() else None
