@@ -137,8 +137,10 @@ class StreamState:
             return False
         change = {}
         for fid, C in zip(update.frame_ids, update.corrections):
-            change[fid] = C @ np.linalg.inv(self.applied.get(fid, np.eye(4)))
-            self.applied[fid] = C
+            before = self.applied.get(fid, np.eye(4))
+            if not np.array_equal(C, before):  # frames emitted after the last optimisation keep the identity
+                change[fid] = C @ np.linalg.inv(before)
+                self.applied[fid] = C
         self.buffer.transform_tags(change)
         self.poses = [correct_pose(change[f], P) if f in change else P for f, P in zip(self.frame_ids, self.poses)]
         self.map_version = update.version
