@@ -30,7 +30,7 @@ from common import bench_runtime, device_name, matmul_peak, report, sync  # noqa
 from flops import count_gflop  # noqa: E402
 from naive import NaiveI2P, NaiveL2W  # noqa: E402
 
-from slam3r.models.precision import autocast, describe  # noqa: E402
+from slam3r.models.precision import autocast, resolve  # noqa: E402
 from slam3r.runtime import add_runtime_arguments  # noqa: E402
 
 
@@ -198,7 +198,7 @@ def main() -> None:
     i2p, l2w, device = rt.i2p, rt.l2w, rt.device
     x = inputs(i2p, device, args.candidates, args.keyframes)
     fast = slam3r_ops(i2p, l2w, x, device)
-    prec = describe(device, args.precision)
+    prec = resolve(device, args.precision, i2p.cfg.enc_embed_dim)
     peak = {"fp32": matmul_peak(device, "fp32"), prec: matmul_peak(device, prec)}   # again at the end: the best
     rows, tmpdir = [], tempfile.TemporaryDirectory()
     tmp = Path(tmpdir.name)

@@ -24,7 +24,7 @@ import rss  # noqa: E402
 from common import bench_runtime, device_name, report, synthetic_frames  # noqa: E402
 from naive import NaiveI2P, NaiveL2W  # noqa: E402
 
-from slam3r.models.precision import describe  # noqa: E402
+from slam3r.models.precision import resolve  # noqa: E402
 from slam3r.recon.config import ReconConfig  # noqa: E402
 from slam3r.recon.offline import run_offline  # noqa: E402
 from slam3r.recon.streaming import StreamingReconstructor  # noqa: E402
@@ -228,7 +228,7 @@ def main() -> None:
         return res, pf, steady
 
     extra = {"size": args.weights or args.size, "mode": args.mode, "frames": args.frames, "params": args.params,
-             "precision": describe(device, args.precision), "device": device_name(device)}
+             "precision": resolve(device, args.precision, i2p.cfg.enc_embed_dim), "device": device_name(device)}
     if args.official:
         compare_official(args, i2p, l2w, frames, params, measure, rows, extra)
         return
@@ -303,7 +303,8 @@ def compare_official(args, i2p, l2w, frames, params, measure, rows, extra) -> No
         np.savez(Path(tmp) / "frames.npz", frames=np.stack(frames))
         for r in range(args.repeat):
             for p in precisions:
-                res, pf, steady = measure(f"slam3r {describe(device, p)}", (i2p, l2w), cfgs[p], False)
+                name = f"slam3r {resolve(device, p, i2p.cfg.enc_embed_dim)}"
+                res, pf, steady = measure(name, (i2p, l2w), cfgs[p], False)
                 ours[p].append((rows[-1]["wall_s"] / len(frames), steady))
                 print(rows[-1], flush=True)
                 if r == 0:
@@ -320,7 +321,7 @@ def compare_official(args, i2p, l2w, frames, params, measure, rows, extra) -> No
     extra["slam3r"] = {p: _versus_official(ours[p], theirs, worlds[p], world) for p in precisions}
     report(f"pipeline offline vs official — {args.weights or args.size} — {extra['device']}", rows, extra)
     for p, cmp in extra["slam3r"].items():
-        _print_versus_official(describe(device, p), cmp, extra["stride_official"])
+        _print_versus_official(resolve(device, p, i2p.cfg.enc_embed_dim), cmp, extra["stride_official"])
 
 
 def _official_row(out: dict) -> dict:

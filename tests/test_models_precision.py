@@ -64,3 +64,12 @@ def test_fp32_is_exact_and_bf16_keeps_sensitive_parts_fp32(tiny_models):
     for a, b in ((out, ref), (out_l2w, ref_l2w)):
         err = (a.pts3d - b.pts3d).norm(dim=-1).median() / b.pts3d.norm(dim=-1).median()
         assert 0 < err < 0.05
+
+
+def test_auto_keeps_fp32_for_narrow_networks_on_cpu(monkeypatch):
+    monkeypatch.setattr(precision, "CPU_AUTO_BF16", True)
+    wide, narrow = precision.CPU_BF16_MIN_WIDTH, precision.CPU_BF16_MIN_WIDTH - 1
+    assert autocast_dtype("cpu", "auto", capabilities=AMX, width=wide) is torch.bfloat16
+    assert autocast_dtype("cpu", "auto", capabilities=AMX, width=narrow) is None
+    assert autocast_dtype("cpu", "bf16", capabilities=PLAIN, width=narrow) is torch.bfloat16  # forced stays forced
+    assert precision.resolve("cpu", "fp32", width=wide) == "fp32"

@@ -16,7 +16,7 @@ from slam3r.recon.run import reconstruct
 from slam3r.recon.summary import EngineSummary, RunSummary
 
 KEYS = ["mode", "interrupted", "stop_reason", "input", "seconds", "fps", "timings", "buffer_size", "keyframes",
-        "device", "config", "weights", "config_sources", "frames", "points", "low_confidence_frames",
+        "device", "precision", "config", "weights", "config_sources", "frames", "points", "low_confidence_frames",
         "unregistered_frames", "metadata", "export_check"]
 """summary.json keys of a run given a settings record, in the file's order."""
 

@@ -121,8 +121,9 @@ class ReconConfig:
     online_stride: int = 3
     """Stride used by the causal (streaming) driver when ``keyframe_stride`` is -1 (the later release's default)."""
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    """Autocast dtype: auto = bf16 on CUDA devices that support it (else fp16); on CPUs fp32, or bf16 where the CPU
-    has AVX-512 BF16 / AMX once its accuracy checks have passed (``slam3r.models.precision``). ``fp32`` forces exact
+    """Autocast dtype: auto = bf16 on CUDA devices that support it (else fp16); on CPUs bf16 where the CPU has
+    AVX-512 BF16 / AMX and the networks are at least 512 wide (the released size; its accuracy checks passed), else
+    fp32 (``slam3r.models.precision``; ``summary.json`` ``precision`` says what ran). ``fp32`` forces exact
     arithmetic, ``bf16`` forces bf16 autocast."""
     compile: bool = False
     """``torch.compile`` the networks' blocks (``models.loading.compile_blocks``): minutes of compilation per input

@@ -27,6 +27,7 @@ from slam3r.geometry.transforms import sim3_to_matrix
 from slam3r.models import Image2PointsModel, Local2WorldModel
 from slam3r.models.base import ViewFeatures
 from slam3r.models.precision import autocast as precision_autocast
+from slam3r.models.precision import resolve as resolve_precision
 from slam3r.models.loading import compile_blocks
 from slam3r.recon.camera import (estimate_focal, normalize_pointmaps, pose_from_pnp, pose_from_pointmaps,
                                  similarity_fit)
@@ -95,6 +96,7 @@ class Engine:
         self.geometry = geometry
         self.s, self.causal = geometry.stride, geometry.causal  # short names for the hot paths
         self.device = torch.device(device)
+        self.precision = resolve_precision(self.device, cfg.precision, i2p.cfg.enc_embed_dim)  # what runs: fp32/bf16/..
         self.rng = np.random.default_rng(cfg.seed)
         self.frames: dict[int, _Frame] = {}
         self.n = 0  # frames added
@@ -150,7 +152,7 @@ class Engine:
     # ------------------------------------------------------------------------------------------------ helpers
     def _net(self, fn, *args, dim: int = 1, timing: str | None = None, **kwargs) -> NetCall:
         """A network call for :mod:`slam3r.recon.batching` at this engine's precision (seconds -> ``timing``)."""
-        return NetCall(fn, args, kwargs, self.device, self.cfg.precision, dim, self.timings, timing)
+        return NetCall(fn, args, kwargs, self.device, self.precision, dim, self.timings, timing)
 
     @contextlib.contextmanager
     def _timed(self, key: str) -> Iterator[None]:
@@ -286,7 +288,7 @@ class Engine:
         k = self.cfg.num_scene_frame
         if k >= len(self.buffer):
             return list(self.buffer)
-        with self._timed("retrieval"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
+        with self._timed("retrieval"), torch.no_grad(), autocast_context(self.device, self.precision):
             if self.cache:
                 ref = ViewFeatures.stack([drive(self._features([i], "i2p_ref")) for i in query_ids], dim=1)
                 logits = self.i2p.corr_logits_features(ref, drive(self._features(self.buffer, "i2p_src")),
@@ -315,7 +317,7 @@ class Engine:
         out = self._init_out.pop((tuple(ids), best_ref), None)  # computed by the search already
         self._init_out.clear()
         if out is None:
-            with torch.no_grad(), autocast_context(self.device, self.cfg.precision):
+            with torch.no_grad(), autocast_context(self.device, self.precision):
                 out = self.i2p(self._tokens(ids), best_ref)
         pts, conf = out.pts3d[:, 0].float(), out.conf[:, 0].float()
         world, _ = normalize_pointmaps(pts, self._valid(conf))
@@ -338,7 +340,7 @@ class Engine:
         while True:
             tokens = self._tokens(ids[:w])
             best, best_ref = -1.0, 0
-            with self._timed("init"), torch.no_grad(), autocast_context(self.device, self.cfg.precision):
+            with self._timed("init"), torch.no_grad(), autocast_context(self.device, self.precision):
                 for r in range(w):
                     out = self.i2p(tokens, r)
                     mean_conf = out.conf.float().mean().item()
@@ -584,14 +586,14 @@ class Engine:
             if new:
                 self.loop.submit([(k, f.tokens, f.local, f.world, self._valid(f.conf_i2p).float()
                                    * (1 - 1 / f.conf_l2w)) for k, f in new],
-                                 lambda: autocast_context(self.device, self.cfg.precision))
+                                 lambda: autocast_context(self.device, self.precision))
 
     # ------------------------------------------------------------------------------------------------ driver
     def summary(self) -> EngineSummary:
         """What this run did, for ``summary.json``; with loop closure, call it after the loop closer's final
         ``corrections()`` so that its counts include the last optimisation."""
         return EngineSummary(init_winsize=len(self.init_ids), kf_stride=self.s, init_ref_id=self.init_ref_id,
-                             timings={k: round(v, 3) for k, v in self.timings.items()},
+                             precision=self.precision, timings={k: round(v, 3) for k, v in self.timings.items()},
                              buffer_size=len(self.buffer), keyframes=list(self.keyframes),
                              loop_closure=self.loop.summary() if self.loop is not None else None)
 

@@ -11,6 +11,7 @@ import torch
 from slam3r.data.preprocess import to_tensor
 from slam3r.errors import InputError
 from slam3r.models import Image2PointsModel, Local2WorldModel
+from slam3r.models.precision import resolve as resolve_precision
 from slam3r.recon.config import ReconConfig, resolve_geometry
 from slam3r.recon.engine import Engine, autocast_context
 from slam3r.recon.types import FrameResult
@@ -27,11 +28,12 @@ def choose_stride(i2p: Image2PointsModel, frames: Sequence[np.ndarray], cfg: Rec
     hi = min((n - 1) // 6, cfg.keyframe_adapt_max)
     tried: dict[int, float] = {}
     cache = {} if cache is None else cache
+    precision = resolve_precision(device, cfg.precision, i2p.cfg.enc_embed_dim)
     for s in range(cfg.keyframe_adapt_min, hi + 1, cfg.keyframe_adapt_stride):
         centres = rng.choice(np.arange(3 * s, n - 3 * s), min(n - 6 * s, cfg.auto_stride_windows), replace=False)
         wins = [[int(c)] + [int(c) + d * i * s for i in range(1, 4) for d in (-1, 1)] for c in centres]
         need = sorted({i for w in wins for i in w} - set(cache))
-        with torch.no_grad(), autocast_context(device, cfg.precision):
+        with torch.no_grad(), autocast_context(device, precision):
             if need:
                 toks = i2p.encode(to_tensor(np.stack([frames[i] for i in need])).to(device))
                 cache.update(zip(need, toks))

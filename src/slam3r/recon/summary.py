@@ -4,8 +4,8 @@ exactly the file's keys.
 
 ``summary.json`` keys, in order: ``mode`` (offline / online), ``interrupted``, ``stop_reason``, ``input`` (what the
 frame source read and skipped), ``seconds``, ``fps``, ``timings`` (seconds per engine stage), ``buffer_size``,
-``keyframes``, ``device``, ``config`` (the resolved :class:`~slam3r.recon.config.ReconConfig`), the caller's
-settings record (``weights``, ``config_sources``), ``frames``, ``points``, ``low_confidence_frames``,
+``keyframes``, ``device``, ``precision`` (what the networks ran in), ``config`` (the resolved
+:class:`~slam3r.recon.config.ReconConfig`), the caller's settings record (``weights``, ``config_sources``), ``frames``, ``points``, ``low_confidence_frames``,
 ``unregistered_frames``, ``metadata`` (``init_winsize``, ``kf_stride``, ``init_ref_id``; also
 ``preds/metadata.json``), ``export_check``, then ``loop_closure`` (loop-closure runs) and ``export`` (after a
 refilter) when present.
@@ -26,6 +26,7 @@ class EngineSummary:
         init_winsize: frames in the initial window.
         kf_stride: keyframe stride s (frames).
         init_ref_id: position in the initial window of its reference frame.
+        precision: what the networks ran in (``fp32`` / ``bf16`` / ``fp16``: ``ReconConfig.precision`` resolved).
         timings: seconds spent per stage (``encode``, ``i2p``, ``l2w``, ...), rounded to ms.
         buffer_size: frames in the buffering set at the end.
         keyframes: every frame ever inserted into the buffering set, in order.
@@ -39,6 +40,7 @@ class EngineSummary:
     buffer_size: int | None = None
     keyframes: list[int] = field(default_factory=list)
     loop_closure: dict[str, Any] | None = None
+    precision: str | None = None
 
     def metadata(self) -> dict[str, int | None]:
         """The reference's ``preds/metadata.json`` values (without ``scene_id``), also ``summary.json`` ``metadata``."""
@@ -93,7 +95,8 @@ class RunSummary:
         e = self.engine
         out = {"mode": self.mode, "interrupted": self.interrupted, "stop_reason": self.stop_reason,
                "input": self.input, "seconds": self.seconds, "fps": self.fps, "timings": e.timings,
-               "buffer_size": e.buffer_size, "keyframes": e.keyframes, "device": self.device, "config": self.config,
+               "buffer_size": e.buffer_size, "keyframes": e.keyframes, "device": self.device,
+               "precision": e.precision, "config": self.config,
                **self.settings, "frames": self.frames, "points": self.points,
                "low_confidence_frames": self.low_confidence_frames, "unregistered_frames": self.unregistered_frames,
                "metadata": e.metadata(), "export_check": self.export_check}
@@ -110,7 +113,8 @@ class RunSummary:
         rest = dict(data)
         meta = rest.pop("metadata", None) or {}
         engine = EngineSummary(**{k: meta.get(k) for k in ("init_winsize", "kf_stride", "init_ref_id")},
-                               **{k: rest.pop(k) for k in ("timings", "buffer_size", "keyframes", "loop_closure")
+                               **{k: rest.pop(k) for k in ("precision", "timings", "buffer_size", "keyframes",
+                                                               "loop_closure")
                                   if k in rest})
         names = {f.name for f in dataclasses.fields(cls)} - {"engine", "settings"}
         own = {k: rest.pop(k) for k in list(rest) if k in names}
