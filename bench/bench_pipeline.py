@@ -297,14 +297,14 @@ def compare_official(args, i2p, l2w, frames, params, measure, rows, extra) -> No
     precisions = [args.precision] + [p for p in [args.also_precision] if p and p != args.precision]
     cfgs = {p: ReconConfig(**params, precision=p, compile=args.compile) for p in precisions}
     ours: dict[str, list] = {p: [] for p in precisions}
+    ran = {p: resolve(device, p, i2p.cfg.enc_embed_dim) for p in precisions}  # what each runs in (auto resolved)
     theirs, worlds, world = [], {}, None
     with tempfile.TemporaryDirectory() as tmp, \
             Official(args.official, save_weights(i2p, l2w, Path(tmp) / "weights"), args.threads) as official:
         np.savez(Path(tmp) / "frames.npz", frames=np.stack(frames))
         for r in range(args.repeat):
             for p in precisions:
-                name = f"slam3r {resolve(device, p, i2p.cfg.enc_embed_dim)}"
-                res, pf, steady = measure(name, (i2p, l2w), cfgs[p], False)
+                res, pf, steady = measure(f"slam3r {ran[p]}", (i2p, l2w), cfgs[p], False)
                 ours[p].append((rows[-1]["wall_s"] / len(frames), steady))
                 print(rows[-1], flush=True)
                 if r == 0:
@@ -321,7 +321,7 @@ def compare_official(args, i2p, l2w, frames, params, measure, rows, extra) -> No
     extra["slam3r"] = {p: _versus_official(ours[p], theirs, worlds[p], world) for p in precisions}
     report(f"pipeline offline vs official — {args.weights or args.size} — {extra['device']}", rows, extra)
     for p, cmp in extra["slam3r"].items():
-        _print_versus_official(resolve(device, p, i2p.cfg.enc_embed_dim), cmp, extra["stride_official"])
+        _print_versus_official(ran[p], cmp, extra["stride_official"])
 
 
 def _official_row(out: dict) -> dict:

@@ -5,8 +5,8 @@ exactly the file's keys.
 ``summary.json`` keys, in order: ``mode`` (offline / online), ``interrupted``, ``stop_reason``, ``input`` (what the
 frame source read and skipped), ``seconds``, ``fps``, ``timings`` (seconds per engine stage), ``buffer_size``,
 ``keyframes``, ``device``, ``precision`` (what the networks ran in), ``config`` (the resolved
-:class:`~slam3r.recon.config.ReconConfig`), the caller's settings record (``weights``, ``config_sources``), ``frames``, ``points``, ``low_confidence_frames``,
-``unregistered_frames``, ``metadata`` (``init_winsize``, ``kf_stride``, ``init_ref_id``; also
+:class:`~slam3r.recon.config.ReconConfig`), the caller's settings record (``weights``, ``config_sources``),
+``frames``, ``points``, ``low_confidence_frames``, ``unregistered_frames``, ``metadata`` (``init_winsize``, ``kf_stride``, ``init_ref_id``; also
 ``preds/metadata.json``), ``export_check``, then ``loop_closure`` (loop-closure runs) and ``export`` (after a
 refilter) when present.
 """
