@@ -42,7 +42,7 @@ def test_batched_streams_equal_one_by_one(tiny_models, monkeypatch):
     calls = {net: _count_calls(monkeypatch, net, name) for net, name in ((i2p, "forward_features"),
                                                                           (l2w, "register"))}
     alone = [StreamingReconstructor(i2p, l2w, CFG) for _ in streams]
-    expected = [[r for a, b in ticks for r in rec.push_many(s[a:b])] for rec, s in zip(alone, streams)]
+    expected = [[r for a, b in ticks for r in rec.push_many(s[a:b])] + rec.flush() for rec, s in zip(alone, streams)]
     calls_alone = {net: list(sizes) for net, sizes in calls.items()}
     for sizes in calls.values():
         sizes.clear()
@@ -53,6 +53,8 @@ def test_batched_streams_equal_one_by_one(tiny_models, monkeypatch):
                                                           zip(together, streams)])):
             assert error is None
             out += results
+    for out, rec in zip(got, together):
+        out += rec.flush()
     for exp, res in zip(expected, got):
         assert [r.frame_id for r in res] == [r.frame_id for r in exp] and len(res) >= 8
         for r, e in zip(res, exp):
@@ -107,8 +109,8 @@ def test_service_batched_streams_publish_the_same_poses(tiny_models):
     for batched in (True, False):
         cfg = dataclasses.replace(ServiceConfig(encoding="json", decode_min_side=0), batch_streams=batched)
         link = NullLink()
-        svc = Service(cfg, lambda: StreamingReconstructor(i2p, l2w, CFG), net_size=64, conf_thres_l2w=1.0,
-                      link=link)
+        svc = Service(cfg, lambda: StreamingReconstructor(i2p, l2w, dataclasses.replace(CFG, stream_pipeline=False)),
+                      net_size=64, conf_thres_l2w=1.0, link=link)  # as the service's settings resolve it
         order = [(k, i) for i in range(8) for k in bodies]
         deliveries = [link.delivery(bodies[k][i], {"timestamp_ns": 100 + i, "stream_id": k}) for k, i in order]
         for i in range(0, len(deliveries), cfg.batch_size):

@@ -98,7 +98,8 @@ def test_help_text_lives_with_the_config_fields(capsys):
 def test_service_recon_section_goes_through_the_resolver(weights, tmp_path):
     from slam3r.service.config import load_config
 
-    assert load_config(None, env={}).recon == ReconConfig()  # library use: no weights layer
+    # library use: no weights layer; the service resolves the stream pipeline's auto to off (test_recon_pipeline)
+    assert load_config(None, env={}).recon == ReconConfig(stream_pipeline=False)
     cfg = load_config(None, env={"SLAM3R_CONF_THRES_L2W": "3"}, weights=str(weights), overrides=["seed=1"])
     assert (cfg.recon.win_r, cfg.recon.conf_thres_l2w, cfg.recon.seed) == (2, 3.0, 1)  # weights < env < --set
 

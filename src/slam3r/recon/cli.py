@@ -36,7 +36,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         tp = hints[f.name]
         text = f"{docs.get(f.name, f.name.replace('_', ' '))} {field_default_text(ReconConfig, 'recon', f.name)}"
         text = text.replace("%", "%%")
-        if tp is bool:
+        if tp is bool or set(typing.get_args(tp)) == {bool, type(None)}:  # an unset flag is None either way
             group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=text)
         elif typing.get_origin(tp) is typing.Literal:
             group.add_argument(_flag(f.name), choices=typing.get_args(tp), default=None, help=text)

@@ -116,6 +116,12 @@ class ReconConfig:
     the calling thread). It uses a free core; where none is free it competes with the networks' threads."""
     loop_robust: bool = True
     """Graduated non-convexity over the loop edges (rejects wrong loops); off = plain least squares."""
+    stream_pipeline: bool | None = None
+    """Streaming: register each batch on a background thread while the calling thread encodes and runs I2P on
+    the next frames (``recon.streaming``), so a frame's results come back from the next ``push`` instead of its
+    own; the results themselves are identical. ``None`` = on where a core is free for it (CPU networks on fewer
+    threads than the process has cores, e.g. the bundled model; CUDA), off otherwise and with ``loop_closure``
+    (whose map updates cover the frames returned so far)."""
     seed: int = 42
     """Seed of the random choices (automatic-stride windows, reservoir buffer, point subsampling)."""
     online_stride: int = 3
@@ -160,6 +166,9 @@ class ReconConfig:
             (all(math.isfinite(v) for v in (self.conf_thres_i2p, self.conf_thres_l2w, self.init_conf_thres,
                                             self.low_conf_frame_thresh)),
              "confidence thresholds must be finite numbers"),
+            (not (self.stream_pipeline and self.loop_closure),
+             "stream_pipeline cannot be combined with loop_closure: a loop's map update would cover frames the "
+             "registration thread has not handed back yet"),
             (self.intrinsics is None or (all(math.isfinite(v) for v in self.intrinsics)
                                          and self.intrinsics[0] > 0 and self.intrinsics[1] > 0),
              f"intrinsics (fx, fy, cx, cy) must be finite with fx, fy > 0, got {self.intrinsics}"),

@@ -13,6 +13,7 @@ sliding window of frames still needed by upcoming I2P windows; registered frames
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -118,6 +119,9 @@ class Engine:
         # networks that expose per-view features get them cached per frame (the bench's naive wrappers do not)
         self.cache = all(hasattr(net, "view_features") for net in (i2p, l2w))
         self._init_out: dict[tuple[tuple[int, ...], int], object] = {}  # initial-window search -> _initialize
+        self.i2p_front = 0  # frames before it have their I2P pointmaps (``i2p_ahead_steps`` runs ahead of next_id)
+        # guards the frame tables where one thread adds / I2Ps frames while another registers them (recon.streaming)
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------ input
     def add(self, rgbs: Sequence[np.ndarray], timestamps: Sequence[int | None] | None = None,
@@ -141,9 +145,10 @@ class Engine:
             encoded = yield self._net(self.i2p.encode, images, dim=0, timing="encode")
             for j, tok in zip(todo, encoded):
                 tokens[j] = tok
-        for rgb, ts, tok in zip(rgbs, timestamps, tokens):
-            self.frames[self.n] = _Frame(rgb=rgb, timestamp_ns=ts, tokens=tok)
-            self.n += 1
+        with self._lock:
+            for rgb, ts, tok in zip(rgbs, timestamps, tokens):
+                self.frames[self.n] = _Frame(rgb=rgb, timestamp_ns=ts, tokens=tok)
+                self.n += 1
 
     def finish(self) -> None:
         """No more frames will come: windows at the end of the stream are truncated."""
@@ -237,7 +242,8 @@ class Engine:
                 if geometric:
                     f.window = (win, out.pts3d[:, b].float(), out.conf[:, b].float())
                 f.pts_cam, _ = normalize_pointmaps(f.local, self._valid(f.conf_i2p))
-                self.local_mean[v] = f.conf_i2p.mean().item()
+                with self._lock:
+                    self.local_mean[v] = f.conf_i2p.mean().item()
 
     def _l2w(self, scene_ids: Sequence[int], batches: Sequence[Sequence[int]]) -> Steps:
         """Register the frames of each of ``batches`` (B groups of equal size) against ``scene_ids``; the groups
@@ -443,14 +449,15 @@ class Engine:
         keep_from = self.next_id - max(self.cfg.win_r * self.s,
                                        max(self.cfg.flow_refs) if self.cfg.registration == "flow" else 0)
         buffered = set(self.buffer)
-        for v in [v for v in self.frames if v < keep_from and v not in buffered]:
-            del self.frames[v]
-        for v, f in self.frames.items():  # registered frames are never a keyframe or a query again
-            if v < self.next_id:
-                f.i2p_ref = None
-        for table in (self.local_mean, self.l2w_mean):
-            for v in [v for v in table if v < self.milestone and v not in buffered]:
-                del table[v]
+        with self._lock:
+            for v in [v for v in self.frames if v < keep_from and v not in buffered]:
+                del self.frames[v]
+            for v, f in self.frames.items():  # registered frames are never a keyframe or a query again
+                if v < self.next_id:
+                    f.i2p_ref = None
+            for table in (self.local_mean, self.l2w_mean):
+                for v in [v for v in table if v < self.milestone and v not in buffered]:
+                    del table[v]
 
     # ------------------------------------------------------------------------------------------------ geometric
     def _register_geometric(self, batch: Sequence[int]) -> Steps:
@@ -577,7 +584,9 @@ class Engine:
         with self._timed("loop"):
             if self.loop.collect():
                 deltas = self.loop.optimize()
-                for v, f in self.frames.items():
+                with self._lock:
+                    held = list(self.frames.items())
+                for v, f in held:
                     if f.world is not None:
                         C = deltas[self.loop.keyframe_of(v)]
                         f.world = torch.from_numpy(apply_sim3_matrix(C, f.world.cpu().numpy())).to(f.world.device)
@@ -604,25 +613,64 @@ class Engine:
     def advance_steps(self) -> Steps:
         """:meth:`advance` as a step whose I2P / L2W calls can be batched with other engines'
         (``recon.batching``)."""
-        out: list[FrameResult] = []
+        out = yield from self._start_steps()
+        if out is None:
+            return []
+        while (batch := self._ready_batch(self.next_id)) is not None:
+            yield from self._run_i2p(batch)
+            out += yield from self.register_steps([batch])
+        return out
+
+    @property
+    def registering(self) -> bool:
+        """Initialised and the initial span emitted: from here on each batch is I2P then registration."""
+        return self.initialized and not self._span_pending
+
+    def _start_steps(self) -> Steps:
+        """Initialisation and the initial span: the span's results once done (``[]`` if done earlier), or ``None``
+        while the frames seen so far do not allow it."""
         if not self.initialized:
             if not self._initialize():
-                return out
+                return None
             self._span_pending = True
-        if self._span_pending:
-            span = yield from self._finish_initial_span()
-            if span is None:
-                return out
-            self._span_pending = False
-            self._loop_step()
-            out += self._emit(span)
-        while self.next_id < self.n:
-            batch = list(range(self.next_id, min(self.next_id + self.geometry.num_register, self.n)))
-            if len(batch) < self.geometry.num_register and not self.final:
-                break
-            if any(self.window(v) is None for v in batch):
-                break
+        if not self._span_pending:
+            return []
+        span = yield from self._finish_initial_span()
+        if span is None:
+            return None
+        self._span_pending = False
+        self._loop_step()
+        return self._emit(span)
+
+    def _ready_batch(self, start: int) -> list[int] | None:
+        """The registration batch starting at frame ``start`` (``RunGeometry.num_register`` frames, fewer at the
+        end of the stream), or ``None`` while its frames or their I2P windows have not all arrived."""
+        if start >= self.n:
+            return None
+        batch = list(range(start, min(start + self.geometry.num_register, self.n)))
+        if len(batch) < self.geometry.num_register and not self.final:
+            return None
+        return None if any(self.window(v) is None for v in batch) else batch
+
+    def i2p_ahead_steps(self) -> Steps:
+        """I2P pointmaps of every batch that is ready beyond those already computed, without registering them
+        (only once :attr:`registering`); returns those batches, in order, for :meth:`register_steps`. The I2P
+        windows do not read the registration's state, so a caller may run this while another thread registers
+        the batches returned earlier (``recon.streaming``)."""
+        batches = []
+        start = max(self.i2p_front, self.next_id)
+        while (batch := self._ready_batch(start)) is not None:
             yield from self._run_i2p(batch)
+            batches.append(batch)
+            start = self.i2p_front = batch[-1] + 1
+        return batches
+
+    def register_steps(self, batches: Sequence[Sequence[int]]) -> Steps:
+        """Register ``batches`` (consecutive, from :attr:`next_id`, their I2P done), update the buffering set and
+        hand keyframes to the loop closer after each; returns their results, in order."""
+        out: list[FrameResult] = []
+        for batch in batches:
+            assert batch[0] == self.next_id and all(self.frames[v].local is not None for v in batch), batch
             if self.cfg.registration == "geometric":
                 yield from self._register_geometric(batch)
             elif self.cfg.registration == "flow":

@@ -261,6 +261,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     recon = resolve_settings(ReconConfig, "recon", weights=weights, config=str(path) if path else None,
                              env=env_values["recon"], flags=flags, overrides=overrides)
     data["recon"] = to_dict(recon.value)
+    if data["recon"]["stream_pipeline"] is None:  # the service publishes each frame as soon as it is registered:
+        data["recon"]["stream_pipeline"] = False  # a pipelined push would hold the last ones until the next frame
     cfg = from_dict(ServeConfig, data)
     intr_file = cfg.service.camera_intrinsics_file
     if intr_file:
