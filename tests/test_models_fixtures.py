@@ -151,3 +151,27 @@ def test_cross_attention_is_the_max_over_memories_of_plain_attention():
             outs.append(ca.proj(att.transpose(-3, -2).reshape(3, 6, c)))
         expected[i] = torch.stack(outs).amax(0)
     close(ca.attend(x, *ca.kv(y, rope), rope), expected, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_is_the_rotate_half_rotation_of_each_half(dtype):
+    """``apply_rope`` (signed sine table, quarters swapped) against the textbook RoPE2D formula: per half,
+    ``x * cos + rotate_half(x) * sin`` with ``rotate_half([a, b]) = [-b, a]`` and the unsigned sine; also applied
+    to queries and keys stacked in one tensor, as the self-attention does."""
+    from slam3r.models.rope import apply_rope, patch_positions, rope_tables
+
+    pos = patch_positions(3, 4)
+    d, half = 16, 8
+    x = torch.randn(2, 3, 5, len(pos), d).to(dtype)
+    cos, sin_signed = rope_tables(pos, d, 100.0)
+    inv = 1.0 / (100.0 ** (torch.arange(0, half, 2).float() / half))
+    expected = []
+    for axis, part in ((0, x[..., :half]), (1, x[..., half:])):
+        ang = pos[:, axis, None].float() * inv
+        c, s = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+        a, b = part.float().chunk(2, dim=-1)
+        expected.append(part.float() * c + torch.cat([-b, a], -1) * s)
+    expected = torch.cat(expected, -1)
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(apply_rope(x, cos, sin_signed).float(), expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(apply_rope(x[0], cos, sin_signed), apply_rope(x, cos, sin_signed)[0], atol=0, rtol=0)

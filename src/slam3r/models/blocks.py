@@ -66,9 +66,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, rope: Rope) -> Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        q, k = apply_rope(qkv[:2], *rope).unbind(0)  # queries and keys rotated in one go
+        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, qkv[2])))
 
 
 class CrossAttention(nn.Module):
