@@ -45,9 +45,8 @@ Offline runs apply them to the output directory (:func:`apply_corrections`); str
 from __future__ import annotations
 
 import bisect
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +60,7 @@ from slam3r.geometry.transforms import matrix_to_sim3, robust_umeyama, sim3_to_m
 from slam3r.recon.camera import estimate_focal
 from slam3r.recon.config import ReconConfig
 from slam3r.recon.pose_graph import Edge, GraphResult, optimize_pose_graph
+from slam3r.recon.threads import worker
 
 
 VERIFY_POINTS = 1024
@@ -70,20 +70,6 @@ EDGE_SIGMA = 0.01
 """Pose-graph edge sigma: radians for rotation, log-scale for scale, and for translation this fraction of the
 second keyframe's mean point depth (the edge's translation error is in its camera units, which are arbitrary:
 a rotation error of ``EDGE_SIGMA`` about the scene moves the camera by about ``EDGE_SIGMA`` x depth)."""
-
-
-_WORKER: ThreadPoolExecutor | None = None
-_WORKER_LOCK = threading.Lock()
-
-
-def _worker() -> ThreadPoolExecutor:
-    """The process's one loop-closure thread (created on first use; a daemon-like pool thread that finishes its
-    current job at interpreter exit)."""
-    global _WORKER
-    with _WORKER_LOCK:
-        if _WORKER is None:
-            _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slam3r-loop")
-        return _WORKER
 
 
 def global_descriptor(tokens: Tensor) -> Tensor:
@@ -173,7 +159,7 @@ class LoopCloser:
                 self.busy_s += time.perf_counter() - t0
 
         if self.cfg.loop_background:
-            self._job = _worker().submit(work)
+            self._job = worker("slam3r-loop").submit(work)
         else:
             self._job = Future()
             try:

@@ -11,8 +11,7 @@ previous push's registration finished (``flush`` waits for everything)."""
 from __future__ import annotations
 
 import os
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 import numpy as np
 import torch
@@ -23,20 +22,8 @@ from slam3r.recon.batching import Steps, drive
 from slam3r.recon.config import ReconConfig, resolve_geometry
 from slam3r.recon.engine import Engine
 from slam3r.recon.loop import MapUpdate
+from slam3r.recon.threads import worker
 from slam3r.recon.types import FrameResult
-
-_REGISTER: ThreadPoolExecutor | None = None
-_REGISTER_LOCK = threading.Lock()
-
-
-def _register_thread() -> ThreadPoolExecutor:
-    """The process's one registration thread (``stream_pipeline``), shared by every streaming reconstructor."""
-    global _REGISTER
-    with _REGISTER_LOCK:
-        if _REGISTER is None:
-            _REGISTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slam3r-register")
-        return _REGISTER
-
 
 def pipeline_enabled(cfg: ReconConfig, device: torch.device) -> bool:
     """Whether ``stream_pipeline`` is on: its value, or for ``None`` whether a core is free for the registration
@@ -96,7 +83,7 @@ class StreamingReconstructor:
         batches = drive(engine.i2p_ahead_steps())  # overlaps the registration handed over by the last push
         out = self._collect()
         if batches:
-            self._job = _register_thread().submit(drive, engine.register_steps(batches))
+            self._job = worker("slam3r-register").submit(drive, engine.register_steps(batches))
         return out
 
     def _collect(self) -> list[FrameResult]:
