@@ -25,6 +25,7 @@ from slam3r.recon.loop import MapUpdate
 from slam3r.recon.threads import worker
 from slam3r.recon.types import FrameResult
 
+
 def pipeline_enabled(cfg: ReconConfig, device: torch.device) -> bool:
     """Whether ``stream_pipeline`` is on: its value, or for ``None`` whether a core is free for the registration
     thread (CUDA networks; CPU networks on fewer torch threads than the process may use) and loop closure is off
@@ -74,10 +75,8 @@ class StreamingReconstructor:
 
     def push_many(self, rgbs: list[np.ndarray], timestamps: list[int | None] | None = None) -> list[FrameResult]:
         """Add several frames at once (encoded in one batch; used for micro-batching by the service)."""
-        if not self.pipelined:
-            return drive(self.push_steps(rgbs, timestamps))
         engine = self.engine
-        if engine is None or not engine.registering:  # initialisation: on this thread, nothing in flight
+        if not self.pipelined or engine is None or not engine.registering:  # initialisation: nothing in flight
             return drive(self.push_steps(rgbs, timestamps))
         drive(engine.add_steps(self._inputs(rgbs), timestamps))
         batches = drive(engine.i2p_ahead_steps())  # overlaps the registration handed over by the last push
