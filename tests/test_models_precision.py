@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from slam3r.models import precision
+from slam3r.models import blocks, precision
 from slam3r.models.precision import autocast, autocast_dtype, cpu_has_fast_bf16
 
 FAST = {"avx512_bf16": True, "amx_bf16": False}
@@ -73,3 +74,48 @@ def test_auto_keeps_fp32_for_narrow_networks_on_cpu(monkeypatch):
     assert autocast_dtype("cpu", "auto", capabilities=AMX, width=narrow) is None
     assert autocast_dtype("cpu", "bf16", capabilities=PLAIN, width=narrow) is torch.bfloat16  # forced stays forced
     assert precision.resolve("cpu", "fp32", width=wide) == "fp32"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_reduced_precision_attention_matches_sdpa(monkeypatch, dtype):
+    """The chunked matmul-softmax path (inference, CPU autocast) computes SDPA: several chunks, a ragged last one,
+    queries longer than keys; with grad enabled it is SDPA itself."""
+    monkeypatch.setattr(blocks, "CPU_ATTENTION_CHUNK_BYTES", 5 * 30 * 20 * 2)  # 5 heads per chunk, 3 chunks for 14
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 7, n, 16, generator=g) for n in (30, 20, 20))
+    exact = F.scaled_dot_product_attention(*(t.to(dtype).float() for t in (q, k, v)))
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        out = blocks.attention(q, k, v)
+    assert out.dtype == dtype and out.shape == exact.shape
+    assert (out.float() - exact).abs().max() < 0.02 * exact.abs().max()
+    with torch.autocast("cpu", dtype=dtype):
+        assert torch.equal(blocks.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    with torch.no_grad():
+        assert torch.equal(blocks.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_linear_keeps_a_bit_identical_low_precision_copy_until_the_weight_changes():
+    torch.manual_seed(0)
+    lin, ref = blocks.Linear(24, 40), torch.nn.Linear(24, 40)
+    ref.load_state_dict(lin.state_dict())
+    x = torch.randn(5, 24)
+    with torch.no_grad():
+        for _ in range(2):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert torch.equal(lin(x), ref(x))
+        assert lin._lowp is not None and set(lin.state_dict()) == {"weight", "bias"}
+        first = lin._lowp[1]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lin(x)
+        assert lin._lowp[1] is first  # reused, not recast
+        for change in (lambda: lin.weight.add_(1.0), lambda: lin.load_state_dict(ref.state_dict())):
+            change()
+            ref.load_state_dict(lin.state_dict())
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert torch.equal(lin(x), ref(x))
+        assert torch.equal(lin(x), ref(x))  # no autocast: plain fp32
+    lin.to(torch.float64)
+    assert lin._lowp is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # grad enabled: plain autocast, nothing cached
+        lin.float()(x).sum().backward()
+    assert lin._lowp is None and lin.weight.grad is not None

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slam3r.models.blocks import EncoderBlock, MultiviewDecoderBlock, Rope, layer_norm, views_per_chunk
+from slam3r.models.blocks import EncoderBlock, Linear, MultiviewDecoderBlock, Rope, layer_norm, views_per_chunk
 from slam3r.models.config import ModelConfig
 from slam3r.models.rope import patch_positions, rope_tables
 
@@ -118,7 +118,7 @@ class MultiViewTransformer(nn.Module):
             self.enc_blocks = nn.ModuleList(
                 EncoderBlock(cfg.enc_embed_dim, cfg.enc_num_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth))
         self.enc_norm = layer_norm(cfg.enc_embed_dim)
-        self.decoder_embed = nn.Linear(cfg.enc_embed_dim, cfg.dec_embed_dim)
+        self.decoder_embed = Linear(cfg.enc_embed_dim, cfg.dec_embed_dim)
         dec = (cfg.dec_embed_dim, cfg.dec_num_heads, cfg.mlp_ratio)
         self.mv_dec_blocks1 = nn.ModuleList(MultiviewDecoderBlock(*dec) for _ in range(cfg.dec_depth))
         self.mv_dec_blocks2 = nn.ModuleList(MultiviewDecoderBlock(*dec) for _ in range(cfg.dec_depth))

@@ -1,7 +1,8 @@
 """Transformer building blocks: ViT encoder block and the two-stream multi-view decoder block.
 
 Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels
-where the device has them). Token tensors are ``(B, N, C)``; RoPE tables are ``(N, head_dim)``.
+where the device has them), except for reduced-precision inference on a CPU (:func:`attention`). Token tensors are
+``(B, N, C)``; RoPE tables are ``(N, head_dim)``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,38 @@ from slam3r.models.rope import apply_rope
 Rope = tuple[Tensor, Tensor]
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` that, in inference under autocast, multiplies by a reduced-precision copy of its weight and
+    bias kept from call to call.
+
+    Autocast casts every fp32 weight afresh in each ``with`` block, and the engine opens one per network call: for
+    a one-frame released-size encoder call that cast cost as much as the arithmetic (0.53 s per frame against
+    0.27 s with cached casts, bf16, 2 threads). The copy is what autocast would make (``weight.to(dtype)``), so
+    outputs are bit-identical; it is remade when the weight changes (its version counter or storage) and dropped by
+    ``.to()`` / ``.cuda()``. It is not part of the state dict. Training (grad enabled) uses plain autocast.
+    """
+
+    _lowp: tuple | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        device = x.device.type
+        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device):
+            return super().forward(x)
+        weight, bias = self._lowp_weights(torch.get_autocast_dtype(device))
+        return F.linear(x.to(weight.dtype), weight, bias)
+
+    def _lowp_weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        key = (dtype, *((t.data_ptr(), t._version) for t in (self.weight, self.bias) if t is not None))
+        cached = self._lowp
+        if cached is None or cached[0] != key:
+            cached = self._lowp = (key, self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype))
+        return cached[1], cached[2]
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        self._lowp = None
+        return super()._apply(fn, recurse)
+
+
 def layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=1e-6)
 
@@ -24,9 +57,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, out: int | None = None) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, out or dim)
+        self.fc2 = Linear(hidden, out or dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -42,6 +75,36 @@ def merge_heads(x: Tensor) -> Tensor:
     """(B, heads, N, d) -> (B, N, heads*d)."""
     b, h, n, d = x.shape
     return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+# Bytes of attention scores one chunk of :func:`attention`'s CPU reduced-precision path holds: small enough to stay
+# in a core's cache between the two matmuls and the softmax (1-8 MB measured alike, larger tensors ran ~10% slower).
+CPU_ATTENTION_CHUNK_BYTES = 2 << 20
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` for ``q`` ``(B, heads, Nq, d)`` and ``k``, ``v`` ``(B, heads, Nk, d)``.
+
+    ``scaled_dot_product_attention``, except in inference on a CPU under bf16 / fp16 autocast: there torch's flash
+    kernel reaches ~130 GFLOP/s at the networks' sizes (196 to 1960 queries against 196 keys) against ~280 for two
+    batched matmuls and a softmax taken over chunks of heads whose scores fit in cache (2-core Zen 4, AVX-512
+    BF16). Scores and probabilities are then rounded to the autocast dtype, which the accuracy checks of
+    ``bench/bench_precision.py`` cover. fp32 keeps SDPA (no faster that way), and so does training (SDPA's
+    backward needs no stored scores).
+    """
+    if q.device.type != "cpu" or torch.is_grad_enabled() or not torch.is_autocast_enabled("cpu"):
+        return F.scaled_dot_product_attention(q, k, v)
+    b, h, nq, d = q.shape
+    nk, dtype = k.shape[2], torch.get_autocast_dtype("cpu")
+    q = (q * d**-0.5).to(dtype).reshape(b * h, nq, d)
+    k, v = (t.to(dtype).reshape(b * h, nk, d) for t in (k, v))
+    out = q.new_empty(b * h, nq, d)
+    step = max(1, CPU_ATTENTION_CHUNK_BYTES // (nq * nk * q.element_size()))
+    with torch.autocast("cpu", enabled=False):  # bf16 in, bf16 out; autocast rejects ``out=``
+        for i in range(0, b * h, step):
+            scores = torch.bmm(q[i:i + step], k[i:i + step].transpose(1, 2))
+            torch.bmm(scores.softmax(-1), v[i:i + step], out=out[i:i + step])
+    return out.view(b, h, nq, d)
 
 
 # Most tokens one chunk of per-token work (linear layers, GELU, residuals) handles at once. Bigger chunks buy no
@@ -60,14 +123,14 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: Tensor, rope: Rope) -> Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(qkv[:2], *rope).unbind(0)  # queries and keys rotated in one go
-        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, qkv[2])))
+        return self.proj(merge_heads(attention(q, k, qkv[2])))
 
 
 class CrossAttention(nn.Module):
@@ -81,10 +144,10 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.projq = nn.Linear(dim, dim)
-        self.projk = nn.Linear(dim, dim)
-        self.projv = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
+        self.projq = Linear(dim, dim)
+        self.projk = Linear(dim, dim)
+        self.projv = Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def kv(self, y: Tensor, rope: Rope) -> tuple[Tensor, Tensor]:
         """Keys (RoPE-rotated) and values of memories ``y`` ``(M, B, N, C)``: two ``(M, B, heads, N, d)``."""
@@ -109,8 +172,8 @@ class CrossAttention(nn.Module):
         out = None
         for kc, vc in zip(*(t.split(views_per_chunk(k.shape[0], b * nv * n)) for t in (k, v))):
             mc = kc.shape[0]
-            att = F.scaled_dot_product_attention(q.expand(mc, -1, -1, -1, -1).reshape(mc * b, h, nv * n, d),
-                                                 kc.reshape(mc * b, h, -1, d), vc.reshape(mc * b, h, -1, d))
+            att = attention(q.expand(mc, -1, -1, -1, -1).reshape(mc * b, h, nv * n, d),
+                            kc.reshape(mc * b, h, -1, d), vc.reshape(mc * b, h, -1, d))
             chunk = self.proj(merge_heads(att)).view(mc, b, nv, n, c).amax(dim=0)
             out = chunk if out is None else torch.maximum(out, chunk)
         return out.transpose(0, 1)
