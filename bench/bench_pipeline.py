@@ -24,6 +24,7 @@ import rss  # noqa: E402
 from common import bench_runtime, device_name, report, synthetic_frames  # noqa: E402
 from naive import NaiveI2P, NaiveL2W  # noqa: E402
 
+from slam3r.models.blocks import drop_low_precision_copies  # noqa: E402
 from slam3r.models.precision import resolve  # noqa: E402
 from slam3r.recon.config import ReconConfig  # noqa: E402
 from slam3r.recon.offline import run_offline  # noqa: E402
@@ -217,6 +218,9 @@ def main() -> None:
     decisions: dict = {}
 
     def measure(name: str, nets, run_cfg, replay: bool):
+        for net in (i2p, l2w):  # an earlier run's bf16 weight copies do not count against this one
+            drop_low_precision_copies(net)
+        rss.release_free_memory()
         rss.reset_peak()
         res, stamps, tm, steps, engine = run(*nets, frames, run_cfg, args.mode, device, decisions, replay=replay)
         pf = run_per_frame(tm, len(res))

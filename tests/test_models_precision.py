@@ -114,6 +114,10 @@ def test_linear_keeps_a_bit_identical_low_precision_copy_until_the_weight_change
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 assert torch.equal(lin(x), ref(x))
         assert torch.equal(lin(x), ref(x))  # no autocast: plain fp32
+        blocks.drop_low_precision_copies(torch.nn.Sequential(lin))
+        assert lin._lowp is None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(lin(x), ref(x)) and lin._lowp is not None
     lin.to(torch.float64)
     assert lin._lowp is None
     with torch.autocast("cpu", dtype=torch.bfloat16):  # grad enabled: plain autocast, nothing cached
