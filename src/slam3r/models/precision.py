@@ -28,7 +28,8 @@ CPU_AUTO_BF16 = os.environ.get("SLAM3R_CPU_AUTO_BF16", "1") == "1"
 """Whether ``auto`` picks bf16 on CPUs with native bf16 instructions. On since both accuracy checks of
 ``bench/bench_precision.py`` passed on an AMX machine on 2026-12-02 (bundled model, ``registration: flow``, the 5
 benchmark scenes: accuracy / completion / ATE -0.68% / -0.05% / -0.41% against fp32, within 2%; released-size random
-weights, 40 frames: median per-point deviation 0.95% of the scene scale, under 1%; see the README). With
+weights, 40 frames: median per-point deviation 0.95% of the scene scale, under 1%; see the README), and again on
+an AVX-512 BF16 Zen 4 after the bf16 attention path (-0.28% / -0.21% / -0.47%; 0.954%, 2026-12-02). With
 ``registration: l2w`` the quality check had failed (accuracy +10.8%, 2026-12-01). ``SLAM3R_CPU_AUTO_BF16=0`` turns it
 off; ``--precision bf16`` forces bf16 either way."""
 
