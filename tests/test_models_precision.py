@@ -94,7 +94,8 @@ def test_cpu_reduced_precision_attention_matches_sdpa(monkeypatch, dtype):
         assert torch.equal(blocks.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
 
 
-def test_linear_keeps_a_bit_identical_low_precision_copy_until_the_weight_changes():
+def test_linear_keeps_a_bit_identical_low_precision_copy_until_the_weight_changes(monkeypatch):
+    monkeypatch.setattr(blocks, "cpu_onednn_linear", lambda dtype: False)  # the copy, not the kernel, is under test
     torch.manual_seed(0)
     lin, ref = blocks.Linear(24, 40), torch.nn.Linear(24, 40)
     ref.load_state_dict(lin.state_dict())
@@ -123,3 +124,51 @@ def test_linear_keeps_a_bit_identical_low_precision_copy_until_the_weight_change
     with torch.autocast("cpu", dtype=torch.bfloat16):  # grad enabled: plain autocast, nothing cached
         lin.float()(x).sum().backward()
     assert lin._lowp is None and lin.weight.grad is not None
+
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_computes_linear_and_fused_gelu(monkeypatch, bias):
+    """The oneDNN path (picked where it times faster) gives F.linear's numbers, with and without the fused exact
+    GELU, in fp32 and (where this CPU's oneDNN has bf16) bf16-autocast inference, on batched and non-contiguous
+    inputs; grad keeps F.linear."""
+    torch.manual_seed(0)
+    lin = blocks.Linear(48, 80, bias=bias)
+    x = torch.randn(3, 7, 96)[..., ::2]  # non-contiguous (3, 7, 48)
+    exact = F.linear(x.double(), lin.weight.double(), None if lin.bias is None else lin.bias.double())
+    monkeypatch.setenv("SLAM3R_ONEDNN_LINEAR", "1")
+    blocks.cpu_onednn_linear.cache_clear()
+    assert blocks.cpu_onednn_linear(torch.float32)
+    with torch.no_grad():
+        for gelu in (False, True):
+            want = F.gelu(exact) if gelu else exact
+            out = lin(x, gelu=gelu)
+            assert out.dtype == torch.float32 and out.shape == want.shape
+            assert (out.double() - want).abs().max() < 1e-5 * want.abs().max()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = lin(x, gelu=gelu)
+            assert low.dtype == torch.bfloat16 and (low.double() - want).abs().max() < 0.03 * want.abs().max()
+    y = lin(x, gelu=True)
+    assert torch.equal(y, F.gelu(F.linear(x, lin.weight, lin.bias)))
+    y.sum().backward()
+    assert lin.weight.grad is not None
+    blocks.cpu_onednn_linear.cache_clear()
+
+
+@needs_onednn
+def test_onednn_choice_can_be_forced_by_environment(monkeypatch):
+    for value, want in (("0", False), ("1", True)):
+        monkeypatch.setenv("SLAM3R_ONEDNN_LINEAR", value)
+        blocks.cpu_onednn_linear.cache_clear()
+        assert blocks.cpu_onednn_linear(torch.float32) is want
+    monkeypatch.delenv("SLAM3R_ONEDNN_LINEAR")
+    blocks.cpu_onednn_linear.cache_clear()
+    assert isinstance(blocks.cpu_onednn_linear(torch.float32), bool)  # timed on this machine
+    monkeypatch.setattr(blocks, "_onednn_linear", lambda *a: (_ for _ in ()).throw(RuntimeError("no primitive")))
+    blocks.cpu_onednn_linear.cache_clear()
+    monkeypatch.setenv("SLAM3R_ONEDNN_LINEAR", "1")
+    assert blocks.cpu_onednn_linear(torch.bfloat16) is False  # forced, but the op fails for it: F.linear stays
+    blocks.cpu_onednn_linear.cache_clear()
