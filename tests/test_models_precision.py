@@ -167,7 +167,7 @@ def test_onednn_choice_can_be_forced_by_environment(monkeypatch):
     monkeypatch.delenv("SLAM3R_ONEDNN_LINEAR")
     blocks.cpu_onednn_linear.cache_clear()
     assert isinstance(blocks.cpu_onednn_linear(torch.float32), bool)  # timed on this machine
-    monkeypatch.setattr(blocks, "_onednn_linear", lambda *a: (_ for _ in ()).throw(RuntimeError("no primitive")))
+    monkeypatch.setattr(blocks, "onednn_linear", lambda *a: (_ for _ in ()).throw(RuntimeError("no primitive")))
     blocks.cpu_onednn_linear.cache_clear()
     monkeypatch.setenv("SLAM3R_ONEDNN_LINEAR", "1")
     assert blocks.cpu_onednn_linear(torch.bfloat16) is False  # forced, but the op fails for it: F.linear stays

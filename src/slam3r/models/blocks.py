@@ -20,7 +20,10 @@ from slam3r.models.rope import apply_rope
 Rope = tuple[Tensor, Tensor]
 
 
-def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, act: str) -> Tensor:
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, act: str) -> Tensor:
+    """``act(x @ weight.T + bias)`` through oneDNN for ``x`` ``(..., K)``, ``weight`` ``(N, K)``, ``bias`` ``(N,)``
+    or ``None``; ``act`` ``"none"`` or ``"gelu"`` (exact, fused). Raises ``RuntimeError`` where this CPU's oneDNN
+    lacks the dtype."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act, [], "none" if act == "gelu" else "")
 
 
@@ -41,7 +44,7 @@ def cpu_onednn_linear(dtype: torch.dtype = torch.float32) -> bool:
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(512, 1024, generator=g).to(dtype), (torch.randn(1024, 1024, generator=g) / 32).to(dtype)
     try:
-        fused = _best_seconds(lambda: _onednn_linear(x, w, None, "none"), repeat=0 if forced == "1" else 5)
+        fused = _best_seconds(lambda: onednn_linear(x, w, None, "none"), repeat=0 if forced == "1" else 5)
     except RuntimeError:  # op missing, or the dtype unsupported on this CPU
         return False
     return forced == "1" or fused * ONEDNN_MIN_SPEEDUP < _best_seconds(lambda: F.linear(x, w))
@@ -89,7 +92,7 @@ class Linear(nn.Linear):
             weight, bias = self._lowp_weights(torch.get_autocast_dtype(device))
             x = x.to(weight.dtype)
         if device == "cpu" and cpu_onednn_linear(x.dtype):
-            return _onednn_linear(x, weight, bias, "gelu" if gelu else "none")
+            return onednn_linear(x, weight, bias, "gelu" if gelu else "none")
         out = F.linear(x, weight, bias)
         return F.gelu(out) if gelu else out
 
