@@ -27,6 +27,12 @@ def test_precision_choice(monkeypatch) -> None:
     assert autocast_dtype(cpu, "auto") is None  # emulated bf16 is slower than fp32: auto keeps fp32
     monkeypatch.setattr(precision, "cpu_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": True})
     assert autocast_dtype(cpu, "auto") is torch.bfloat16
+    monkeypatch.setattr(precision, "CPU_AUTO_BF16", False)  # SLAM3R_CPU_AUTO_BF16=0 holds for training too
+    assert autocast_dtype(cpu, "auto") is None and autocast_dtype(cpu, "bf16") is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype(torch.device("cuda"), "auto") is None  # inference would take fp16; training has no scaler
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert autocast_dtype(torch.device("cuda"), "auto") is torch.bfloat16
     with pytest.raises(ConfigError, match="precision"):
         apply_overrides(from_dict(TrainConfig, {}), ["precision=fp16"])
 

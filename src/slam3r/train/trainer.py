@@ -81,21 +81,15 @@ class StepBatches(torch.utils.data.Dataset):
         return self.draw(step)
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 matmuls natively (CUDA with bf16 support; CPU with AVX-512 BF16 or AMX:
-    :func:`slam3r.models.precision.cpu_has_fast_bf16`), i.e. faster than fp32 rather than emulated."""
-    from slam3r.models.precision import cpu_has_fast_bf16
-
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_fast_bf16()
-
-
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype of ``TrainConfig.precision`` on ``device`` (None = fp32, no autocast)."""
-    if precision == "fp32" or (precision == "auto" and not native_bf16(device)):
-        return None
-    return torch.bfloat16
+    """The autocast dtype of ``TrainConfig.precision`` on ``device`` (None = fp32, no autocast): inference's choice
+    (:func:`slam3r.models.precision.autocast_dtype`: ``auto`` = bf16 on CUDA with bf16 and on CPUs with AVX-512 BF16
+    or AMX, same probe and ``SLAM3R_CPU_AUTO_BF16`` switch), except that training never takes fp16 (it has no loss
+    scaling): fp32 there instead."""
+    from slam3r.models import precision as inference
+
+    dtype = inference.autocast_dtype(device, precision)
+    return dtype if dtype is torch.bfloat16 else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.ExitStack:
