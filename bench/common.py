@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from typing import Callable
@@ -13,6 +12,7 @@ import torch
 
 from slam3r.models import Image2PointsModel, Local2WorldModel, PRESETS, blocks
 from slam3r.config import replace
+from slam3r.system import usable_cores
 from slam3r.models.loading import configure_threads, resolve_device
 from slam3r.runtime import Runtime, load_runtime
 
@@ -20,7 +20,7 @@ from slam3r.runtime import Runtime, load_runtime
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} x{os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return f"{platform.processor() or platform.machine()} x{usable_cores()} cores, {torch.get_num_threads()} threads"
 
 
 def make_models(size: str, device: torch.device, seed: int = 0) -> tuple[Image2PointsModel, Local2WorldModel]:

@@ -90,7 +90,7 @@ def test_registration_thread_errors_reach_the_caller(slow_scene):  # noqa: F811
 
 
 def test_pipeline_is_on_where_a_core_is_free(monkeypatch):
-    monkeypatch.setattr(streaming.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(streaming, "usable_cores", lambda: 2)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(streaming.torch, "get_num_threads", lambda: 1)
     assert pipeline_enabled(ReconConfig(), cpu) and not pipeline_enabled(ReconConfig(stream_pipeline=False), cpu)
@@ -110,3 +110,27 @@ def test_the_service_publishes_without_pipelining_unless_asked(tmp_path):
     path = tmp_path / "serve.yaml"
     path.write_text("recon:\n  stream_pipeline: true\n")
     assert load_config(path, env={}).recon.stream_pipeline is True
+
+
+def test_cores_are_those_the_process_may_run_on(monkeypatch):
+    """A container pinned to 2 of a host's 64 cores runs the released-size networks on 2 threads, not 64, and the
+    streaming pipeline counts those 2."""
+    import os
+
+    from types import SimpleNamespace
+
+    from slam3r import system
+    from slam3r.models import PRESETS
+    from slam3r.models.loading import configure_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 7}, raising=False)
+    assert system.usable_cores() == 2
+    wide = SimpleNamespace(cfg=PRESETS["released"])  # configure_threads reads the encoder width only
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(wide, torch.device("cpu")) == 2
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setattr(streaming.torch, "get_num_threads", lambda: 2)
+    assert not pipeline_enabled(ReconConfig(), torch.device("cpu"))

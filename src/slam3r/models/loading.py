@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slam3r.models.config import OFFICIAL_REPOS
+from slam3r.system import usable_cores
 
 if TYPE_CHECKING:  # torch is imported only when networks are loaded, so argument parsers stay light
     import torch
@@ -80,16 +81,15 @@ def configure_threads(model: Image2PointsModel, device: torch.device, threads: i
 
     ``threads`` wins when given; otherwise small networks (encoder width < 512, e.g. the bundled model) run on
     one thread, where per-operation threading overhead would cost more than it saves (and collapses when other
-    processes share the cores), and large ones use every core. GPU runs keep torch's default.
+    processes share the cores), and large ones use every core the process may run on
+    (:func:`slam3r.system.usable_cores`). GPU runs keep torch's default.
     """
-    import os
-
     import torch
 
     if threads is None:
         if device.type != "cpu":
             return torch.get_num_threads()
-        threads = 1 if model.cfg.enc_embed_dim < 512 else (os.cpu_count() or 1)
+        threads = 1 if model.cfg.enc_embed_dim < 512 else usable_cores()
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
 

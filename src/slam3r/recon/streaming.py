@@ -10,7 +10,6 @@ previous push's registration finished (``flush`` waits for everything)."""
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import Future
 
 import numpy as np
@@ -24,6 +23,7 @@ from slam3r.recon.engine import Engine
 from slam3r.recon.loop import MapUpdate
 from slam3r.recon.threads import worker
 from slam3r.recon.types import FrameResult
+from slam3r.system import usable_cores
 
 
 def pipeline_enabled(cfg: ReconConfig, device: torch.device) -> bool:
@@ -34,8 +34,7 @@ def pipeline_enabled(cfg: ReconConfig, device: torch.device) -> bool:
         return bool(cfg.stream_pipeline)
     if device.type == "cuda":
         return True
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return torch.get_num_threads() < cores
+    return torch.get_num_threads() < usable_cores()
 
 
 class StreamingReconstructor:

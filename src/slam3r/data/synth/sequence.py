@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ from slam3r.data.synth.render import render
 from slam3r.data.synth.scene import Scene, make_scene
 from slam3r.data.synth.trajectory import make_trajectory
 from slam3r.geometry.camera import intrinsics_from_fov
+from slam3r.system import usable_cores
 
 
 @dataclass
@@ -38,8 +38,8 @@ def sequence_camera(seed: int, width: int, height: int, hfov_deg: float | None =
 
 
 def default_threads() -> int:
-    """Render threads used by sequence rendering: the CPU count, at most 4."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """Render threads used by sequence rendering: the usable cores, at most 4."""
+    return min(4, usable_cores())
 
 
 def iter_frames(scene: Scene, c2w: np.ndarray, K: np.ndarray, width: int, height: int, threads: int | None = None
