@@ -44,10 +44,10 @@ def cpu_onednn_linear(dtype: torch.dtype = torch.float32) -> bool:
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(512, 1024, generator=g).to(dtype), (torch.randn(1024, 1024, generator=g) / 32).to(dtype)
     try:
-        fused = _best_seconds(lambda: onednn_linear(x, w, None, "none"), repeat=0 if forced == "1" else 5)
+        onednn = _best_seconds(lambda: onednn_linear(x, w, None, "none"), repeat=0 if forced == "1" else 5)
     except RuntimeError:  # op missing, or the dtype unsupported on this CPU
         return False
-    return forced == "1" or fused * ONEDNN_MIN_SPEEDUP < _best_seconds(lambda: F.linear(x, w))
+    return forced == "1" or onednn * ONEDNN_MIN_SPEEDUP < _best_seconds(lambda: F.linear(x, w))
 
 
 ONEDNN_MIN_SPEEDUP = 1.2
