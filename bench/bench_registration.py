@@ -59,6 +59,18 @@ def pipeline_rotations(i2p, l2w, rgb: np.ndarray, cfg) -> np.ndarray:
     return np.stack([r.pose_c2w[:3, :3] for r in results])
 
 
+def registered(rot: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pipeline's rotations ``(N, 3, 3)`` and the ground-truth ones of ``c2w`` ``(N, 4, 4)`` for the frames it
+    registered (the others have NaN poses; comparing them would make every mean NaN)."""
+    keep = np.isfinite(rot).all(axis=(1, 2))
+    return rot[keep], c2w[keep, :3, :3]
+
+
+def frame_steps(rot: np.ndarray) -> np.ndarray:
+    """Frame-to-frame relative rotations ``(N - 1, 3, 3)`` of rotations ``(N, 3, 3)``."""
+    return np.swapaxes(rot[:-1], -1, -2) @ rot[1:]
+
+
 def compare(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """Recovered fraction and mean error (degrees) of relative rotations ``(K, 3, 3)``."""
     gt_deg, pred_deg = rotation_angle_deg(gt).mean(), rotation_angle_deg(pred).mean()
@@ -83,10 +95,8 @@ def main() -> None:
     for seed in args.seeds:
         seq = render_heldout(seed, args.frames, i2p.cfg.img_size[0])
         i2p_stats = compare(*i2p_relative_rotations(i2p, seq.rgb, seq.c2w, args.stride))
-        rot = pipeline_rotations(i2p, l2w, seq.rgb, cfg)
-        registered = np.isfinite(rot).all(axis=(1, 2))  # unregistered frames have NaN poses: compare the others
-        rot, gt = rot[registered], seq.c2w[registered, :3, :3]
-        step = compare(np.swapaxes(rot[:-1], -1, -2) @ rot[1:], np.swapaxes(gt[:-1], -1, -2) @ gt[1:])
+        rot, gt = registered(pipeline_rotations(i2p, l2w, seq.rgb, cfg), seq.c2w)
+        step = compare(frame_steps(rot), frame_steps(gt))
         total = compare(rot[:1].swapaxes(-1, -2) @ rot[-1:], gt[:1].swapaxes(-1, -2) @ gt[-1:])
         rows.append({"seed": seed, "i2p": i2p_stats, "pipeline_step": step, "pipeline_total": total})
     print(f"{'scene':>9} | {'I2P keyframe pairs':^30} | {'pipeline, frame to frame':^30} | {'pipeline, first to last':^30}")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 RECIPES = Path(__file__).resolve().parents[1] / "src/slam3r/assets/default_model/train"
 CURVE_FIELDS = ["stage", "step", "samples", "train_s", "wall_s", "loss", "err", "seed", "rot_gt_deg",
-                "rot_pred_deg", "recovered", "error_deg", "pipe_recovered", "pipe_error_deg"]
+                "rot_pred_deg", "recovered", "error_deg", "pipe_recovered", "pipe_error_deg", "pipe_registered"]
 
 
 def load_config(path: str | Path, overrides: list[str]):
@@ -69,9 +69,7 @@ def seconds_per_step(log_csv: Path, since: int) -> float:
 
 def score(stage: str, model_dir: Path, i2p_dir: Path, seeds: list[int], frames: int) -> list[dict]:
     """Rotation recovery of a checkpoint on held-out scenes (see ``bench_registration.py``)."""
-    import numpy as np
-
-    from bench_registration import compare, i2p_relative_rotations, pipeline_rotations
+    from bench_registration import compare, frame_steps, i2p_relative_rotations, pipeline_rotations, registered
     from slam3r.demo import render_heldout
     from slam3r.models import Image2PointsModel, Local2WorldModel
     from slam3r.recon.config import ReconConfig
@@ -89,10 +87,9 @@ def score(stage: str, model_dir: Path, i2p_dir: Path, seeds: list[int], frames: 
         else:
             l2w = Local2WorldModel.from_pretrained(str(model_dir)).eval()
             cfg = resolve_settings(ReconConfig, "recon", overrides=["l2w_frame=anchor"]).value  # bundled settings
-            rot = pipeline_rotations(i2p, l2w, seq.rgb, cfg)
-            gt = seq.c2w[:, :3, :3]
-            step = compare(np.swapaxes(rot[:-1], -1, -2) @ rot[1:], np.swapaxes(gt[:-1], -1, -2) @ gt[1:])
-            row.update(pipe_recovered=step["recovered"], pipe_error_deg=step["error_deg"])
+            rot, gt = registered(pipeline_rotations(i2p, l2w, seq.rgb, cfg), seq.c2w)
+            step = compare(frame_steps(rot), frame_steps(gt))
+            row.update(pipe_recovered=step["recovered"], pipe_error_deg=step["error_deg"], pipe_registered=len(rot))
         rows.append(row)
     return rows
 

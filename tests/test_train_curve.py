@@ -53,6 +53,7 @@ def test_train_curve_dry_run(tmp_path: Path) -> None:
         assert steps == sorted(steps) and steps[0] >= 1
         assert all(int(r["samples"]) == 2 * int(r["step"]) for r in part)
         assert all(math.isfinite(float(r[key])) and float(r[key]) >= 0 for r in part)
+    assert all(int(r["pipe_registered"]) >= 2 for r in rows if r["stage"] == "l2w")
     assert (out / "i2p" / "DONE").is_file() and (out / "l2w" / "DONE").is_file()
     from slam3r.models.loading import load_models
 
@@ -82,3 +83,24 @@ def test_gpu_run_dry_run_on_cpu(tmp_path: Path) -> None:
 
     i2p, l2w = load_models(str(tmp_path / "unpacked" / "model"))
     assert i2p.cfg.img_size == (64, 64)
+
+
+def test_rotation_recovery_skips_frames_the_pipeline_did_not_register() -> None:
+    """An unregistered frame (NaN pose) drops out of the comparison instead of turning every mean into NaN."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_registration import compare, frame_steps, registered
+
+    def rz(deg: float) -> np.ndarray:
+        t = np.radians(deg)
+        return np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+
+    c2w = np.tile(np.eye(4), (4, 1, 1))
+    c2w[:, :3, :3] = [rz(10 * i) for i in range(4)]
+    pred = c2w[:, :3, :3].copy()  # a perfect pipeline that lost frame 2
+    pred[2] = np.nan
+    rot, gt = registered(pred, c2w)
+    assert len(rot) == 3
+    step = compare(frame_steps(rot), frame_steps(gt))
+    assert math.isclose(step["recovered"], 1.0) and step["error_deg"] < 1e-6

@@ -91,7 +91,8 @@ class Linear(nn.Linear):
         if torch.is_autocast_enabled(device):
             weight, bias = self._lowp_weights(torch.get_autocast_dtype(device))
             x = x.to(weight.dtype)
-        if device == "cpu" and cpu_onednn_linear(x.dtype):
+        # under torch.compile inductor picks its own CPU kernels (oneDNN among them); the probe must not be traced
+        if device == "cpu" and not torch.compiler.is_compiling() and cpu_onednn_linear(x.dtype):
             return onednn_linear(x, weight, bias, "gelu" if gelu else "none")
         out = F.linear(x, weight, bias)
         return F.gelu(out) if gelu else out
