@@ -15,14 +15,15 @@ def usable_cores(cgroup: Path | None = None) -> int:
     Kubernetes CPU limit), rounded up. Not ``os.cpu_count()``, which counts every core of the host and so
     oversubscribes a container. ``cgroup``: the cgroup file system's root (default :data:`CGROUP`)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = cgroup_cpu_quota(CGROUP if cgroup is None else cgroup)
+    quota = cgroup_cpu_quota(cgroup)
     return max(1, min(cores, math.ceil(quota)) if quota else cores)
 
 
-def cgroup_cpu_quota(cgroup: Path = CGROUP) -> float | None:
+def cgroup_cpu_quota(cgroup: Path | None = None) -> float | None:
     """CPUs' worth of time the process's cgroup may use (quota / period), or ``None`` without a limit: cgroup v2
     ``cpu.max`` (``"200000 100000"``, ``"max 100000"``), else v1 ``cpu/cpu.cfs_quota_us`` / ``cpu.cfs_period_us``
-    (quota -1 = none)."""
+    (quota -1 = none), under ``cgroup`` (default :data:`CGROUP`)."""
+    cgroup = CGROUP if cgroup is None else cgroup
     try:
         quota, period = (cgroup / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
