@@ -86,7 +86,7 @@ def matmul_peak(device: torch.device, precision: str = "fp32", n: int | None = N
     """The machine's matmul rate now: best GFLOP/s of ``repeat`` ``n x n`` products in ``precision`` (fp32 / bf16 /
     fp16; the yardstick for "share of peak"). Measured, so it drops as other processes load the machine. On a CPU
     it is the better of ``torch.mm`` and the oneDNN product that the networks' linear layers use where it is faster
-    (``models.blocks.cpu_onednn_linear``; on a Zen 4 oneDNN's fp32 product ran 2.3x MKL's)."""
+    (``models.blocks.cpu_onednn_linear``; on a Zen 4 oneDNN's fp32 product ran 1.3x MKL's)."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device).to(dtype)

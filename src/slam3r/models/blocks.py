@@ -31,30 +31,37 @@ def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, act: str) -> T
 def cpu_onednn_linear(dtype: torch.dtype = torch.float32) -> bool:
     """Whether CPU inference in ``dtype`` runs linear layers through oneDNN (``torch.ops.mkldnn._linear_pointwise``,
     the op torch.compile uses on CPUs) rather than ``F.linear`` (MKL for fp32), decided once per process and dtype by
-    timing both on a 512 x 1024 x 1024 product (~0.1 s).
+    timing both on what the networks run most: a ViT MLP (1024 tokens, 768 -> 3072 -> GELU -> 768, ~10 GFLOP; about
+    0.5 s in fp32 on 2 cores, twice that on one), fused GELU on oneDNN's side.
 
-    On a 2-core Zen 4 (AVX-512 BF16) MKL's fp32 GEMM ran at 159-165 GFLOP/s and oneDNN's at 378, with a relative
-    error of 1.2e-6 against a float64 product (MKL 3.5e-7): released-size I2P / L2W / encoder calls ran 1.8x
-    faster, outputs within 1.3e-6 relative. On a 2-core Zen 3 (AVX2) both ran at 115-140 GFLOP/s, so ``F.linear``
-    stays there, as it does wherever oneDNN lacks the dtype (bf16 / fp16 without AVX-512 BF16 / FP16).
+    On 2-core Zen 4 machines (AVX-512 BF16), fp32: the MLP ran 1.34-1.63x faster through oneDNN (five fresh
+    processes), and released-size encoder / L2W / I2P calls 1.40x / 1.26x / 1.17x, outputs within 1.3e-6 relative
+    (oneDNN's relative error against a float64 product 3.6e-7, MKL's 2.4e-7). A single 512 x 1024 x 1024 product,
+    the probe before, showed only 1.16-1.64x there, so the choice flipped from process to process around the 1.2x
+    bar. bf16: 1.02-1.12x (``F.linear`` already runs oneDNN), so it stays. On a 2-core Zen 3 (AVX2) the single
+    product tied, and ``F.linear`` stays wherever oneDNN lacks the dtype (bf16 / fp16 without AVX-512 BF16 / FP16).
     ``SLAM3R_ONEDNN_LINEAR`` = ``0`` turns oneDNN off, ``1`` takes it wherever it runs."""
     forced = os.environ.get("SLAM3R_ONEDNN_LINEAR")
     if forced == "0" or not torch.backends.mkldnn.is_available():
         return False
     g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(512, 1024, generator=g).to(dtype), (torch.randn(1024, 1024, generator=g) / 32).to(dtype)
+    x = torch.randn(1024, 768, generator=g).to(dtype)
+    w1, w2 = (torch.randn(3072, 768, generator=g) / 28).to(dtype), (torch.randn(768, 3072, generator=g) / 55).to(dtype)
+    b1, b2 = torch.zeros(3072, dtype=dtype), torch.zeros(768, dtype=dtype)
     try:
-        onednn = _best_seconds(lambda: onednn_linear(x, w, None, "none"), repeat=0 if forced == "1" else 5)
+        onednn = _best_seconds(lambda: onednn_linear(onednn_linear(x, w1, b1, "gelu"), w2, b2, "none"),
+                               repeat=0 if forced == "1" else 3)
     except RuntimeError:  # op missing, or the dtype unsupported on this CPU
         return False
-    return forced == "1" or onednn * ONEDNN_MIN_SPEEDUP < _best_seconds(lambda: F.linear(x, w))
-
+    if forced == "1":
+        return True
+    return onednn * ONEDNN_MIN_SPEEDUP < _best_seconds(lambda: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2))
 
 ONEDNN_MIN_SPEEDUP = 1.2
 """How much faster oneDNN must time than ``F.linear`` for :func:`cpu_onednn_linear` to pick it."""
 
 
-def _best_seconds(fn, repeat: int = 5) -> float:
+def _best_seconds(fn, repeat: int = 3) -> float:
     fn()
     best = float("inf")
     for _ in range(repeat):
