@@ -140,6 +140,7 @@ def test_onednn_linear_computes_linear_and_fused_gelu(monkeypatch, bias):
     x = torch.randn(3, 7, 96)[..., ::2]  # non-contiguous (3, 7, 48)
     exact = F.linear(x.double(), lin.weight.double(), None if lin.bias is None else lin.bias.double())
     monkeypatch.setenv("SLAM3R_ONEDNN_LINEAR", "1")
+    monkeypatch.setattr(blocks, "ONEDNN_MIN_WEIGHTS", 0)
     blocks.cpu_onednn_linear.cache_clear()
     assert blocks.cpu_onednn_linear(torch.float32)
     with torch.no_grad():
@@ -155,6 +156,24 @@ def test_onednn_linear_computes_linear_and_fused_gelu(monkeypatch, bias):
     assert torch.equal(y, F.gelu(F.linear(x, lin.weight, lin.bias)))
     y.sum().backward()
     assert lin.weight.grad is not None
+    blocks.cpu_onednn_linear.cache_clear()
+
+
+@needs_onednn
+def test_only_layers_of_onednn_size_take_it(monkeypatch):
+    """Where oneDNN is chosen, layers below ``ONEDNN_MIN_WEIGHTS`` weights (the bundled model's) keep F.linear."""
+    calls = []
+    real = blocks.onednn_linear
+    monkeypatch.setattr(blocks, "onednn_linear", lambda *a: calls.append(a[1].shape) or real(*a))
+    monkeypatch.setenv("SLAM3R_ONEDNN_LINEAR", "1")
+    blocks.cpu_onednn_linear.cache_clear()
+    assert blocks.cpu_onednn_linear(torch.float32)
+    calls.clear()  # the probe's own products
+    with torch.no_grad():
+        blocks.Linear(160, 640)(torch.randn(2, 49, 160), gelu=True)
+        assert calls == []
+        blocks.Linear(512, 512)(torch.randn(2, 49, 512))
+    assert calls == [torch.Size([512, 512])]
     blocks.cpu_onednn_linear.cache_clear()
 
 

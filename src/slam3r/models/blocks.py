@@ -60,6 +60,12 @@ def cpu_onednn_linear(dtype: torch.dtype = torch.float32) -> bool:
 ONEDNN_MIN_SPEEDUP = 1.2
 """How much faster oneDNN must time than ``F.linear`` for :func:`cpu_onednn_linear` to pick it."""
 
+ONEDNN_MIN_WEIGHTS = 512 * 512
+"""Smallest layer (weight elements) that :class:`Linear` runs through oneDNN. The released networks' layers are
+768 x 768 and larger; the bundled model's, 128 x 384 to 160 x 640, ran slower that way on the Zen 4 machine where
+oneDNN wins at 768 (bundled streaming, 1 thread, three alternating runs: 0.0385-0.0399 s per steady frame through
+oneDNN, 0.030-0.0385 through ``F.linear``)."""
+
 
 def _best_seconds(fn, repeat: int = 3) -> float:
     fn()
@@ -81,8 +87,8 @@ class Linear(nn.Linear):
       remade when the weight changes (its version counter or storage) and dropped by ``.to()`` / ``.cuda()``. It is
       not part of the state dict. The price is memory: half the fp32 weights again (about 1 GiB each for the
       released I2P and L2W networks), held until :func:`drop_low_precision_copies`.
-    - On a CPU, where :func:`cpu_onednn_linear` found oneDNN faster, the product (and the GELU, fused into it) runs
-      through oneDNN, in fp32 and under autocast alike.
+    - On a CPU, where :func:`cpu_onednn_linear` found oneDNN faster, the product (and the GELU, fused into it) of a
+      layer with at least ``ONEDNN_MIN_WEIGHTS`` weights runs through oneDNN, in fp32 and under autocast alike.
 
     Training (grad enabled) uses plain ``F.linear`` / autocast.
     """
@@ -99,7 +105,8 @@ class Linear(nn.Linear):
             weight, bias = self._lowp_weights(torch.get_autocast_dtype(device))
             x = x.to(weight.dtype)
         # under torch.compile inductor picks its own CPU kernels (oneDNN among them); the probe must not be traced
-        if device == "cpu" and not torch.compiler.is_compiling() and cpu_onednn_linear(x.dtype):
+        if (device == "cpu" and self.weight.numel() >= ONEDNN_MIN_WEIGHTS and not torch.compiler.is_compiling()
+                and cpu_onednn_linear(x.dtype)):
             return onednn_linear(x, weight, bias, "gelu" if gelu else "none")
         out = F.linear(x, weight, bias)
         return F.gelu(out) if gelu else out
