@@ -41,7 +41,7 @@ def bench_runtime(weights: str | None, size: str, device: str = "auto", threads:
         return load_runtime(weights, device, threads)
     dev = resolve_device(device)
     i2p, l2w = make_models(size, dev)
-    return Runtime(i2p, l2w, dev, configure_threads(i2p, dev, threads))
+    return Runtime(i2p, l2w, dev, configure_threads(dev, threads))
 
 
 def synthetic_frames(n: int, size: int, seed: int = 1_000_123) -> list[np.ndarray]:

@@ -113,24 +113,20 @@ def test_the_service_publishes_without_pipelining_unless_asked(tmp_path):
 
 
 def test_cores_are_those_the_process_may_run_on(monkeypatch, tmp_path):
-    """A container pinned to 2 of a host's 64 cores runs the released-size networks on 2 threads, not 64, and the
-    streaming pipeline counts those 2."""
+    """A container pinned to 2 of a host's 64 cores runs the networks on 2 threads, not 64, and the streaming
+    pipeline counts those 2."""
     import os
 
-    from types import SimpleNamespace
-
     from slam3r import system
-    from slam3r.models import PRESETS
     from slam3r.models.loading import configure_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 7}, raising=False)
     monkeypatch.setattr(system, "CGROUP", tmp_path / "none")  # no quota, whatever the machine running the test has
     assert system.usable_cores() == 2
-    wide = SimpleNamespace(cfg=PRESETS["released"])  # configure_threads reads the encoder width only
     before = torch.get_num_threads()
     try:
-        assert configure_threads(wide, torch.device("cpu")) == 2
+        assert configure_threads(torch.device("cpu")) == 2
     finally:
         torch.set_num_threads(before)
     monkeypatch.setattr(streaming.torch, "get_num_threads", lambda: 2)

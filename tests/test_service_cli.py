@@ -90,3 +90,38 @@ def test_building_the_cli_parser_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(("cores", "workers", "threads", "want"), [(4, 2, None, 2), (2, 4, None, 1), (4, 2, 3, 3)])
+def test_workers_share_the_cores(monkeypatch, cores, workers, threads, want):
+    """``serve --workers N`` gives each worker process its share of the cores (``--threads`` overrides), so N
+    workers do not each start a thread per core."""
+    import argparse
+    import multiprocessing
+
+    from slam3r import system
+    from slam3r.service import cli as service_cli
+    from slam3r.service.config import load_config
+
+    started = []
+
+    class FakeProcess:
+        def __init__(self, target, name, args):
+            started.append(args)
+            self.exitcode, self.pid = 0, None
+
+        def start(self):
+            pass
+
+        def join(self):
+            pass
+
+        def is_alive(self):
+            return False
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method: argparse.Namespace(Process=FakeProcess))
+    monkeypatch.setattr(system, "usable_cores", lambda: cores)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    args = argparse.Namespace(workers=workers, threads=threads, weights="default", device="cpu", log_level="INFO")
+    assert service_cli._run_workers(load_config(None), args) == 0
+    assert len(started) == workers and {a[-1] for a in started} == {want}

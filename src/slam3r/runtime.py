@@ -174,7 +174,7 @@ def _runtime_options(section: str, weights_default: str | None, device_default: 
 
     weights_text = weights_default or ("the weights recorded in the prediction's summary.json, else default"
                                        if section == "eval" else "none")
-    threads_text = threads_default or "1 for small networks such as the bundled one, all cores otherwise"
+    threads_text = threads_default or "every core the process may use"
     precision_text = (f"(default: {precision_default})" if precision_default is not None
                       else field_default_text(ReconConfig, "recon", "precision"))
     return {
@@ -215,7 +215,7 @@ def load_runtime(weights: str = "default", device: str = "auto", threads: int | 
     except RuntimeError as exc:
         raise InputError(f"--device {device!r}: {exc}") from None
     i2p, l2w = load_models(weights, dev)
-    return Runtime(i2p, l2w, dev, configure_threads(i2p, dev, threads))
+    return Runtime(i2p, l2w, dev, configure_threads(dev, threads))
 
 
 def runtime_from_args(args: argparse.Namespace) -> Runtime:

@@ -52,18 +52,22 @@ def _worker_main(cfg: Any, weights: str, device: str, level: str, threads: int |
 
 
 def _run_workers(cfg: Any, args: argparse.Namespace) -> int:
-    """Spawn ``args.workers`` worker processes (sharing the shard queues); forward SIGTERM / SIGINT."""
+    """Spawn ``args.workers`` worker processes (sharing the shard queues), each on its share of the cores unless
+    ``--threads`` says otherwise; forward SIGTERM / SIGINT."""
     import dataclasses
     import multiprocessing as mp
     import signal
 
+    from slam3r.system import usable_cores
+
+    threads = args.threads or max(1, usable_cores() // args.workers)
     ctx = mp.get_context("spawn")
     procs = []
     for i in range(args.workers):
         svc = dataclasses.replace(cfg.service, worker_index=i, num_workers=args.workers)
         p = ctx.Process(target=_worker_main, name=f"slam3r-worker-{i}",
                         args=(dataclasses.replace(cfg, service=svc), args.weights, args.device, args.log_level,
-                              args.threads))
+                              threads))
         p.start()
         procs.append(p)
 
