@@ -2,7 +2,9 @@
 
 torch's ``FlopCounterMode`` has no formula for ``aten._scaled_dot_product_flash_attention_for_cpu`` and counts 0
 for it, so attention done through SDPA on a CPU would be missing; :func:`count_gflop` adds it: ``2*B*H*Lq*Lk*D``
-for ``Q K^T`` plus ``2*B*H*Lq*Lk*Dv`` for ``A V`` (the same formula torch uses for the CUDA kernels).
+for ``Q K^T`` plus ``2*B*H*Lq*Lk*Dv`` for ``A V`` (the same formula torch uses for the CUDA kernels). Nor has it one
+for ``mkldnn._linear_pointwise``, the oneDNN product slam3r's linear layers use on CPUs where it is faster
+(``slam3r.models.blocks.onednn_linear``): without it a released-size encoder call counted 45 GFLOP instead of 1347.
 """
 
 from __future__ import annotations
@@ -20,9 +22,16 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     return 2 * math.prod(batch) * lq * lk * (d + dv)
 
 
+def _linear_pointwise_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """``x`` ``(..., K)`` times ``weight.T`` for ``weight`` ``(N, K)``; the fused bias / activation not counted,
+    as for ``aten.addmm``."""
+    return 2 * math.prod(x_shape) * w_shape[0]
+
+
 def _custom_mapping() -> dict:
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    return {} if op is None else {op: _sdpa_flops}
+    ops = {getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None): _sdpa_flops,
+           getattr(torch.ops.mkldnn, "_linear_pointwise", None): _linear_pointwise_flops}
+    return {op: f for op, f in ops.items() if op is not None}
 
 
 def count_gflop(fn: Callable[[], object]) -> float:
