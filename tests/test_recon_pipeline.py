@@ -131,4 +131,3 @@ def test_cores_are_those_the_process_may_run_on(monkeypatch, tmp_path):
         torch.set_num_threads(before)
     monkeypatch.setattr(streaming.torch, "get_num_threads", lambda: 2)
     assert not pipeline_enabled(ReconConfig(), torch.device("cpu"))
-

@@ -120,8 +120,8 @@ class ReconConfig:
     """Streaming: register each batch on a background thread while the calling thread encodes and runs I2P on
     the next frames (``recon.streaming``), so a frame's results come back from the next ``push`` instead of its
     own; the results themselves are identical. ``None`` = on where a core is free for it (CPU networks on fewer
-    threads than the process has cores, e.g. ``--threads 1`` on two cores; CUDA), off otherwise and with ``loop_closure``
-    (whose map updates cover the frames returned so far)."""
+    threads than the process has cores, e.g. ``--threads 1`` on two cores; CUDA), off otherwise and with
+    ``loop_closure`` (whose map updates cover the frames returned so far)."""
     seed: int = 42
     """Seed of the random choices (automatic-stride windows, reservoir buffer, point subsampling)."""
     online_stride: int = 3
