@@ -178,6 +178,31 @@ def test_only_layers_of_onednn_size_take_it(monkeypatch):
 
 
 @needs_onednn
+def test_reduced_precision_takes_onednn_wherever_it_runs(monkeypatch):
+    """bf16 is not timed: oneDNN is taken exactly when its bf16 product runs on this CPU (the fused GELU is the only
+    difference from F.linear there), so the choice cannot flip between processes."""
+    monkeypatch.delenv("SLAM3R_ONEDNN_LINEAR", raising=False)
+    try:
+        blocks.onednn_linear(torch.ones(2, 4, dtype=torch.bfloat16), torch.ones(3, 4, dtype=torch.bfloat16), None,
+                             "none")
+        runs = True
+    except RuntimeError:
+        runs = False
+    timed = []
+
+    def fake_best_seconds(fn, repeat=3):
+        fn()
+        timed.append(repeat)
+        return 1.0
+
+    monkeypatch.setattr(blocks, "_best_seconds", fake_best_seconds)
+    blocks.cpu_onednn_linear.cache_clear()
+    assert blocks.cpu_onednn_linear(torch.bfloat16) is runs
+    assert all(r == 0 for r in timed)  # at most one untimed trial call
+    blocks.cpu_onednn_linear.cache_clear()
+
+
+@needs_onednn
 def test_onednn_choice_can_be_forced_by_environment(monkeypatch):
     for value, want in (("0", False), ("1", True)):
         monkeypatch.setenv("SLAM3R_ONEDNN_LINEAR", value)

@@ -30,17 +30,24 @@ def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, act: str) -> T
 @functools.lru_cache(maxsize=None)
 def cpu_onednn_linear(dtype: torch.dtype = torch.float32) -> bool:
     """Whether CPU inference in ``dtype`` runs linear layers through oneDNN (``torch.ops.mkldnn._linear_pointwise``,
-    the op torch.compile uses on CPUs) rather than ``F.linear`` (MKL for fp32), decided once per process and dtype by
-    timing both on what the networks run most: a ViT MLP (1024 tokens, 768 -> 3072 -> GELU -> 768, ~10 GFLOP; about
-    0.5 s in fp32 on 2 cores, twice that on one), fused GELU on oneDNN's side.
+    the op torch.compile uses on CPUs) rather than ``F.linear``, decided once per process and dtype.
 
-    On 2-core Zen 4 machines (AVX-512 BF16), fp32: the MLP ran 1.34-1.63x faster through oneDNN (five fresh
-    processes), and released-size encoder / L2W / I2P calls 1.40x / 1.26x / 1.17x, outputs within 1.3e-6 relative
-    (oneDNN's relative error against a float64 product 3.6e-7, MKL's 2.4e-7). A single 512 x 1024 x 1024 product,
-    the probe before, showed only 1.16-1.64x there, so the choice flipped from process to process around the 1.2x
-    bar. bf16: 1.02-1.12x (``F.linear`` already runs oneDNN), so it stays. On a 2-core Zen 3 (AVX2) the single
-    product tied, and ``F.linear`` stays wherever oneDNN lacks the dtype (bf16 / fp16 without AVX-512 BF16 / FP16).
-    ``SLAM3R_ONEDNN_LINEAR`` = ``0`` turns oneDNN off, ``1`` takes it wherever it runs."""
+    - bf16 / fp16: wherever this CPU's oneDNN runs the dtype (AVX-512 BF16 / AMX / AVX-512 FP16). ``F.linear``
+      runs oneDNN's product there too, so the difference is the GELU fused into the product and no separate pass
+      over the output: on a 2-core Intel Xeon with AMX (2026-12-03) released-size bf16 calls ran faster by 11%
+      (encoder, 11 frames: 1.33 -> 1.19 s) and 8% (I2P window: 0.86 -> 0.78 s), L2W alike (1.04 / 1.07 s); on a
+      Zen 4 (AVX-512 BF16, no AMX) the ViT MLP below ran 1.02-1.12x faster, the networks no slower. A single MLP
+      timed alone there showed 0.96-1.07x, so timing would only add noise to the choice.
+    - fp32: oneDNN when it times at least ``ONEDNN_MIN_SPEEDUP`` x faster than ``F.linear`` (MKL) on what the
+      networks run most: a ViT MLP (1024 tokens, 768 -> 3072 -> GELU -> 768, ~10 GFLOP; about 0.5 s on 2 cores),
+      fused GELU on oneDNN's side. On 2-core Zen 4 machines it ran 1.34-1.63x faster (five fresh processes), and
+      released-size encoder / L2W / I2P calls 1.40x / 1.26x / 1.17x, outputs within 1.3e-6 relative (oneDNN's
+      relative error against a float64 product 3.6e-7, MKL's 2.4e-7). On the AMX Xeon the MLP showed 1.09-1.20x
+      and the networks tied (encoder 4.66-4.73 s vs 4.80-4.87, I2P and L2W within 3% either way), so the bar
+      decides nothing there that matters; on a Zen 3 (AVX2) the product tied.
+
+    ``F.linear`` stays wherever oneDNN lacks the dtype. ``SLAM3R_ONEDNN_LINEAR`` = ``0`` turns oneDNN off, ``1``
+    takes it wherever it runs."""
     forced = os.environ.get("SLAM3R_ONEDNN_LINEAR")
     if forced == "0" or not torch.backends.mkldnn.is_available():
         return False
@@ -48,17 +55,18 @@ def cpu_onednn_linear(dtype: torch.dtype = torch.float32) -> bool:
     x = torch.randn(1024, 768, generator=g).to(dtype)
     w1, w2 = (torch.randn(3072, 768, generator=g) / 28).to(dtype), (torch.randn(768, 3072, generator=g) / 55).to(dtype)
     b1, b2 = torch.zeros(3072, dtype=dtype), torch.zeros(768, dtype=dtype)
+    timed = forced != "1" and dtype == torch.float32
     try:
         onednn = _best_seconds(lambda: onednn_linear(onednn_linear(x, w1, b1, "gelu"), w2, b2, "none"),
-                               repeat=0 if forced == "1" else 3)
+                               repeat=3 if timed else 0)
     except RuntimeError:  # op missing, or the dtype unsupported on this CPU
         return False
-    if forced == "1":
+    if not timed:
         return True
     return onednn * ONEDNN_MIN_SPEEDUP < _best_seconds(lambda: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2))
 
 ONEDNN_MIN_SPEEDUP = 1.2
-"""How much faster oneDNN must time than ``F.linear`` for :func:`cpu_onednn_linear` to pick it."""
+"""How much faster oneDNN must time than ``F.linear`` for :func:`cpu_onednn_linear` to pick it in fp32."""
 
 ONEDNN_MIN_WEIGHTS = 512 * 512
 """Smallest layer (weight elements) that :class:`Linear` runs through oneDNN. The released networks' layers are
