@@ -29,14 +29,16 @@ CPU_AUTO_BF16 = os.environ.get("SLAM3R_CPU_AUTO_BF16", "1") == "1"
 ``bench/bench_precision.py`` passed on an AMX machine on 2026-12-02 (bundled model, ``registration: flow``, the 5
 benchmark scenes: accuracy / completion / ATE -0.68% / -0.05% / -0.41% against fp32, within 2%; released-size random
 weights, 40 frames: median per-point deviation 0.95% of the scene scale, under 1%; see the README), and again on
-an AVX-512 BF16 Zen 4 after the bf16 attention path (-0.28% / -0.21% / -0.47%; 0.954%, 2026-12-02). With
+an AVX-512 BF16 Zen 4 after the bf16 attention path (-0.28% / -0.21% / -0.47%; 0.954%, 2026-12-02), and the
+deviation check on an AMX Xeon after the bf16 linear layers moved to oneDNN with fused GELU (0.938%, 2026-12-03). With
 ``registration: l2w`` the quality check had failed (accuracy +10.8%, 2026-12-01). ``SLAM3R_CPU_AUTO_BF16=0`` turns it
 off; ``--precision bf16`` forces bf16 either way."""
 
 CPU_BF16_MIN_WIDTH = 512
 """Narrowest encoder width (``ModelConfig.enc_embed_dim``) for which ``auto`` picks bf16 on a CPU. Below it the
 per-op overhead of small matrices dominates and bf16 buys nothing: the bundled model (width 160) ran 0.95x its fp32
-speed in bf16, the released size (1024) 2.35x (offline pipeline, 2 threads, AMX, 2026-12-02)."""
+speed in bf16, the released size (1024) 2.35x (offline pipeline, 2 threads, AMX, 2026-12-02) and 2.81x (steady state, 72
+frames, 2026-12-03: 3.97 -> 1.41 s per frame)."""
 
 
 def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> set[str]:
