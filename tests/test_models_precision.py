@@ -198,7 +198,7 @@ def test_reduced_precision_takes_onednn_wherever_it_runs(monkeypatch):
     monkeypatch.setattr(blocks, "_best_seconds", fake_best_seconds)
     blocks.cpu_onednn_linear.cache_clear()
     assert blocks.cpu_onednn_linear(torch.bfloat16) is runs
-    assert all(r == 0 for r in timed)  # at most one untimed trial call
+    assert timed == []  # decided by a trial call, not by timing
     blocks.cpu_onednn_linear.cache_clear()
 
 

@@ -34,10 +34,10 @@ def cpu_onednn_linear(dtype: torch.dtype = torch.float32) -> bool:
 
     - bf16 / fp16: wherever this CPU's oneDNN runs the dtype (AVX-512 BF16 / AMX / AVX-512 FP16). ``F.linear``
       runs oneDNN's product there too, so the difference is the GELU fused into the product and no separate pass
-      over the output: on a 2-core Intel Xeon with AMX (2026-12-03) released-size bf16 calls ran faster by 11%
-      (encoder, 11 frames: 1.33 -> 1.19 s) and 8% (I2P window: 0.86 -> 0.78 s), L2W alike (1.04 / 1.07 s); on a
-      Zen 4 (AVX-512 BF16, no AMX) the ViT MLP below ran 1.02-1.12x faster, the networks no slower. A single MLP
-      timed alone there showed 0.96-1.07x, so timing would only add noise to the choice.
+      over the output: on a 2-core Intel Xeon with AMX (2026-12-03) released-size bf16 calls ran 6-11% faster
+      (encoder, 11 frames: 1.33 -> 1.19-1.25 s; I2P window: 0.86 -> 0.78-0.84 s), L2W alike (1.04 / 1.07 s),
+      while the ViT MLP below timed on its own there read 0.96-1.07x, so timing would only add noise to the
+      choice; on a Zen 4 (AVX-512 BF16, no AMX) the MLP ran 1.02-1.12x faster, the networks no slower.
     - fp32: oneDNN when it times at least ``ONEDNN_MIN_SPEEDUP`` x faster than ``F.linear`` (MKL) on what the
       networks run most: a ViT MLP (1024 tokens, 768 -> 3072 -> GELU -> 768, ~10 GFLOP; about 0.5 s on 2 cores),
       fused GELU on oneDNN's side. On 2-core Zen 4 machines it ran 1.34-1.63x faster (five fresh processes), and
@@ -51,18 +51,17 @@ def cpu_onednn_linear(dtype: torch.dtype = torch.float32) -> bool:
     forced = os.environ.get("SLAM3R_ONEDNN_LINEAR")
     if forced == "0" or not torch.backends.mkldnn.is_available():
         return False
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1024, 768, generator=g).to(dtype)
-    w1, w2 = (torch.randn(3072, 768, generator=g) / 28).to(dtype), (torch.randn(768, 3072, generator=g) / 55).to(dtype)
-    b1, b2 = torch.zeros(3072, dtype=dtype), torch.zeros(768, dtype=dtype)
-    timed = forced != "1" and dtype == torch.float32
-    try:
-        onednn = _best_seconds(lambda: onednn_linear(onednn_linear(x, w1, b1, "gelu"), w2, b2, "none"),
-                               repeat=3 if timed else 0)
-    except RuntimeError:  # op missing, or the dtype unsupported on this CPU
+    try:  # op missing, or the dtype unsupported on this CPU: RuntimeError
+        onednn_linear(torch.ones(2, 4, dtype=dtype), torch.ones(3, 4, dtype=dtype), None, "gelu")
+    except RuntimeError:
         return False
-    if not timed:
+    if forced == "1" or dtype != torch.float32:
         return True
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 768, generator=g)
+    w1, w2 = torch.randn(3072, 768, generator=g) / 28, torch.randn(768, 3072, generator=g) / 55
+    b1, b2 = torch.zeros(3072), torch.zeros(768)
+    onednn = _best_seconds(lambda: onednn_linear(onednn_linear(x, w1, b1, "gelu"), w2, b2, "none"))
     return onednn * ONEDNN_MIN_SPEEDUP < _best_seconds(lambda: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2))
 
 ONEDNN_MIN_SPEEDUP = 1.2
